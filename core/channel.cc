@@ -1,0 +1,27 @@
+#include "core/channel.h"
+
+#include <string>
+
+namespace ferry {
+
+Status Channel::ReadExact(void* buf, size_t len) {
+  auto* p = static_cast<char*>(buf);
+  size_t got = 0;
+  while (got < len) {
+    Result<size_t> n = ReadSome(p + got, len - got);
+    if (!n.ok()) return n.status();
+    if (*n == 0) {
+      return Status::Protocol("stream from " + Describe() + " ended after " + std::to_string(got) +
+                              " of " + std::to_string(len) + " bytes");
+    }
+    got += *n;
+  }
+  return Status::Ok();
+}
+
+Status Channel::WriteAll(const void* buf, size_t len) {
+  iovec iov{const_cast<void*>(buf), len};
+  return WriteAll(std::span<iovec>(&iov, 1));
+}
+
+}  // namespace ferry

@@ -1,0 +1,55 @@
+// Channel: the byte pipe every transport implements (socket/, tls/, rdma/,
+// file/). It is deliberately small: write a vector of buffers completely,
+// read what is available, shut down.
+//
+// Thread safety: one reader thread and one writer thread may use a channel
+// at the same time; Shutdown() may be called from any thread at any time and
+// must wake both of them (their calls then fail with kClosed or kCancelled).
+//
+//   std::unique_ptr<Channel> ch = ...;
+//   iovec iov[2] = {{hdr, 8}, {page, 4096}};
+//   FERRY_RETURN_IF_ERROR(ch->WriteAll(iov));
+//   FERRY_RETURN_IF_ERROR(ch->ReadExact(buf, 64));
+#pragma once
+
+#include <sys/uio.h>
+
+#include <cstddef>
+#include <span>
+#include <string>
+
+#include "core/status.h"
+
+namespace ferry {
+
+class Channel {
+ public:
+  virtual ~Channel() = default;
+
+  // Writes every byte of every buffer, in order, or fails. Partial writes are
+  // retried inside. The iovec array itself may be modified (advanced).
+  virtual Status WriteAll(std::span<iovec> iov) = 0;
+
+  // Reads between 1 and len bytes into buf. Returns 0 only at a clean end of
+  // stream (the peer closed after a complete write).
+  virtual Result<size_t> ReadSome(void* buf, size_t len) = 0;
+
+  // Wakes every thread blocked in WriteAll/ReadSome and makes later calls
+  // fail. Idempotent; safe from any thread and from signal-free contexts.
+  virtual void Shutdown() = 0;
+
+  // Human-readable peer description for messages: "tcp:127.0.0.1:4444".
+  virtual std::string Describe() const = 0;
+
+  // The underlying descriptor, or -1 when there is none (TLS, RDMA).
+  virtual int fd() const { return -1; }
+
+  // Reads exactly len bytes; a premature end of stream is kProtocol
+  // ("stream ended after N of M bytes").
+  Status ReadExact(void* buf, size_t len);
+
+  // Convenience for one buffer.
+  Status WriteAll(const void* buf, size_t len);
+};
+
+}  // namespace ferry

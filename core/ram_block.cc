@@ -1,0 +1,82 @@
+#include "core/ram_block.h"
+
+#include <algorithm>
+#include <bit>
+
+namespace ferry {
+
+uint64_t DirtyBitmap::SetRange(uint64_t first, uint64_t count) {
+  uint64_t added = 0;
+  uint64_t i = first;
+  const uint64_t end = std::min(first + count, bits_);
+  while (i < end) {
+    const uint64_t w = i >> 6;
+    const uint64_t lo = i & 63;
+    const uint64_t n = std::min<uint64_t>(64 - lo, end - i);
+    const uint64_t mask = (n == 64 ? ~0ull : ((1ull << n) - 1)) << lo;
+    added += std::popcount(mask & ~words_[w]);
+    words_[w] |= mask;
+    i += n;
+  }
+  return added;
+}
+
+uint64_t DirtyBitmap::Count() const {
+  uint64_t n = 0;
+  for (uint64_t w : words_) n += std::popcount(w);
+  return n;
+}
+
+uint64_t DirtyBitmap::FindNextSet(uint64_t from) const {
+  if (from >= bits_) return bits_;
+  uint64_t w = from >> 6;
+  uint64_t word = words_[w] & (~0ull << (from & 63));
+  while (true) {
+    if (word) {
+      uint64_t i = (w << 6) + std::countr_zero(word);
+      return i < bits_ ? i : bits_;
+    }
+    if (++w >= words_.size()) return bits_;
+    word = words_[w];
+  }
+}
+
+Status RamBlockList::Add(std::string name, uint8_t* host, uint64_t used_length) {
+  if (name.empty() || name.size() > 255) {
+    return Status::InvalidArgument("RAM block name must be 1-255 bytes, got '" + name + "'");
+  }
+  if (Find(name)) return Status::InvalidArgument("RAM block '" + name + "' registered twice");
+  if (used_length == 0 || used_length % kPageSize) {
+    return Status::InvalidArgument("RAM block '" + name + "' length " + std::to_string(used_length) +
+                                   " is not a non-zero multiple of 4096");
+  }
+  if (reinterpret_cast<uintptr_t>(host) % kPageSize) {
+    return Status::InvalidArgument("RAM block '" + name + "' host memory is not page aligned");
+  }
+  auto b = std::make_unique<RamBlock>();
+  b->name = std::move(name);
+  b->host = host;
+  b->used_length = used_length;
+  b->dirty.Resize(used_length >> kPageShift);
+  blocks_.push_back(std::move(b));
+  return Status::Ok();
+}
+
+RamBlock* RamBlockList::Find(std::string_view name) {
+  for (auto& b : blocks_) {
+    if (b->name == name) return b.get();
+  }
+  return nullptr;
+}
+
+const RamBlock* RamBlockList::Find(std::string_view name) const {
+  return const_cast<RamBlockList*>(this)->Find(name);
+}
+
+uint64_t RamBlockList::total_bytes() const {
+  uint64_t t = 0;
+  for (auto& b : blocks_) t += b->used_length;
+  return t;
+}
+
+}  // namespace ferry

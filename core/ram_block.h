@@ -1,0 +1,99 @@
+// Guest RAM as ferry sees it: named blocks of host memory, each with the
+// bitmap of pages that still have to be sent.
+//
+// ferry does not own guest memory: the embedder (or the CLI's synthetic
+// guest) maps it and registers it here. Page size is 4 KiB (TARGET_PAGE_SIZE
+// of x86 in QEMU's stream).
+//
+//   RamBlockList blocks;
+//   FERRY_RETURN_IF_ERROR(blocks.Add("ram", host, 1ull << 30));
+//   for (RamBlock& b : blocks) { ... b.dirty.Test(i) ... }
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "core/status.h"
+
+namespace ferry {
+
+inline constexpr uint64_t kPageShift = 12;
+inline constexpr uint64_t kPageSize = 1ull << kPageShift;
+inline constexpr uint64_t kPageMask = ~(kPageSize - 1);
+
+// A plain bitmap, one bit per page. Not thread-safe: owned by the migration
+// thread. Words are host-endian unsigned 64-bit (also the mapped-ram layout).
+class DirtyBitmap {
+ public:
+  DirtyBitmap() = default;
+  explicit DirtyBitmap(uint64_t bits) { Resize(bits); }
+  void Resize(uint64_t bits) {
+    bits_ = bits;
+    words_.assign((bits + 63) / 64, 0);
+  }
+  uint64_t size() const { return bits_; }
+  bool Test(uint64_t i) const { return (words_[i >> 6] >> (i & 63)) & 1; }
+  void Set(uint64_t i) { words_[i >> 6] |= 1ull << (i & 63); }
+  void Clear(uint64_t i) { words_[i >> 6] &= ~(1ull << (i & 63)); }
+  // Sets bits [first, first+count); returns how many were not set before.
+  uint64_t SetRange(uint64_t first, uint64_t count);
+  void SetAll() { SetRange(0, bits_); }
+  void ClearAll() { std::fill(words_.begin(), words_.end(), 0); }
+  uint64_t Count() const;
+  // Index of the first set bit at or after `from`, or size() if none.
+  uint64_t FindNextSet(uint64_t from) const;
+  const std::vector<uint64_t>& words() const { return words_; }
+  std::vector<uint64_t>& words() { return words_; }
+
+ private:
+  uint64_t bits_ = 0;
+  std::vector<uint64_t> words_;
+};
+
+struct RamBlock {
+  std::string name;        // 1..255 bytes, unique in its list
+  uint8_t* host = nullptr; // used_length bytes of host memory
+  uint64_t used_length = 0;
+  uint64_t page_size = kPageSize;
+  DirtyBitmap dirty;       // pages not yet sent in the current round
+
+  uint64_t pages() const { return used_length >> kPageShift; }
+  uint8_t* page(uint64_t index) const { return host + (index << kPageShift); }
+};
+
+class RamBlockList {
+ public:
+  // Registers a block. The name must be 1..255 bytes and unique; the length a
+  // non-zero multiple of the page size; host page-aligned.
+  Status Add(std::string name, uint8_t* host, uint64_t used_length);
+  RamBlock* Find(std::string_view name);
+  const RamBlock* Find(std::string_view name) const;
+  uint64_t total_bytes() const;
+  uint64_t total_pages() const { return total_bytes() >> kPageShift; }
+  size_t size() const { return blocks_.size(); }
+  bool empty() const { return blocks_.empty(); }
+  RamBlock& operator[](size_t i) { return *blocks_[i]; }
+  const RamBlock& operator[](size_t i) const { return *blocks_[i]; }
+
+  template <typename It>
+  struct Iter {
+    It it;
+    auto& operator*() const { return **it; }
+    auto* operator->() const { return it->get(); }
+    Iter& operator++() { ++it; return *this; }
+    bool operator!=(const Iter& o) const { return it != o.it; }
+  };
+  auto begin() { return Iter<decltype(blocks_.begin())>{blocks_.begin()}; }
+  auto end() { return Iter<decltype(blocks_.end())>{blocks_.end()}; }
+  auto begin() const { return Iter<decltype(blocks_.cbegin())>{blocks_.cbegin()}; }
+  auto end() const { return Iter<decltype(blocks_.cend())>{blocks_.cend()}; }
+
+ private:
+  std::vector<std::unique_ptr<RamBlock>> blocks_;
+};
+
+}  // namespace ferry

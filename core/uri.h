@@ -1,0 +1,33 @@
+// Migration URIs, parsed once into a tagged value. Parsing only: socket/
+// (and later file/, rdma/) turn a Uri into a Channel.
+//
+//   tcp:HOST:PORT     IPv4 address or name, or [IPv6]
+//   unix:PATH         a unix stream socket path
+//   fd:N              an already open descriptor (socket, pipe or file)
+//
+//   Result<Uri> u = ParseUri("tcp:[::1]:4444");  // u->host == "::1", u->port == 4444
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "core/status.h"
+
+namespace ferry {
+
+struct Uri {
+  enum class Kind { kTcp, kUnix, kFd };
+  Kind kind = Kind::kTcp;
+  std::string host;  // kTcp: without brackets
+  uint16_t port = 0; // kTcp
+  std::string path;  // kUnix
+  int fd = -1;       // kFd
+  std::string text;  // as the user wrote it
+
+  std::string ToString() const { return text; }
+};
+
+Result<Uri> ParseUri(std::string_view text);
+
+}  // namespace ferry
