@@ -1,1 +1,415 @@
-int main() { return 0; }
+// ferry: the command-line tool. See `ferry --help` and docs/cli-contract.md.
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <functional>
+#include <iostream>
+#include <optional>
+#include <thread>
+
+#include "cli/guest.h"
+#include "cli/report.h"
+#include "core/dirty_tracker.h"
+#include "core/migration.h"
+#include "core/params.h"
+#include "core/uri.h"
+#include "socket/socket.h"
+
+namespace ferry::cli {
+namespace {
+
+constexpr int kExitOk = 0;
+constexpr int kExitFailed = 1;
+constexpr int kExitUsage = 2;
+constexpr int kExitCancelled = 3;
+
+// Runs `on_signal` (once) when SIGINT or SIGTERM arrives. The signals are
+// blocked in every thread (set before any thread starts) and taken here.
+class SignalWatcher {
+ public:
+  explicit SignalWatcher(std::function<void()> on_signal) : on_signal_(std::move(on_signal)) {
+    thread_ = std::thread([this] {
+      pthread_setname_np(pthread_self(), "signals");
+      sigset_t set;
+      sigemptyset(&set);
+      sigaddset(&set, SIGINT);
+      sigaddset(&set, SIGTERM);
+      timespec ts{0, 100 * 1000 * 1000};
+      while (!done_.load()) {
+        int sig = sigtimedwait(&set, nullptr, &ts);
+        if (sig == SIGINT || sig == SIGTERM) {
+          fired_.store(true);
+          on_signal_();
+        }
+      }
+    });
+  }
+  ~SignalWatcher() {
+    done_.store(true);
+    thread_.join();
+  }
+  bool fired() const { return fired_.load(); }
+
+ private:
+  std::function<void()> on_signal_;
+  std::atomic<bool> done_{false};
+  std::atomic<bool> fired_{false};
+  std::thread thread_;
+};
+
+void BlockTermSignals() {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+}
+
+void Note(std::string_view line) { std::cerr << "ferry: " << line << "\n"; }
+
+int Fail(const Status& s, int code = kExitFailed) {
+  std::cerr << "ferry: error: " << s.message() << "\n";
+  return code;
+}
+
+Status WriteReadyFile(const std::string& path, const std::string& uri) {
+  std::string tmp = path + ".tmp";
+  {
+    std::ofstream f(tmp);
+    f << uri << "\n";
+    if (!f) return Status::Io("cannot write ready file " + tmp, errno);
+  }
+  if (rename(tmp.c_str(), path.c_str()) != 0) return ErrnoStatus("rename " + tmp);
+  return Status::Ok();
+}
+
+bool IsSocket(int fd) {
+  struct stat st;
+  return fstat(fd, &st) == 0 && S_ISSOCK(st.st_mode);
+}
+
+struct CommonOpts {
+  std::string uri;
+  std::string ram;
+  std::string memory_file;
+  std::string qemu_compat;
+  bool json = false;
+};
+
+struct SendOpts : CommonOpts {
+  std::string fill = "random=50,zero=50";
+  uint64_t seed = 1;
+  std::string dirty_rate = "0";
+  std::string hot_set = "64M";
+  std::vector<std::string> params;
+  std::vector<std::string> caps;
+  double connect_timeout = 30;
+  std::string tracker = "best";
+};
+
+struct RecvOpts : CommonOpts {
+  std::string ready_file;
+  double timeout = 300;
+};
+
+void PrintResult(const std::string& role, const MigrationStats& st, bool json, const std::string& tracker) {
+  if (json) {
+    nlohmann::json j = StatsJson(st);
+    if (!tracker.empty()) j["dirty-tracker"] = tracker;
+    std::cout << j.dump() << std::endl;
+  } else {
+    std::cout << Summary(role, st, tracker) << std::flush;
+  }
+}
+
+int ExitCodeFor(const MigrationStats& st) {
+  if (st.state == MigrationState::kCompleted) return kExitOk;
+  if (st.state == MigrationState::kCancelled) return kExitCancelled;
+  return kExitFailed;
+}
+
+int RunSend(const SendOpts& o) {
+  // Parse and validate everything before touching memory or the network.
+  Result<Uri> uri = ParseUri(o.uri);
+  if (!uri.ok()) return Fail(uri.status(), kExitUsage);
+  MigrationParams params;
+  if (!o.qemu_compat.empty()) params.SetQemuCompat(o.qemu_compat);
+  for (const std::string& p : o.params) {
+    size_t eq = p.find('=');
+    if (eq == std::string::npos) return Fail(Status::InvalidArgument("-p needs NAME=VALUE, got '" + p + "'"), kExitUsage);
+    Status s = params.SetParameter(p.substr(0, eq), p.substr(eq + 1));
+    if (!s.ok()) return Fail(s, kExitUsage);
+  }
+  for (const std::string& c : o.caps) {
+    size_t eq = c.find('=');
+    std::string v = eq == std::string::npos ? "" : c.substr(eq + 1);
+    if (v != "on" && v != "off") {
+      return Fail(Status::InvalidArgument("-c needs CAPABILITY=on|off, got '" + c + "'"), kExitUsage);
+    }
+    Status s = params.SetCapability(c.substr(0, eq), v == "on");
+    if (!s.ok()) return Fail(s, kExitUsage);
+  }
+  Result<uint64_t> dirty_rate = ParseSize(o.dirty_rate);
+  if (!dirty_rate.ok()) return Fail(dirty_rate.status().WithContext("--dirty-rate"), kExitUsage);
+  Result<uint64_t> hot_set = ParseSize(o.hot_set);
+  if (!hot_set.ok()) return Fail(hot_set.status().WithContext("--hot-set"), kExitUsage);
+  Result<FillSpec> fill = ParseFill(o.fill);
+  if (!fill.ok()) return Fail(fill.status(), kExitUsage);
+  DirtyTrackerKind kind = DirtyTrackerKind::kBest;
+  if (o.tracker == "uffd-wp") kind = DirtyTrackerKind::kUffdWp;
+  else if (o.tracker == "bitmap") kind = DirtyTrackerKind::kBitmap;
+  else if (o.tracker == "all-once") kind = DirtyTrackerKind::kAllOnce;
+  else if (o.tracker != "best") {
+    return Fail(Status::InvalidArgument("--dirty-tracker must be best, uffd-wp, bitmap or all-once"), kExitUsage);
+  }
+
+  // The guest.
+  SyntheticGuest guest;
+  if (!o.memory_file.empty()) {
+    Result<Mapping> m = Mapping::OpenFile(o.memory_file, /*writable=*/*dirty_rate > 0);
+    if (!m.ok()) return Fail(m.status(), kExitUsage);
+    Status s = guest.Init(std::move(*m));
+    if (!s.ok()) return Fail(s, kExitUsage);
+    // Nobody in this process writes the file unless --dirty-rate asks; a
+    // change made by another process would be caught by verification.
+    if (*dirty_rate == 0 && kind == DirtyTrackerKind::kBest) kind = DirtyTrackerKind::kAllOnce;
+  } else {
+    Result<uint64_t> ram = ParseSize(o.ram.empty() ? "1G" : o.ram);
+    if (!ram.ok()) return Fail(ram.status().WithContext("--ram"), kExitUsage);
+    Result<Mapping> m = Mapping::Anonymous(*ram, /*huge=*/false);
+    if (!m.ok()) return Fail(m.status(), kExitUsage);
+    FillMemory(m->data(), m->size(), *fill, o.seed);
+    Status s = guest.Init(std::move(*m));
+    if (!s.ok()) return Fail(s, kExitUsage);
+  }
+  auto tracker = MakeDirtyTracker(kind, Note);
+  if (!tracker.ok()) return Fail(tracker.status());
+  const std::string tracker_name((*tracker)->name());
+
+  std::unique_ptr<MigrationSource> source =
+      std::make_unique<MigrationSource>(params, guest.blocks(), **tracker, &guest);
+  std::stop_source stop;
+  SignalWatcher signals([&] {
+    stop.request_stop();
+    source->Cancel();
+  });
+
+  Result<std::unique_ptr<Channel>> ch =
+      Connect(*uri, std::chrono::milliseconds(static_cast<int64_t>(o.connect_timeout * 1000)), stop.get_token());
+  if (!ch.ok()) {
+    if (signals.fired()) {
+      Note("cancelled before connecting");
+      return kExitCancelled;
+    }
+    return Fail(ch.status());
+  }
+  const bool two_way = uri->kind != Uri::Kind::kFd || IsSocket(uri->fd);
+  guest.StartWriter(*dirty_rate, *hot_set, tracker->get(), o.seed);
+
+  Status result;
+  {
+    Progress progress([&] { return source->Stats(); }, "send");
+    result = source->Run(**ch, /*await_verdict=*/params.verify && two_way);
+  }
+  guest.StopWriter();
+  MigrationStats st = source->Stats();
+  PrintResult("send", st, o.json, tracker_name);
+  if (!result.ok() && result.code() != Code::kCancelled) std::cerr << "ferry: error: " << result.message() << "\n";
+  return ExitCodeFor(st);
+}
+
+int RunRecv(const RecvOpts& o) {
+  Result<Uri> uri = ParseUri(o.uri);
+  if (!uri.ok()) return Fail(uri.status(), kExitUsage);
+  DestinationOptions opts;
+  if (!o.qemu_compat.empty()) {
+    opts.machine = o.qemu_compat;
+    opts.expect_verify = false;
+    opts.send_verdict = false;
+    opts.qemu_devices = true;
+  }
+  DestinationMemory memory(o.memory_file);
+  RamBlockList blocks;
+  if (!o.ram.empty()) {
+    Result<uint64_t> ram = ParseSize(o.ram);
+    if (!ram.ok()) return Fail(ram.status().WithContext("--ram"), kExitUsage);
+    Result<uint8_t*> host = memory.Allocate("ram", *ram);
+    if (!host.ok()) return Fail(host.status(), kExitUsage);
+    Status s = blocks.Add("ram", *host, *ram);
+    if (!s.ok()) return Fail(s, kExitUsage);
+  }
+  if (uri->kind == Uri::Kind::kFd && !IsSocket(uri->fd)) opts.send_verdict = false;
+
+  Result<std::unique_ptr<Listener>> listener = Listener::Listen(*uri);
+  if (!listener.ok()) return Fail(listener.status());
+  const std::string where = (*listener)->address();
+  Note("listening on " + where);
+  if (!o.ready_file.empty()) {
+    Status s = WriteReadyFile(o.ready_file, where);
+    if (!s.ok()) return Fail(s);
+  }
+
+  MigrationDestination dest(opts, blocks, o.ram.empty() ? &memory : nullptr);
+  std::stop_source stop;
+  SignalWatcher signals([&] {
+    stop.request_stop();
+    (*listener)->Shutdown();
+    dest.Cancel();
+  });
+  Result<std::unique_ptr<Channel>> ch =
+      (*listener)->Accept(std::chrono::milliseconds(static_cast<int64_t>(o.timeout * 1000)), stop.get_token());
+  if (!ch.ok()) {
+    if (signals.fired()) {
+      Note("cancelled while waiting for the source");
+      return kExitCancelled;
+    }
+    return Fail(ch.status());
+  }
+  Status result;
+  {
+    Progress progress([&] { return dest.Stats(); }, "recv");
+    result = dest.Run(**ch);
+  }
+  MigrationStats st = dest.Stats();
+  PrintResult("recv", st, o.json, "");
+  if (!result.ok()) std::cerr << "ferry: error: " << result.message() << "\n";
+  if (st.state == MigrationState::kCompleted && opts.expect_verify && !st.verified) return kExitFailed;
+  return ExitCodeFor(st);
+}
+
+int RunDemo(const std::string& self, const std::string& ram, const std::string& dirty_rate) {
+  char dir_template[] = "/tmp/ferry-demo-XXXXXX";
+  if (!mkdtemp(dir_template)) return Fail(ErrnoStatus("mkdtemp"));
+  const std::string dir = dir_template;
+  const std::string ready = dir + "/ready";
+  const std::string recv_out = dir + "/recv.txt";
+  std::cout << "ferry demo: a live migration of a " << ram << " guest between two processes on loopback\n"
+            << "  destination: " << self << " recv tcp:127.0.0.1:0\n"
+            << "  source:      " << self << " send ... --ram " << ram << " --dirty-rate " << dirty_rate
+            << " --hot-set 64M\n\n"
+            << std::flush;
+  pid_t child = fork();
+  if (child < 0) return Fail(ErrnoStatus("fork"));
+  if (child == 0) {
+    int fd = open(recv_out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd >= 0) dup2(fd, STDOUT_FILENO);
+    sigset_t set;
+    sigemptyset(&set);
+    pthread_sigmask(SIG_SETMASK, &set, nullptr);
+    execl(self.c_str(), self.c_str(), "recv", "tcp:127.0.0.1:0", "--ready-file", ready.c_str(), "--timeout", "60",
+          static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  std::string uri;
+  for (int i = 0; i < 600 && uri.empty(); ++i) {
+    std::ifstream f(ready);
+    if (f) std::getline(f, uri);
+    if (uri.empty()) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  if (uri.empty()) {
+    kill(child, SIGKILL);
+    waitpid(child, nullptr, 0);
+    return Fail(Status::Timeout("the destination did not start listening"));
+  }
+  SendOpts so;
+  so.uri = uri;
+  so.ram = ram;
+  so.dirty_rate = dirty_rate;
+  so.hot_set = "64M";
+  so.fill = "random=40,zero=40,text=20";
+  int rc = RunSend(so);
+  int status = 0;
+  waitpid(child, &status, 0);
+  std::cout << "\n";
+  std::ifstream f(recv_out);
+  std::cout << f.rdbuf();
+  unlink(recv_out.c_str());
+  unlink(ready.c_str());
+  rmdir(dir.c_str());
+  const bool recv_ok = WIFEXITED(status) && WEXITSTATUS(status) == 0;
+  std::cout << "\nferry demo: " << (rc == 0 && recv_ok ? "migration completed and verified" : "migration FAILED")
+            << "\n";
+  return rc == 0 && recv_ok ? kExitOk : kExitFailed;
+}
+
+std::string SelfPath(const char* argv0) {
+  char buf[4096];
+  ssize_t n = readlink("/proc/self/exe", buf, sizeof(buf) - 1);
+  if (n > 0) return std::string(buf, n);
+  return argv0;
+}
+
+}  // namespace
+}  // namespace ferry::cli
+
+int main(int argc, char** argv) {
+  using namespace ferry::cli;
+  BlockTermSignals();
+  CLI::App app{
+      "ferry: live migration of virtual-machine memory in QEMU's migration stream format.\n"
+      "Moves a guest's RAM between two processes (or hosts) over tcp, unix sockets or descriptors,\n"
+      "live while it is being written, and verifies the result page by page."};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", "ferry 0.1.0");
+
+  SendOpts send;
+  auto* s = app.add_subcommand("send", "Migrate a guest's memory to a destination (the source side).");
+  s->add_option("URI", send.uri, "Where to send: tcp:HOST:PORT, tcp:[V6]:PORT, unix:PATH or fd:N")->required();
+  s->add_option("--ram", send.ram, "Size of the synthetic guest's RAM, e.g. 4G (default 1G)");
+  s->add_option("--fill", send.fill, "Page mix of the synthetic guest: random=P,zero=P,text=P (percent)")
+      ->capture_default_str();
+  s->add_option("--seed", send.seed, "Seed of the fill and of the writer")->capture_default_str();
+  s->add_option("--dirty-rate", send.dirty_rate,
+                "Bytes of pages the guest dirties per second while migrating, e.g. 200M (0 = idle)")
+      ->capture_default_str();
+  s->add_option("--hot-set", send.hot_set, "Size of the region the guest writes to")->capture_default_str();
+  s->add_option("--memory-file", send.memory_file,
+                "Migrate this file's contents (mmap MAP_SHARED, e.g. /dev/shm/vm.mem) instead of a synthetic guest");
+  s->add_option("-p,--parameter", send.params,
+                "QEMU migration parameter NAME=VALUE: downtime-limit (ms, default 300), max-bandwidth (bytes/s, 0 = "
+                "unlimited)");
+  s->add_option("-c,--capability", send.caps, "Capability NAME=on|off: verify (ferry's digest check, default on)");
+  s->add_option("--qemu-compat", send.qemu_compat,
+                "The destination is QEMU with machine type MACHINE (e.g. none): one block 'ram', no ferry extensions");
+  s->add_option("--connect-timeout", send.connect_timeout, "Seconds to keep retrying the connection")
+      ->capture_default_str();
+  s->add_option("--dirty-tracker", send.tracker, "best (default), uffd-wp, bitmap or all-once (guest must be idle)");
+  s->add_flag("--json", send.json, "Print one JSON object (query-migrate fields) instead of the summary");
+
+  RecvOpts recv;
+  auto* r = app.add_subcommand("recv", "Receive one migration (the destination side); exit 0 only if it completed "
+                                       "and verified.");
+  r->add_option("URI", recv.uri, "Where to listen: tcp:HOST:PORT (port 0 picks one), unix:PATH, or fd:N")->required();
+  r->add_option("--ram", recv.ram, "Expected RAM size (default: as the stream announces)");
+  r->add_option("--memory-file", recv.memory_file, "Write the received RAM into this file (created or truncated)");
+  r->add_option("--qemu-compat", recv.qemu_compat,
+                "The source is QEMU with machine type MACHINE (e.g. none): no verification section expected");
+  r->add_option("--ready-file", recv.ready_file, "Once listening, write the bound URI (with the real port) here");
+  r->add_option("--timeout", recv.timeout, "Seconds to wait for the source to connect")->capture_default_str();
+  r->add_flag("--json", recv.json, "Print one JSON object (query-migrate fields + verified) instead of the summary");
+
+  std::string demo_ram = "1G", demo_rate = "256M";
+  auto* d = app.add_subcommand("demo", "A live migration between two ferry processes on this machine, with its "
+                                       "summary.");
+  d->add_option("--ram", demo_ram, "Guest RAM size")->capture_default_str();
+  d->add_option("--dirty-rate", demo_rate, "Guest dirty rate (bytes/s)")->capture_default_str();
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? kExitOk : kExitUsage;
+  }
+  if (*s) return RunSend(send);
+  if (*r) return RunRecv(recv);
+  if (*d) return RunDemo(SelfPath(argv[0]), demo_ram, demo_rate);
+  return kExitUsage;
+}

@@ -1,0 +1,254 @@
+#include "cli/guest.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <sstream>
+#include <vector>
+
+#include "core/unique_fd.h"
+
+namespace ferry::cli {
+
+Mapping::~Mapping() {
+  if (data_) munmap(data_, size_);
+}
+Mapping::Mapping(Mapping&& o) noexcept : data_(std::exchange(o.data_, nullptr)), size_(std::exchange(o.size_, 0)) {}
+Mapping& Mapping::operator=(Mapping&& o) noexcept {
+  if (this != &o) {
+    if (data_) munmap(data_, size_);
+    data_ = std::exchange(o.data_, nullptr);
+    size_ = std::exchange(o.size_, 0);
+  }
+  return *this;
+}
+
+Result<Mapping> Mapping::Anonymous(uint64_t size, bool huge) {
+  if (size == 0 || size % kPageSize) {
+    return Status::InvalidArgument("RAM size must be a non-zero multiple of 4 KiB, got " + std::to_string(size));
+  }
+  void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (p == MAP_FAILED) return ErrnoStatus("mmap of " + std::to_string(size) + " bytes of guest RAM");
+  if (huge) (void)madvise(p, size, MADV_HUGEPAGE);
+  Mapping m;
+  m.data_ = static_cast<uint8_t*>(p);
+  m.size_ = size;
+  return m;
+}
+
+Result<Mapping> Mapping::OpenFile(const std::string& path, bool writable) {
+  UniqueFd fd(open(path.c_str(), (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC));
+  if (!fd.valid()) return ErrnoStatus("open memory file " + path);
+  struct stat st;
+  if (fstat(fd.get(), &st) != 0) return ErrnoStatus("stat " + path);
+  if (!S_ISREG(st.st_mode)) return Status::InvalidArgument("memory file " + path + " is not a regular file");
+  const uint64_t size = st.st_size;
+  if (size == 0 || size % kPageSize) {
+    return Status::InvalidArgument("memory file " + path + " is " + std::to_string(size) +
+                                   " bytes; it must be a non-zero multiple of 4096");
+  }
+  void* p = mmap(nullptr, size, PROT_READ | (writable ? PROT_WRITE : 0), MAP_SHARED, fd.get(), 0);
+  if (p == MAP_FAILED) return ErrnoStatus("mmap " + path);
+  Mapping m;
+  m.data_ = static_cast<uint8_t*>(p);
+  m.size_ = size;
+  return m;
+}
+
+Result<Mapping> Mapping::CreateFile(const std::string& path, uint64_t size) {
+  UniqueFd fd(open(path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+  if (!fd.valid()) return ErrnoStatus("create memory file " + path);
+  if (ftruncate(fd.get(), static_cast<off_t>(size)) != 0) return ErrnoStatus("size memory file " + path);
+  void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd.get(), 0);
+  if (p == MAP_FAILED) return ErrnoStatus("mmap " + path);
+  Mapping m;
+  m.data_ = static_cast<uint8_t*>(p);
+  m.size_ = size;
+  return m;
+}
+
+Result<FillSpec> ParseFill(const std::string& text) {
+  FillSpec f{0, 0, 0};
+  std::stringstream ss(text);
+  std::string item;
+  auto bad = [&](const std::string& why) {
+    return Status::InvalidArgument("bad --fill '" + text + "': " + why +
+                                   " (expected e.g. random=50,zero=50 or random=40,zero=30,text=30)");
+  };
+  while (std::getline(ss, item, ',')) {
+    size_t eq = item.find('=');
+    if (eq == std::string::npos) return bad("'" + item + "' has no '='");
+    std::string key = item.substr(0, eq);
+    unsigned v = 0;
+    try {
+      size_t used = 0;
+      v = static_cast<unsigned>(std::stoul(item.substr(eq + 1), &used));
+      if (used != item.size() - eq - 1) return bad("'" + item + "' is not a number");
+    } catch (...) {
+      return bad("'" + item + "' is not a number");
+    }
+    if (key == "random") f.random_pct = v;
+    else if (key == "zero") f.zero_pct = v;
+    else if (key == "text") f.text_pct = v;
+    else return bad("unknown kind '" + key + "'");
+  }
+  if (f.random_pct + f.zero_pct + f.text_pct != 100) return bad("percentages must add up to 100");
+  return f;
+}
+
+namespace {
+
+uint64_t SplitMix(uint64_t& s) {
+  uint64_t z = (s += 0x9e3779b97f4a7c15ull);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+constexpr const char* kWords[] = {"migration ", "memory ", "page ", "guest ", "dirty ", "bitmap ", "stream ",
+                                  "section ", "ferry ", "channel ", "the ", "of ", "and ", "to ", "a ", "in "};
+
+void FillPage(uint8_t* page, uint64_t index, const FillSpec& spec, uint64_t seed) {
+  uint64_t s = seed * 0x2545f4914f6cdd1dull + index;
+  const unsigned pick = SplitMix(s) % 100;
+  if (pick < spec.random_pct) {
+    // xorshift-multiply stream: fast and incompressible.
+    uint64_t x = SplitMix(s) | 1;
+    auto* w = reinterpret_cast<uint64_t*>(page);
+    for (size_t i = 0; i < kPageSize / 8; ++i) {
+      x ^= x >> 12;
+      x ^= x << 25;
+      x ^= x >> 27;
+      w[i] = x * 0x2545f4914f6cdd1dull;
+    }
+  } else if (pick < spec.random_pct + spec.zero_pct) {
+    // Left untouched: fresh mappings are zero, and an untouched page costs no RSS.
+  } else {
+    size_t pos = 0;
+    uint64_t r = SplitMix(s);
+    while (pos < kPageSize) {
+      const char* word = kWords[r & 15];
+      r = (r >> 4) | (r << 60);
+      if ((pos & 255) == 0) r ^= SplitMix(s);
+      size_t n = std::min(strlen(word), kPageSize - pos);
+      std::memcpy(page + pos, word, n);
+      pos += n;
+    }
+  }
+}
+
+}  // namespace
+
+void FillMemory(uint8_t* mem, uint64_t size, const FillSpec& spec, uint64_t seed) {
+  const uint64_t pages = size / kPageSize;
+  const unsigned threads = std::max(1u, std::min(8u, std::thread::hardware_concurrency()));
+  std::vector<std::thread> ts;
+  for (unsigned t = 0; t < threads; ++t) {
+    ts.emplace_back([=] {
+      for (uint64_t i = t; i < pages; i += threads) FillPage(mem + i * kPageSize, i, spec, seed);
+    });
+  }
+  for (auto& t : ts) t.join();
+}
+
+SyntheticGuest::~SyntheticGuest() { StopWriter(); }
+
+Status SyntheticGuest::Init(Mapping memory) {
+  mem_ = std::move(memory);
+  return blocks_.Add("ram", mem_.data(), mem_.size());
+}
+
+void SyntheticGuest::StartWriter(uint64_t rate, uint64_t hot_set, DirtyTracker* tracker, uint64_t seed) {
+  if (rate == 0 || writer_.joinable()) return;
+  hot_set = std::clamp<uint64_t>(hot_set & kPageMask, kPageSize, mem_.size());
+  writer_ = std::thread([=, this] {
+    pthread_setname_np(pthread_self(), "guest-writer");
+    WriterLoop(rate, hot_set, tracker, seed);
+  });
+}
+
+void SyntheticGuest::StopWriter() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  if (writer_.joinable()) writer_.join();
+}
+
+void SyntheticGuest::Pause() {
+  std::unique_lock<std::mutex> lock(mu_);
+  pause_ = true;
+  cv_.notify_all();
+  // Wait until the writer is parked (or not running at all).
+  cv_.wait(lock, [&] { return parked_ || !writer_.joinable() || stop_; });
+}
+
+void SyntheticGuest::Resume() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    pause_ = false;
+  }
+  cv_.notify_all();
+}
+
+void SyntheticGuest::WriterLoop(uint64_t rate, uint64_t hot_set, DirtyTracker* tracker, uint64_t seed) {
+  using Clock = std::chrono::steady_clock;
+  const bool mark = tracker && tracker->needs_mark_dirty();
+  const uint64_t hot_pages = hot_set / kPageSize;
+  const double pages_per_sec = static_cast<double>(rate) / kPageSize;
+  uint64_t s = seed ^ 0xfeedface;
+  uint64_t counter = 0;
+  const auto start = Clock::now();
+  uint64_t done = 0;
+  while (true) {
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      if (stop_) return;
+      if (pause_) {
+        parked_ = true;
+        cv_.notify_all();
+        cv_.wait(lock, [&] { return !pause_ || stop_; });
+        parked_ = false;
+        if (stop_) return;
+      }
+    }
+    // Write the pages that are due, in small batches so a pause is quick.
+    const double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
+    const uint64_t due = static_cast<uint64_t>(elapsed * pages_per_sec);
+    uint64_t batch = std::min<uint64_t>(due > done ? due - done : 0, 256);
+    for (uint64_t k = 0; k < batch; ++k) {
+      const uint64_t page = SplitMix(s) % hot_pages;
+      uint8_t* p = mem_.data() + page * kPageSize + (SplitMix(s) % (kPageSize / 8)) * 8;
+      ++counter;
+      std::memcpy(p, &counter, 8);
+      if (mark) tracker->MarkDirty(p, 8);
+    }
+    done += batch;
+    writes_.fetch_add(batch, std::memory_order_relaxed);
+    if (batch == 0) {
+      std::unique_lock<std::mutex> lock(mu_);
+      cv_.wait_for(lock, std::chrono::milliseconds(2), [&] { return stop_ || pause_; });
+    }
+  }
+}
+
+Result<uint8_t*> DestinationMemory::Allocate(const std::string& name, uint64_t length) {
+  if (!file_.empty()) {
+    if (!maps_.empty()) {
+      return Status::Unsupported("--memory-file holds one RAM block, but the stream also carries block '" + name + "'");
+    }
+    FERRY_ASSIGN_OR_RETURN(Mapping m, Mapping::CreateFile(file_, length));
+    maps_.push_back(std::move(m));
+  } else {
+    FERRY_ASSIGN_OR_RETURN(Mapping m, Mapping::Anonymous(length, /*huge=*/true));
+    maps_.push_back(std::move(m));
+  }
+  return maps_.back().data();
+}
+
+}  // namespace ferry::cli

@@ -1,0 +1,107 @@
+// The CLI's guests: memory the `ferry` command migrates.
+//
+// SyntheticGuest maps anonymous memory (or a file, MAP_SHARED), fills it with
+// a deterministic mix of random, zero and text-like pages, and can run a
+// writer thread that dirties a hot set at a given rate while the migration
+// runs — the stand-in for a running VM's vCPUs. It implements GuestControl so
+// the source can pause it at switchover.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <mutex>
+#include <string>
+#include <thread>
+
+#include "core/dirty_tracker.h"
+#include "core/migration.h"
+#include "core/ram_block.h"
+#include "core/ram_loader.h"
+#include "core/status.h"
+
+namespace ferry::cli {
+
+// One mapping, unmapped on destruction.
+class Mapping {
+ public:
+  Mapping() = default;
+  ~Mapping();
+  Mapping(Mapping&& o) noexcept;
+  Mapping& operator=(Mapping&& o) noexcept;
+  Mapping(const Mapping&) = delete;
+  Mapping& operator=(const Mapping&) = delete;
+
+  // Anonymous, zero-filled. `huge`: ask for transparent huge pages.
+  static Result<Mapping> Anonymous(uint64_t size, bool huge);
+  // An existing file, MAP_SHARED (read-only when !writable).
+  static Result<Mapping> OpenFile(const std::string& path, bool writable);
+  // A new file of `size` zero bytes (created or truncated), MAP_SHARED.
+  static Result<Mapping> CreateFile(const std::string& path, uint64_t size);
+
+  uint8_t* data() const { return data_; }
+  uint64_t size() const { return size_; }
+
+ private:
+  uint8_t* data_ = nullptr;
+  uint64_t size_ = 0;
+};
+
+struct FillSpec {
+  unsigned random_pct = 50;
+  unsigned zero_pct = 50;
+  unsigned text_pct = 0;
+};
+// Parses "random=50,zero=25,text=25" (missing kinds are 0; must sum to 100).
+Result<FillSpec> ParseFill(const std::string& text);
+
+// Fills memory page by page; page i's kind and bytes depend only on (seed, i).
+void FillMemory(uint8_t* mem, uint64_t size, const FillSpec& spec, uint64_t seed);
+
+class SyntheticGuest final : public GuestControl {
+ public:
+  SyntheticGuest() = default;
+  ~SyntheticGuest() override;
+
+  Status Init(Mapping memory);
+  RamBlockList& blocks() { return blocks_; }
+  uint8_t* memory() const { return mem_.data(); }
+  uint64_t size() const { return mem_.size(); }
+
+  // Starts one writer dirtying random pages of the first `hot_set` bytes at
+  // `rate` bytes of pages per second. Writes go through `tracker` when it
+  // needs to be told (the cooperative bitmap).
+  void StartWriter(uint64_t rate, uint64_t hot_set, DirtyTracker* tracker, uint64_t seed);
+  void StopWriter();
+  uint64_t writes() const { return writes_.load(std::memory_order_relaxed); }
+
+  void Pause() override;
+  void Resume() override;
+
+ private:
+  void WriterLoop(uint64_t rate, uint64_t hot_set, DirtyTracker* tracker, uint64_t seed);
+
+  Mapping mem_;
+  RamBlockList blocks_;
+  std::thread writer_;
+  std::atomic<uint64_t> writes_{0};
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stop_ = false;
+  bool pause_ = false;
+  bool parked_ = false;
+};
+
+// Destination memory: anonymous by default, or one file for one block.
+class DestinationMemory final : public RamBlockAllocator {
+ public:
+  explicit DestinationMemory(std::string file) : file_(std::move(file)) {}
+  Result<uint8_t*> Allocate(const std::string& name, uint64_t length) override;
+  std::vector<Mapping>& mappings() { return maps_; }
+
+ private:
+  std::string file_;
+  std::vector<Mapping> maps_;
+};
+
+}  // namespace ferry::cli

@@ -1,0 +1,106 @@
+#include "cli/report.h"
+
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+
+namespace ferry::cli {
+
+nlohmann::json StatsJson(const MigrationStats& s) {
+  nlohmann::json ram = {
+      {"total", s.ram.total},
+      {"transferred", s.ram.transferred},
+      {"remaining", s.ram.remaining},
+      {"duplicate", s.ram.duplicate},
+      {"normal", s.ram.normal},
+      {"normal-bytes", s.ram.normal_bytes},
+      {"dirty-sync-count", s.ram.dirty_sync_count},
+      {"dirty-pages-rate", s.ram.dirty_pages_rate},
+      {"mbps", s.ram.mbps},
+      {"pages-per-second", s.ram.pages_per_second},
+      {"page-size", 4096},
+  };
+  nlohmann::json j = {
+      {"status", std::string(StateName(s.state))},
+      {"total-time", s.total_time_ms},
+      {"setup-time", s.setup_time_ms},
+      {"downtime", s.downtime_ms},
+      {"expected-downtime", s.expected_downtime_ms},
+      {"ram", ram},
+      {"verified", s.verified},
+  };
+  if (!s.error.empty()) j["error"] = s.error;
+  return j;
+}
+
+std::string FormatBytes(double b) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  int u = 0;
+  while (b >= 1024 && u < 4) {
+    b /= 1024;
+    ++u;
+  }
+  char buf[32];
+  snprintf(buf, sizeof(buf), u == 0 ? "%.0f %s" : "%.2f %s", b, units[u]);
+  return buf;
+}
+
+std::string Summary(const std::string& role, const MigrationStats& s, const std::string& tracker) {
+  char buf[512];
+  std::string out;
+  const double secs = s.total_time_ms / 1000.0;
+  snprintf(buf, sizeof(buf), "ferry %s: %s in %.2f s (setup %llu ms, downtime %llu ms)\n", role.c_str(),
+           std::string(StateName(s.state)).c_str(), secs, (unsigned long long)s.setup_time_ms,
+           (unsigned long long)s.downtime_ms);
+  out += buf;
+  if (!s.error.empty()) out += "  error: " + s.error + "\n";
+  snprintf(buf, sizeof(buf), "  RAM %s: %llu pages sent in full (%s), %llu zero pages; %s on the wire\n",
+           FormatBytes(s.ram.total).c_str(), (unsigned long long)s.ram.normal,
+           FormatBytes(s.ram.normal_bytes).c_str(), (unsigned long long)s.ram.duplicate,
+           FormatBytes(s.ram.transferred).c_str());
+  out += buf;
+  if (secs > 0) {
+    snprintf(buf, sizeof(buf), "  %.2f GiB/s of guest RAM, %.0f Mbit/s on the wire, %llu dirty syncs%s%s\n",
+             s.ram.total / 1073741824.0 / secs, s.ram.mbps, (unsigned long long)s.ram.dirty_sync_count,
+             tracker.empty() ? "" : ", dirty tracking: ", tracker.c_str());
+    out += buf;
+  }
+  if (s.state == MigrationState::kCompleted) {
+    out += std::string("  verified: ") + (s.verified ? "yes (XXH3 digest of every page matches)" : "no") + "\n";
+  }
+  return out;
+}
+
+Progress::Progress(std::function<MigrationStats()> poll, std::string role)
+    : poll_(std::move(poll)), role_(std::move(role)) {
+  if (!isatty(STDERR_FILENO)) return;
+  thread_ = std::thread([this] {
+    pthread_setname_np(pthread_self(), "progress");
+    bool printed = false;
+    while (!stop_.load()) {
+      MigrationStats s = poll_();
+      if (s.state != MigrationState::kNone) {
+        const double secs = std::max<uint64_t>(1, s.total_time_ms) / 1000.0;
+        const double pct = s.ram.total ? 100.0 * (s.ram.normal + s.ram.duplicate) * 4096 / s.ram.total : 0;
+        fprintf(stderr, "\r\033[K[%s %s] %5.1f%%  %.2f GiB/s  remaining %s  dirty %s/s  iteration %llu",
+                role_.c_str(), std::string(StateName(s.state)).c_str(), std::min(pct, 999.9),
+                (s.ram.normal + s.ram.duplicate) * 4096.0 / 1073741824.0 / secs, FormatBytes(s.ram.remaining).c_str(),
+                FormatBytes(s.ram.dirty_pages_rate * 4096.0).c_str(), (unsigned long long)s.iteration);
+        fflush(stderr);
+        printed = true;
+      }
+      for (int i = 0; i < 5 && !stop_.load(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    if (printed) fprintf(stderr, "\r\033[K");
+  });
+}
+
+Progress::~Progress() { Stop(); }
+
+void Progress::Stop() {
+  stop_.store(true);
+  if (thread_.joinable()) thread_.join();
+}
+
+}  // namespace ferry::cli

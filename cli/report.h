@@ -1,0 +1,35 @@
+// Human summaries, the TTY progress line, and the JSON object of `--json`.
+#pragma once
+
+#include <atomic>
+#include <functional>
+#include <string>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "core/stats.h"
+
+namespace ferry::cli {
+
+nlohmann::json StatsJson(const MigrationStats& s);
+std::string FormatBytes(double bytes);
+// Multi-line summary for people. `role` is "send" or "recv".
+std::string Summary(const std::string& role, const MigrationStats& s, const std::string& tracker);
+
+// Prints a one-line progress display to stderr a few times a second while
+// alive, only when stderr is a terminal.
+class Progress {
+ public:
+  Progress(std::function<MigrationStats()> poll, std::string role);
+  ~Progress();
+  void Stop();
+
+ private:
+  std::function<MigrationStats()> poll_;
+  std::string role_;
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+};
+
+}  // namespace ferry::cli

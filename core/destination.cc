@@ -1,0 +1,292 @@
+#include <cinttypes>
+#include <cstring>
+#include <map>
+
+#include "core/migration.h"
+#include "core/stream.h"
+#include "core/verify.h"
+#include "core/wire.h"
+
+namespace ferry {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+uint64_t MsSince(Clock::time_point t) {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t).count();
+}
+
+std::string Hex(uint64_t v) {
+  char buf[24];
+  snprintf(buf, sizeof(buf), "0x%" PRIx64, v);
+  return buf;
+}
+
+// Rejects a vmstate subsection where ferry expects none.
+Status NoSubsection(StreamReader& r, const std::string& where) {
+  if (r.Peek8() == wire::kSubsection) {
+    r.Get8();
+    std::string name = r.GetName();
+    return Status::Unsupported("subsection '" + name + "' in " + where + " is not supported");
+  }
+  return r.status();
+}
+
+// QEMU 7.2's "timer" section (version 2): cpu_ticks_offset, an unused
+// 8-byte field, cpu_clock_offset. ferry keeps the values for inspection.
+class QemuTimerLoader final : public SectionLoader {
+ public:
+  std::string idstr() const override { return "timer"; }
+  uint32_t version() const override { return 2; }
+  Status Load(StreamReader& r, uint32_t version) override {
+    ticks_ = r.GetBe64();
+    r.Skip(8);
+    if (version >= 2) clock_ = r.GetBe64();
+    FERRY_RETURN_IF_ERROR(r.status());
+    return NoSubsection(r, "section 'timer'");
+  }
+
+ private:
+  uint64_t ticks_ = 0, clock_ = 0;
+};
+
+// QEMU's "globalstate" (version 1): be32 size, 100-byte run state name.
+class QemuGlobalStateLoader final : public SectionLoader {
+ public:
+  std::string idstr() const override { return "globalstate"; }
+  uint32_t version() const override { return 1; }
+  Status Load(StreamReader& r, uint32_t) override {
+    const uint32_t size = r.GetBe32();
+    char state[100];
+    r.GetBytes(state, sizeof(state));
+    FERRY_RETURN_IF_ERROR(r.status());
+    if (size > sizeof(state)) return Status::Protocol("globalstate run state length " + std::to_string(size) + " > 100");
+    runstate_.assign(state, strnlen(state, std::min<size_t>(size, sizeof(state))));
+    return NoSubsection(r, "section 'globalstate'");
+  }
+
+ private:
+  std::string runstate_;
+};
+
+struct OpenSection {
+  SectionLoader* loader;
+  uint32_t version;
+  std::string idstr;
+};
+
+}  // namespace
+
+MigrationDestination::MigrationDestination(DestinationOptions options, RamBlockList& blocks,
+                                           RamBlockAllocator* allocator, std::vector<SectionLoader*> devices)
+    : options_(std::move(options)), blocks_(blocks), allocator_(allocator), devices_(std::move(devices)) {}
+
+MigrationDestination::~MigrationDestination() = default;
+
+void MigrationDestination::Cancel() {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (IsTerminal(stats_.state)) return;
+  cancel_.store(true, std::memory_order_release);
+  if (channel_) channel_->Shutdown();
+}
+
+MigrationStats MigrationDestination::Stats() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  MigrationStats s = stats_;
+  if (!IsTerminal(s.state) && s.state != MigrationState::kNone) s.total_time_ms = MsSince(start_);
+  return s;
+}
+
+void MigrationDestination::UpdateStats(uint64_t bytes) {
+  std::lock_guard<std::mutex> lock(mu_);
+  const uint64_t elapsed = std::max<uint64_t>(1, MsSince(start_));
+  stats_.total_time_ms = elapsed;
+  stats_.ram.total = blocks_.total_bytes();
+  stats_.ram.transferred = bytes;
+  if (ram_) {
+    stats_.ram.normal = ram_->counters().normal_pages;
+    stats_.ram.duplicate = ram_->counters().zero_pages;
+    stats_.ram.normal_bytes = stats_.ram.normal * kPageSize;
+    stats_.ram.pages_per_second = (stats_.ram.normal + stats_.ram.duplicate) * 1000 / elapsed;
+  }
+  stats_.ram.mbps = static_cast<double>(bytes) * 8 / 1e6 / (elapsed / 1000.0);
+}
+
+Status MigrationDestination::Run(Channel& channel) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stats_.state != MigrationState::kNone) return Status::Internal("a MigrationDestination runs once");
+    channel_ = &channel;
+    start_ = Clock::now();
+    stats_.state = MigrationState::kActive;
+  }
+  Status s = RunInner(channel);
+  if (!s.ok() && cancel_.load(std::memory_order_acquire)) s = Status::Cancelled("incoming migration cancelled");
+  if (options_.send_verdict && options_.expect_verify && s.code() != Code::kClosed &&
+      s.code() != Code::kCancelled) {
+    // Best effort: tell the source how it ended. It reads this only once it
+    // has sent everything, so a failure earlier is seen as a closed socket.
+    std::string msg = s.ok() ? "verified" : s.message();
+    if (msg.size() > 60000) msg.resize(60000);
+    uint32_t hdr[3] = {__builtin_bswap32(wire::kVerdictMagic), __builtin_bswap32(s.ok() ? 0 : 1),
+                       __builtin_bswap32(static_cast<uint32_t>(msg.size()))};
+    iovec iov[2] = {{hdr, sizeof(hdr)}, {msg.data(), msg.size()}};
+    (void)channel.WriteAll(std::span<iovec>(iov, 2));
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  channel_ = nullptr;
+  stats_.total_time_ms = MsSince(start_);
+  if (s.ok()) {
+    stats_.state = MigrationState::kCompleted;
+  } else {
+    stats_.state = s.code() == Code::kCancelled ? MigrationState::kCancelled : MigrationState::kFailed;
+    stats_.error = s.message();
+  }
+  return s;
+}
+
+Status MigrationDestination::RunInner(Channel& channel) {
+  StreamReader r(&channel);
+  ram_ = std::make_unique<RamLoader>(blocks_, allocator_, options_.fresh_memory);
+  VerifyLoader verify(blocks_);
+  QemuTimerLoader timer;
+  QemuGlobalStateLoader globalstate;
+
+  std::vector<SectionLoader*> loaders = {ram_.get()};
+  if (options_.expect_verify) loaders.push_back(&verify);
+  if (options_.qemu_devices) {
+    loaders.push_back(&timer);
+    loaders.push_back(&globalstate);
+  }
+  for (SectionLoader* d : devices_) loaders.push_back(d);
+
+  // Header.
+  const uint32_t magic = r.GetBe32();
+  if (!r.status().ok()) return r.status().WithContext("reading the stream header");
+  if (magic != wire::kMagic) {
+    return Status::Protocol("not a migration stream: bad magic " + Hex(magic) + " (expected 0x5145564d, \"QEVM\")");
+  }
+  const uint32_t version = r.GetBe32();
+  FERRY_RETURN_IF_ERROR(r.status());
+  if (version != wire::kVersion) {
+    return Status::Protocol("unsupported stream version " + std::to_string(version) + " (ferry reads version 3)");
+  }
+  const uint8_t first = r.Get8();
+  FERRY_RETURN_IF_ERROR(r.status());
+  if (first != wire::kConfiguration) {
+    return Status::Protocol("configuration section missing: found section type " + Hex(first) + " after the header");
+  }
+  const uint32_t len = r.GetBe32();
+  FERRY_RETURN_IF_ERROR(r.status());
+  if (len > 255) return Status::Protocol("configuration machine name of " + std::to_string(len) + " bytes");
+  std::string machine(len, '\0');
+  r.GetBytes(machine.data(), len);
+  FERRY_RETURN_IF_ERROR(r.status());
+  if (machine != options_.machine) {
+    return Status::Mismatch("machine type mismatch: the stream is for '" + machine + "', this destination is '" +
+                            options_.machine + "'" +
+                            (options_.machine == "ferry" ? " (use --qemu-compat " + machine + " for a QEMU peer)" : ""));
+  }
+  FERRY_RETURN_IF_ERROR(NoSubsection(r, "the configuration section"));
+
+  std::map<uint32_t, OpenSection> open;
+  uint64_t sections = 0;
+  while (true) {
+    if (cancel_.load(std::memory_order_acquire)) return Status::Cancelled("incoming migration cancelled");
+    const uint64_t at = r.offset();
+    const uint8_t type = r.Get8();
+    FERRY_RETURN_IF_ERROR(r.status());
+    if (type == wire::kSectionEof) break;
+    uint32_t id = 0;
+    OpenSection* sec = nullptr;
+    switch (type) {
+      case wire::kSectionStart:
+      case wire::kSectionFull: {
+        id = r.GetBe32();
+        std::string idstr = r.GetName();
+        const uint32_t instance = r.GetBe32();
+        const uint32_t ver = r.GetBe32();
+        FERRY_RETURN_IF_ERROR(r.status());
+        SectionLoader* loader = nullptr;
+        for (SectionLoader* l : loaders) {
+          if (l->idstr() == idstr && l->instance_id() == instance) loader = l;
+        }
+        if (!loader) {
+          return Status::Protocol("unknown section '" + idstr + "' (instance " + std::to_string(instance) +
+                                  ", version " + std::to_string(ver) + "): this destination cannot load it");
+        }
+        if (ver > loader->version() || ver == 0) {
+          return Status::Protocol("section '" + idstr + "' has version " + std::to_string(ver) +
+                                  ", this destination supports up to " + std::to_string(loader->version()));
+        }
+        if (open.count(id)) return Status::Protocol("section id " + std::to_string(id) + " started twice");
+        sec = &open[id];
+        *sec = OpenSection{loader, ver, idstr};
+        break;
+      }
+      case wire::kSectionPart:
+      case wire::kSectionEnd: {
+        id = r.GetBe32();
+        FERRY_RETURN_IF_ERROR(r.status());
+        auto it = open.find(id);
+        if (it == open.end()) {
+          return Status::Protocol("section part for unknown section id " + std::to_string(id) + " at stream offset " +
+                                  std::to_string(at));
+        }
+        sec = &it->second;
+        break;
+      }
+      case wire::kCommand:
+        return Status::Unsupported("command section (return path / postcopy) at stream offset " + std::to_string(at) +
+                                   " is not supported");
+      default:
+        return Status::Protocol("unknown section type " + Hex(type) + " at stream offset " + std::to_string(at));
+    }
+    FERRY_RETURN_IF_ERROR(sec->loader->Load(r, sec->version).WithContext("section '" + sec->idstr + "'"));
+    const uint64_t footer_at = r.offset();
+    const uint8_t footer = r.Get8();
+    const uint32_t footer_id = r.GetBe32();
+    FERRY_RETURN_IF_ERROR(r.status().WithContext("section '" + sec->idstr + "' footer"));
+    if (footer != wire::kFooter) {
+      return Status::Protocol("section '" + sec->idstr + "' (id " + std::to_string(id) +
+                              ") is missing its footer: found byte " + Hex(footer) + " at stream offset " +
+                              std::to_string(footer_at));
+    }
+    if (footer_id != id) {
+      return Status::Protocol("section '" + sec->idstr + "' (id " + std::to_string(id) + ") closed by a footer for id " +
+                              std::to_string(footer_id));
+    }
+    if (type == wire::kSectionEnd || type == wire::kSectionFull) open.erase(id);
+    if ((++sections & 15) == 0) UpdateStats(r.offset());
+  }
+
+  // Optional VM description after EOF (QEMU always sends one).
+  const int next = r.Peek8();
+  FERRY_RETURN_IF_ERROR(r.status());
+  if (next == wire::kVmDescription) {
+    r.Get8();
+    const uint32_t n = r.GetBe32();
+    FERRY_RETURN_IF_ERROR(r.status());
+    if (n > (64u << 20)) return Status::Protocol("VM description of " + std::to_string(n) + " bytes is too large");
+    r.Skip(n);
+    FERRY_RETURN_IF_ERROR(r.status().WithContext("reading the VM description"));
+  } else if (next >= 0 && !(options_.expect_verify && options_.send_verdict)) {
+    return Status::Protocol("unexpected byte " + Hex(next) + " after the end of the stream");
+  }
+  UpdateStats(r.offset());
+
+  if (!ram_->setup_seen()) return Status::Protocol("the stream ended without a RAM section");
+  for (auto& [id, sec] : open) {
+    if (sec.loader == ram_.get()) {
+      return Status::Protocol("the stream ended before the RAM section was completed (no END section)");
+    }
+  }
+  if (options_.expect_verify && !verify.seen()) {
+    return Status::Protocol("the stream has no verification section (is the source QEMU? then use --qemu-compat)");
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  stats_.verified = options_.expect_verify && verify.verified();
+  return Status::Ok();
+}
+
+}  // namespace ferry

@@ -1,0 +1,39 @@
+// Migration parameters and capabilities, named as QEMU names them
+// (migrate-set-parameters / migrate-set-capabilities), validated once.
+//
+//   MigrationParams p;
+//   FERRY_RETURN_IF_ERROR(p.SetParameter("downtime-limit", "500"));
+//   FERRY_RETURN_IF_ERROR(p.SetCapability("verify", false));
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "core/status.h"
+
+namespace ferry {
+
+struct MigrationParams {
+  // Parameters.
+  uint64_t downtime_limit_ms = 300;  // "downtime-limit": switch over when the rest fits in this
+  uint64_t max_bandwidth = 0;        // "max-bandwidth": bytes/s, 0 = unlimited
+
+  // Capabilities.
+  bool verify = true;  // "verify": ferry's digest section + verdict (off for QEMU peers)
+
+  // Stream shape.
+  std::string machine = "ferry";  // configuration section machine name
+  bool qemu_compat = false;       // peer is QEMU: no ferry extensions
+
+  // Parses "-p NAME=VALUE" style names.
+  Status SetParameter(std::string_view name, std::string_view value);
+  Status SetCapability(std::string_view name, bool on);
+  // Makes the settings QEMU-compatible for machine `machine`.
+  void SetQemuCompat(std::string machine_name);
+};
+
+// Parses "4G", "256M", "4096", "1.5G" (powers of 1024).
+Result<uint64_t> ParseSize(std::string_view text);
+
+}  // namespace ferry

@@ -1,0 +1,164 @@
+#include "core/ram_loader.h"
+
+#include <cinttypes>
+#include <cstdio>
+#include <cstring>
+#include <cstring>
+
+#include "core/wire.h"
+#include "core/zero_page.h"
+
+namespace ferry {
+namespace {
+
+std::string Hex(uint64_t v) {
+  char buf[24];
+  snprintf(buf, sizeof(buf), "0x%" PRIx64, v);
+  return buf;
+}
+
+std::string At(uint64_t offset) { return " (stream offset " + std::to_string(offset) + ")"; }
+
+}  // namespace
+
+Status RamLoader::LoadBlockList(StreamReader& r, uint64_t total) {
+  if (setup_seen_) return Status::Protocol("RAM block list sent twice");
+  if (total == 0) return Status::Protocol("RAM block list announces 0 bytes of RAM");
+  uint64_t sum = 0;
+  std::vector<bool> named(blocks_.size(), false);
+  while (sum < total) {
+    const uint64_t at = r.offset();
+    std::string name = r.GetName();
+    uint64_t length = r.GetBe64();
+    FERRY_RETURN_IF_ERROR(r.status());
+    if (name.empty()) return Status::Protocol("RAM block with an empty name" + At(at));
+    if (length == 0 || length % kPageSize) {
+      return Status::Protocol("RAM block '" + name + "' has length " + std::to_string(length) +
+                              ", not a non-zero multiple of 4096" + At(at));
+    }
+    if (length > total - sum) {
+      return Status::Protocol("RAM block '" + name + "' (" + std::to_string(length) +
+                              " bytes) exceeds the announced total of " + std::to_string(total) +
+                              " bytes" + At(at));
+    }
+    RamBlock* b = blocks_.Find(name);
+    if (!b) {
+      if (!allocator_) {
+        return Status::Mismatch("the stream carries RAM block '" + name + "' (" + std::to_string(length) +
+                                " bytes) which this guest does not have");
+      }
+      FERRY_ASSIGN_OR_RETURN(uint8_t* host, allocator_->Allocate(name, length));
+      FERRY_RETURN_IF_ERROR(blocks_.Add(name, host, length));
+      named.push_back(false);
+      b = blocks_.Find(name);
+    } else if (b->used_length != length) {
+      return Status::Mismatch("RAM block '" + name + "' size mismatch: the stream has " +
+                              std::to_string(length) + " bytes, this guest has " +
+                              std::to_string(b->used_length) + " bytes");
+    }
+    size_t idx = IndexOf(b);
+    if (named[idx]) return Status::Protocol("RAM block '" + name + "' listed twice" + At(at));
+    named[idx] = true;
+    sum += length;
+  }
+  for (size_t i = 0; i < blocks_.size(); ++i) {
+    if (!named[i]) {
+      return Status::Mismatch("this guest has RAM block '" + blocks_[i].name +
+                              "' which the stream does not carry");
+    }
+  }
+  written_.clear();
+  for (RamBlock& b : blocks_) written_.emplace_back(b.pages());
+  setup_seen_ = true;
+  return Status::Ok();
+}
+
+size_t RamLoader::IndexOf(const RamBlock* b) const {
+  for (size_t i = 0; i < blocks_.size(); ++i) {
+    if (&blocks_[i] == b) return i;
+  }
+  return blocks_.size();
+}
+
+RamBlock* RamLoader::BlockFor(StreamReader& r, uint64_t flags, uint64_t at) {
+  if (flags & wire::kRamContinue) {
+    if (!last_block_) {
+      r.SetError(Status::Protocol("page record with CONTINUE but no previous block" + At(at)));
+    }
+    return last_block_;
+  }
+  std::string name = r.GetName();
+  if (!r.status().ok()) return nullptr;
+  RamBlock* b = blocks_.Find(name);
+  if (!b) {
+    r.SetError(Status::Protocol("page record for unknown RAM block '" + name + "'" + At(at)));
+    return nullptr;
+  }
+  last_block_ = b;
+  return b;
+}
+
+Status RamLoader::Load(StreamReader& r, uint32_t version) {
+  if (version != wire::kRamSectionVersion) {
+    return Status::Protocol("RAM section version " + std::to_string(version) + " is not supported (only 4)");
+  }
+  constexpr uint64_t kKnown = wire::kRamZero | wire::kRamMemSize | wire::kRamPage | wire::kRamEos |
+                              wire::kRamContinue | wire::kRamMultifdFlush;
+  while (true) {
+    const uint64_t at = r.offset();
+    const uint64_t rec = r.GetBe64();
+    FERRY_RETURN_IF_ERROR(r.status());
+    const uint64_t flags = rec & wire::kRamFlagMask;
+    const uint64_t addr = rec & kPageMask;
+    if (flags & ~kKnown) {
+      return Status::Protocol("unknown RAM record flags " + Hex(flags & ~kKnown) + " in record " + Hex(rec) + At(at));
+    }
+    const uint64_t kind = flags & ~wire::kRamContinue;
+    switch (kind) {
+      case wire::kRamMemSize:
+        FERRY_RETURN_IF_ERROR(LoadBlockList(r, addr));
+        break;
+      case wire::kRamZero:
+      case wire::kRamPage: {
+        if (!setup_seen_) return Status::Protocol("page record before the RAM block list" + At(at));
+        RamBlock* b = BlockFor(r, flags, at);
+        FERRY_RETURN_IF_ERROR(r.status());
+        if (addr >= b->used_length) {
+          return Status::Protocol("page offset " + Hex(addr) + " is outside RAM block '" + b->name + "' (" +
+                                  Hex(b->used_length) + " bytes)" + At(at));
+        }
+        const uint64_t index = addr >> kPageShift;
+        uint8_t* host = b->page(index);
+        DirtyBitmap& written = written_[IndexOf(b)];
+        if (kind == wire::kRamZero) {
+          uint8_t fill = r.Get8();
+          FERRY_RETURN_IF_ERROR(r.status());
+          if (fill != 0) {
+            return Status::Protocol("zero-page record with fill byte " + Hex(fill) + " for block '" + b->name +
+                                    "' offset " + Hex(addr) + At(at));
+          }
+          if (!fresh_ || written.Test(index)) {
+            if (!IsZeroPage(host)) std::memset(host, 0, kPageSize);
+            written.Clear(index);
+          }
+          ++counters_.zero_pages;
+        } else {
+          r.GetBytes(host, kPageSize);
+          FERRY_RETURN_IF_ERROR(r.status());
+          written.Set(index);
+          ++counters_.normal_pages;
+        }
+        break;
+      }
+      case wire::kRamEos:
+        if (flags & wire::kRamContinue) return Status::Protocol("EOS record with CONTINUE flag" + At(at));
+        return Status::Ok();
+      case wire::kRamMultifdFlush:
+        return Status::Protocol("MULTIFD_FLUSH record, but multifd is not enabled on this side" + At(at));
+      default:
+        return Status::Protocol("invalid combination of RAM record flags " + Hex(flags) + At(at));
+    }
+  }
+}
+
+}  // namespace ferry

@@ -1,0 +1,75 @@
+#include "core/ram_saver.h"
+
+#include "core/wire.h"
+#include "core/zero_page.h"
+
+namespace ferry {
+
+void StreamSink::Page(RamBlock& block, uint64_t page_index, bool zero) {
+  uint64_t hdr = (page_index << kPageShift) | (zero ? wire::kRamZero : wire::kRamPage);
+  if (&block == last_block_) {
+    w_.PutBe64(hdr | wire::kRamContinue);
+  } else {
+    w_.PutBe64(hdr);
+    w_.PutName(block.name);
+    last_block_ = &block;
+  }
+  if (zero) {
+    w_.Put8(0);
+  } else {
+    w_.PutRef(block.page(page_index), kPageSize);
+  }
+}
+
+void RamSaver::MarkAllDirty() {
+  for (RamBlock& b : blocks_) b.dirty.SetAll();
+}
+
+void RamSaver::WriteSetup() {
+  w_.PutBe64(blocks_.total_bytes() | wire::kRamMemSize);
+  for (RamBlock& b : blocks_) {
+    w_.PutName(b.name);
+    w_.PutBe64(b.used_length);
+  }
+  w_.PutBe64(wire::kRamEos);
+}
+
+bool RamSaver::SendSome(uint64_t budget) {
+  const uint64_t start = w_.bytes();
+  while (block_ < blocks_.size()) {
+    RamBlock& b = blocks_[block_];
+    const uint64_t n = b.pages();
+    while (true) {
+      uint64_t i = b.dirty.FindNextSet(page_);
+      if (i >= n) break;
+      b.dirty.Clear(i);
+      page_ = i + 1;
+      bool zero = detect_zero_ && IsZeroPage(b.page(i));
+      if (zero) {
+        ++counters_.zero_pages;
+      } else {
+        ++counters_.normal_pages;
+      }
+      sink_.Page(b, i, zero);
+      if (!w_.status().ok()) return false;
+      if (w_.bytes() - start >= budget) return false;
+    }
+    ++block_;
+    page_ = 0;
+  }
+  return true;
+}
+
+Status RamSaver::EndSection() {
+  FERRY_RETURN_IF_ERROR(sink_.EndSection());
+  w_.PutBe64(wire::kRamEos);
+  return w_.status();
+}
+
+uint64_t RamSaver::dirty_pages() const {
+  uint64_t n = 0;
+  for (const RamBlock& b : blocks_) n += b.dirty.Count();
+  return n;
+}
+
+}  // namespace ferry

@@ -1,0 +1,58 @@
+// RamSaver: the source half of QEMU's "ram" section (version 4).
+//
+//   setup     be64 total|MEM_SIZE, per block {u8 len, name, be64 length}, EOS
+//   iterate   page records for dirty pages, EOS
+//   complete  the remaining dirty pages, EOS
+//
+// The saver walks each block's dirty bitmap in order, clears a page's bit
+// before reading the page, and gives the page to its PageSink. With
+// `detect_zero` it tests pages itself (QEMU 7.2's "legacy" detection) and
+// sends zero pages as ZERO records.
+#pragma once
+
+#include <cstdint>
+
+#include "core/page_sink.h"
+#include "core/ram_block.h"
+#include "core/stream.h"
+
+namespace ferry {
+
+struct RamSaverCounters {
+  uint64_t normal_pages = 0;
+  uint64_t zero_pages = 0;
+};
+
+class RamSaver {
+ public:
+  RamSaver(RamBlockList& blocks, StreamWriter& w, PageSink& sink, bool detect_zero)
+      : blocks_(blocks), w_(w), sink_(sink), detect_zero_(detect_zero) {}
+
+  // Marks every page dirty (the first round sends all of RAM).
+  void MarkAllDirty();
+  // Writes the setup data of the START section.
+  void WriteSetup();
+  // Sends dirty pages from the round cursor until `budget` bytes went into
+  // the main stream or the round ends. Returns true when the round is done
+  // (cursor wrapped; call StartRound after the next dirty sync).
+  bool SendSome(uint64_t budget);
+  // Restarts the cursor at the first block.
+  void StartRound() { block_ = 0; page_ = 0; }
+  // Closes a RAM section's data: sink flush, then EOS.
+  Status EndSection();
+  void BeginSection() { sink_.BeginSection(); }
+
+  uint64_t dirty_pages() const;
+  const RamSaverCounters& counters() const { return counters_; }
+
+ private:
+  RamBlockList& blocks_;
+  StreamWriter& w_;
+  PageSink& sink_;
+  bool detect_zero_;
+  size_t block_ = 0;
+  uint64_t page_ = 0;
+  RamSaverCounters counters_;
+};
+
+}  // namespace ferry

@@ -1,0 +1,305 @@
+#include <algorithm>
+#include <cstring>
+
+#include "core/migration.h"
+#include "core/ram_saver.h"
+#include "core/stream.h"
+#include "core/verify.h"
+#include "core/wire.h"
+
+namespace ferry {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// Unlimited bandwidth still sends in slices so cancel and progress are seen
+// several times a second.
+constexpr uint64_t kSliceBytes = 32ull << 20;
+// max-bandwidth is enforced per 100 ms window, as QEMU does.
+constexpr auto kWindow = std::chrono::milliseconds(100);
+
+uint64_t MsSince(Clock::time_point t) {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t).count();
+}
+
+void WriteSectionHeader(StreamWriter& w, uint8_t type, uint32_t id, const std::string& idstr, uint32_t instance,
+                        uint32_t version) {
+  w.Put8(type);
+  w.PutBe32(id);
+  w.PutName(idstr);
+  w.PutBe32(instance);
+  w.PutBe32(version);
+}
+
+void WriteFooter(StreamWriter& w, uint32_t id) {
+  w.Put8(wire::kFooter);
+  w.PutBe32(id);
+}
+
+std::string JsonEscape(const std::string& s) {
+  std::string out;
+  for (char c : s) {
+    if (c == '"' || c == '\\') out += '\\';
+    if (static_cast<unsigned char>(c) < 0x20) continue;
+    out += c;
+  }
+  return out;
+}
+
+}  // namespace
+
+MigrationSource::MigrationSource(MigrationParams params, RamBlockList& blocks, DirtyTracker& tracker,
+                                 GuestControl* guest, std::vector<DeviceHandler*> devices)
+    : params_(std::move(params)), blocks_(blocks), tracker_(tracker), guest_(guest), devices_(std::move(devices)) {
+  stats_.ram.total = blocks_.total_bytes();
+}
+
+MigrationSource::~MigrationSource() = default;
+
+void MigrationSource::Cancel() {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (IsTerminal(stats_.state)) return;
+  cancel_.store(true, std::memory_order_release);
+  if (stats_.state != MigrationState::kNone) stats_.state = MigrationState::kCancelling;
+  if (channel_) channel_->Shutdown();
+  cv_.notify_all();
+}
+
+MigrationStats MigrationSource::Stats() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  MigrationStats s = stats_;
+  if (!IsTerminal(s.state) && s.state != MigrationState::kNone) s.total_time_ms = MsSince(start_);
+  return s;
+}
+
+void MigrationSource::Publish(MigrationState state) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (stats_.state != MigrationState::kCancelling || IsTerminal(state)) stats_.state = state;
+  const uint64_t elapsed = std::max<uint64_t>(1, MsSince(start_));
+  stats_.total_time_ms = elapsed;
+  stats_.ram.transferred = bytes_sent_;
+  stats_.ram.normal = normal_;
+  stats_.ram.duplicate = zero_;
+  stats_.ram.normal_bytes = normal_ * kPageSize;
+  stats_.ram.remaining = remaining_;
+  stats_.ram.mbps = static_cast<double>(bytes_sent_) * 8 / 1e6 / (elapsed / 1000.0);
+  stats_.ram.pages_per_second = (normal_ + zero_) * 1000 / elapsed;
+}
+
+Status MigrationSource::Throttle(uint64_t* budget) {
+  if (params_.max_bandwidth == 0) {
+    *budget = kSliceBytes;
+    return Status::Ok();
+  }
+  const uint64_t allowance = std::max<uint64_t>(params_.max_bandwidth / 10, kPageSize * 2);
+  while (true) {
+    auto now = Clock::now();
+    if (now - window_start_ >= kWindow) {
+      window_start_ = now;
+      window_bytes_ = 0;
+    }
+    if (window_bytes_ < allowance) {
+      *budget = std::min(allowance - window_bytes_, kSliceBytes);
+      return Status::Ok();
+    }
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait_until(lock, window_start_ + kWindow, [&] { return cancelled(); });
+    if (cancelled()) return Status::Cancelled("migration cancelled");
+  }
+}
+
+Status MigrationSource::Run(Channel& channel, bool await_verdict) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stats_.state != MigrationState::kNone) return Status::Internal("a MigrationSource runs once");
+    if (cancelled()) {
+      stats_.state = MigrationState::kCancelled;
+      stats_.error = "migration cancelled";
+      return Status::Cancelled("migration cancelled before it started");
+    }
+    channel_ = &channel;
+    start_ = Clock::now();
+    stats_.state = MigrationState::kSetup;
+  }
+  Status s = RunInner(channel, await_verdict);
+  tracker_.Stop();
+  std::lock_guard<std::mutex> lock(mu_);
+  channel_ = nullptr;
+  stats_.total_time_ms = MsSince(start_);
+  if (s.ok()) {
+    stats_.state = MigrationState::kCompleted;
+    stats_.ram.remaining = 0;
+  } else if (cancelled()) {
+    stats_.state = MigrationState::kCancelled;
+    s = Status::Cancelled("migration cancelled");
+    stats_.error = s.message();
+  } else {
+    stats_.state = MigrationState::kFailed;
+    stats_.error = s.message();
+  }
+  return s;
+}
+
+Status MigrationSource::RunInner(Channel& channel, bool await_verdict) {
+  StreamWriter w(&channel);
+  StreamSink sink(w);
+  RamSaver saver(blocks_, w, sink, /*detect_zero=*/true);
+  const bool verify = params_.verify && !params_.qemu_compat;
+
+  // Tracking starts before the first page is read, so no write is missed.
+  FERRY_RETURN_IF_ERROR(tracker_.Start(blocks_).WithContext("dirty tracking (" + std::string(tracker_.name()) + ")"));
+  saver.MarkAllDirty();
+  uint64_t syncs = 1;
+
+  w.PutBe32(wire::kMagic);
+  w.PutBe32(wire::kVersion);
+  w.Put8(wire::kConfiguration);
+  w.PutBe32(static_cast<uint32_t>(params_.machine.size()));
+  w.PutBytes(params_.machine.data(), params_.machine.size());
+
+  uint32_t next_id = 0;
+  const uint32_t ram_id = next_id++;
+  WriteSectionHeader(w, wire::kSectionStart, ram_id, "ram", 0, wire::kRamSectionVersion);
+  saver.WriteSetup();
+  WriteFooter(w, ram_id);
+  FERRY_RETURN_IF_ERROR(w.Flush());
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stats_.setup_time_ms = MsSince(start_);
+    stats_.ram.dirty_sync_count = syncs;
+  }
+  remaining_ = saver.dirty_pages() * kPageSize;
+  window_start_ = Clock::now();
+  Publish(MigrationState::kActive);
+
+  // Dirty rounds until the rest fits in the downtime limit.
+  uint64_t iteration = 0;
+  while (true) {
+    ++iteration;
+    const auto round_start = Clock::now();
+    const uint64_t round_bytes0 = w.bytes();
+    saver.StartRound();
+    bool done = false;
+    while (!done) {
+      if (cancelled()) return Status::Cancelled("migration cancelled");
+      uint64_t budget = 0;
+      FERRY_RETURN_IF_ERROR(Throttle(&budget));
+      const uint64_t before = w.bytes();
+      w.Put8(wire::kSectionPart);
+      w.PutBe32(ram_id);
+      saver.BeginSection();
+      done = saver.SendSome(budget);
+      FERRY_RETURN_IF_ERROR(saver.EndSection());
+      WriteFooter(w, ram_id);
+      FERRY_RETURN_IF_ERROR(w.Flush().WithContext("sending RAM to " + channel.Describe()));
+      window_bytes_ += w.bytes() - before;
+      bytes_sent_ = w.bytes();
+      normal_ = saver.counters().normal_pages;
+      zero_ = saver.counters().zero_pages;
+      remaining_ = saver.dirty_pages() * kPageSize;
+      Publish(MigrationState::kActive);
+    }
+    const double round_ms = std::max(1.0, std::chrono::duration<double, std::milli>(Clock::now() - round_start).count());
+    const double bytes_per_ms = std::max(1.0, (w.bytes() - round_bytes0) / round_ms);
+
+    FERRY_ASSIGN_OR_RETURN(uint64_t newly, tracker_.Sync(blocks_));
+    ++syncs;
+    remaining_ = saver.dirty_pages() * kPageSize;
+    const uint64_t expected_ms = static_cast<uint64_t>(remaining_ / bytes_per_ms);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stats_.ram.dirty_sync_count = syncs;
+      stats_.ram.dirty_pages_rate = static_cast<uint64_t>(newly * 1000 / round_ms);
+      stats_.expected_downtime_ms = expected_ms;
+      stats_.iteration = iteration;
+    }
+    Publish(MigrationState::kActive);
+    if (expected_ms <= params_.downtime_limit_ms) break;
+  }
+
+  // Switchover: stop the guest, send what is left and the device state.
+  if (cancelled()) return Status::Cancelled("migration cancelled");
+  const auto pause_start = Clock::now();
+  if (guest_) guest_->Pause();
+  struct Resumer {
+    GuestControl* g;
+    bool armed = true;
+    ~Resumer() {
+      if (armed && g) g->Resume();
+    }
+  } resumer{guest_};
+  Publish(MigrationState::kDevice);
+
+  FERRY_ASSIGN_OR_RETURN(uint64_t last, tracker_.Sync(blocks_));
+  (void)last;
+  ++syncs;
+  saver.StartRound();
+  w.Put8(wire::kSectionEnd);
+  w.PutBe32(ram_id);
+  saver.BeginSection();
+  while (!saver.SendSome(kSliceBytes)) {
+    FERRY_RETURN_IF_ERROR(w.status());
+    if (cancelled()) return Status::Cancelled("migration cancelled");
+  }
+  FERRY_RETURN_IF_ERROR(saver.EndSection());
+  WriteFooter(w, ram_id);
+
+  std::string vmdesc = "{\"page_size\": 4096, \"devices\": [{\"name\": \"ram\", \"instance_id\": 0}";
+  for (DeviceHandler* d : devices_) {
+    const uint32_t id = next_id++;
+    WriteSectionHeader(w, wire::kSectionFull, id, d->idstr(), d->instance_id(), d->version());
+    FERRY_RETURN_IF_ERROR(d->Save(w).WithContext("saving device '" + d->idstr() + "'"));
+    WriteFooter(w, id);
+    vmdesc += ", {\"name\": \"" + JsonEscape(d->idstr()) + "\", \"instance_id\": " + std::to_string(d->instance_id()) + "}";
+  }
+  FERRY_RETURN_IF_ERROR(w.Flush().WithContext("sending the final RAM to " + channel.Describe()));
+  const uint64_t downtime = MsSince(pause_start);
+
+  if (verify) {
+    const uint32_t id = next_id++;
+    WriteSectionHeader(w, wire::kSectionFull, id, wire::kVerifyIdstr, 0, wire::kVerifyVersion);
+    WriteVerifyPayload(w, blocks_);
+    WriteFooter(w, id);
+  }
+  vmdesc += "]}";
+  w.Put8(wire::kSectionEof);
+  w.Put8(wire::kVmDescription);
+  w.PutBe32(static_cast<uint32_t>(vmdesc.size()));
+  w.PutBytes(vmdesc.data(), vmdesc.size());
+  FERRY_RETURN_IF_ERROR(w.Flush().WithContext("finishing the stream to " + channel.Describe()));
+  bytes_sent_ = w.bytes();
+  normal_ = saver.counters().normal_pages;
+  zero_ = saver.counters().zero_pages;
+  remaining_ = 0;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stats_.downtime_ms = downtime;
+    stats_.ram.dirty_sync_count = syncs;
+  }
+  Publish(MigrationState::kDevice);
+
+  if (verify && await_verdict) {
+    // The destination answers once it has loaded and checked everything.
+    uint32_t hdr[3];
+    Status rs = channel.ReadExact(hdr, sizeof(hdr));
+    if (!rs.ok()) {
+      return Status::Closed("the destination closed the connection without confirming the migration (" +
+                            rs.message() + ")");
+    }
+    if (__builtin_bswap32(hdr[0]) != wire::kVerdictMagic) {
+      return Status::Protocol("the destination's reply is not a ferry verdict");
+    }
+    const uint32_t code = __builtin_bswap32(hdr[1]);
+    const uint32_t len = std::min<uint32_t>(__builtin_bswap32(hdr[2]), 64 * 1024);
+    std::string msg(len, '\0');
+    FERRY_RETURN_IF_ERROR(channel.ReadExact(msg.data(), len));
+    if (code != 0) return Status::Mismatch("the destination reports: " + msg);
+    std::lock_guard<std::mutex> lock(mu_);
+    stats_.verified = true;
+  }
+  // The guest now lives on the destination: it stays paused here.
+  resumer.armed = false;
+  return Status::Ok();
+}
+
+}  // namespace ferry

@@ -1,0 +1,52 @@
+// Migration state and statistics, shaped like QMP's query-migrate.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+namespace ferry {
+
+enum class MigrationState {
+  kNone,
+  kSetup,
+  kActive,
+  kDevice,  // guest paused, sending the rest
+  kCompleted,
+  kFailed,
+  kCancelling,
+  kCancelled,
+};
+
+// QEMU's spelling: "none", "setup", "active", "device", "completed", ...
+std::string_view StateName(MigrationState s);
+inline bool IsTerminal(MigrationState s) {
+  return s == MigrationState::kCompleted || s == MigrationState::kFailed || s == MigrationState::kCancelled;
+}
+
+struct RamStats {
+  uint64_t total = 0;             // bytes of guest RAM
+  uint64_t transferred = 0;       // bytes put on (or taken off) the wire
+  uint64_t remaining = 0;         // dirty bytes still to send
+  uint64_t duplicate = 0;         // zero pages
+  uint64_t normal = 0;            // full pages
+  uint64_t normal_bytes = 0;
+  uint64_t dirty_sync_count = 0;
+  uint64_t dirty_pages_rate = 0;  // pages/s dirtied in the last round
+  double mbps = 0;                // megabits/s over the migration so far
+  uint64_t pages_per_second = 0;
+};
+
+struct MigrationStats {
+  MigrationState state = MigrationState::kNone;
+  uint64_t total_time_ms = 0;
+  uint64_t setup_time_ms = 0;
+  uint64_t downtime_ms = 0;
+  uint64_t expected_downtime_ms = 0;
+  uint64_t iteration = 0;  // dirty rounds so far
+  RamStats ram;
+  std::string error;     // set when failed/cancelled
+  bool verified = false; // destination: digest matched; source: destination said so
+};
+
+}  // namespace ferry

@@ -1,0 +1,42 @@
+// ferry's verification section ("ferry-verify", version 1; capability
+// "verify", never sent to QEMU). After the RAM, the source describes its
+// final memory; the destination compares while reading.
+//
+//   be32 block count
+//   per block: u8 len, name, be64 used_length,
+//              one be64 XXH3-64 per page, in page order,
+//              be64 high, be64 low of XXH3-128 over those page hashes
+//
+// Per-page hashes let the destination name the first differing page and
+// need no memory of their own (it hashes its page as each value arrives);
+// the 128-bit digest over them guards the list. Wire cost: 8 bytes per
+// 4 KiB page (0.2%).
+#pragma once
+
+#include <string>
+
+#include "core/ram_block.h"
+#include "core/section.h"
+
+namespace ferry {
+
+// Writes the section payload for `blocks` (guest paused).
+void WriteVerifyPayload(StreamWriter& w, const RamBlockList& blocks);
+
+class VerifyLoader final : public SectionLoader {
+ public:
+  explicit VerifyLoader(const RamBlockList& blocks) : blocks_(blocks) {}
+  std::string idstr() const override;
+  uint32_t version() const override;
+  // Fails with kMismatch naming the block and first differing page.
+  Status Load(StreamReader& r, uint32_t version) override;
+  bool seen() const { return seen_; }
+  bool verified() const { return verified_; }
+
+ private:
+  const RamBlockList& blocks_;
+  bool seen_ = false;
+  bool verified_ = false;
+};
+
+}  // namespace ferry

@@ -1,0 +1,50 @@
+// QEMU migration stream constants, in one place. All multi-byte values on the
+// wire are big-endian. Layouts are drawn in docs/protocol.md.
+#pragma once
+
+#include <cstdint>
+
+namespace ferry::wire {
+
+// Stream header: be32 magic, be32 version.
+inline constexpr uint32_t kMagic = 0x5145564d;  // "QEVM"
+inline constexpr uint32_t kVersion = 3;
+// The pre-2012 version 2 streams have the same magic; ferry refuses them.
+
+// Section types: one byte in front of every section.
+inline constexpr uint8_t kSectionEof = 0x00;
+inline constexpr uint8_t kSectionStart = 0x01;  // be32 id, u8 len, idstr, be32 instance, be32 version
+inline constexpr uint8_t kSectionPart = 0x02;   // be32 id
+inline constexpr uint8_t kSectionEnd = 0x03;    // be32 id
+inline constexpr uint8_t kSectionFull = 0x04;   // like START
+inline constexpr uint8_t kSubsection = 0x05;    // inside device state: u8 len, name, be32 version
+inline constexpr uint8_t kVmDescription = 0x06; // after EOF: be32 length, JSON
+inline constexpr uint8_t kConfiguration = 0x07; // be32 length, machine name
+inline constexpr uint8_t kCommand = 0x08;       // return path / postcopy commands
+inline constexpr uint8_t kFooter = 0x7e;        // closes every section: be32 id
+
+// "ram" section, version 4. A record is be64 (offset | flags); the offset is
+// page aligned, so the flags live in the low 12 bits.
+inline constexpr uint32_t kRamSectionVersion = 4;
+inline constexpr uint64_t kRamFull = 0x01;         // obsolete since 2009: rejected
+inline constexpr uint64_t kRamZero = 0x02;         // + u8 fill byte (always 0)
+inline constexpr uint64_t kRamMemSize = 0x04;      // offset = total bytes; block list follows
+inline constexpr uint64_t kRamPage = 0x08;         // + 4096 bytes of page
+inline constexpr uint64_t kRamEos = 0x10;          // end of this section's RAM data
+inline constexpr uint64_t kRamContinue = 0x20;     // same block as previous record: no name
+inline constexpr uint64_t kRamXbzrle = 0x40;       // not supported by ferry
+inline constexpr uint64_t kRamHook = 0x80;         // RDMA registration hook
+inline constexpr uint64_t kRamCompressPage = 0x100;// removed from QEMU: rejected
+inline constexpr uint64_t kRamMultifdFlush = 0x200;// multifd barrier (QEMU >= 8)
+inline constexpr uint64_t kRamFlagMask = 0xfff;
+
+// ferry's own verification section (capability "verify"; never sent to QEMU).
+inline constexpr const char* kVerifyIdstr = "ferry-verify";
+inline constexpr uint32_t kVerifyVersion = 1;
+
+// Verdict the ferry destination sends back on the same connection after the
+// stream when verification is on: be32 magic, be32 code (0 = verified), be32
+// message length, message.
+inline constexpr uint32_t kVerdictMagic = 0x46525944;  // "FRYD"
+
+}  // namespace ferry::wire
