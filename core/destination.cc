@@ -244,14 +244,17 @@ Status MigrationDestination::RunInner(Channel& channel) {
     }
     FERRY_RETURN_IF_ERROR(sec->loader->Load(r, sec->version).WithContext("section '" + sec->idstr + "'"));
     const uint64_t footer_at = r.offset();
-    const uint8_t footer = r.Get8();
-    const uint32_t footer_id = r.GetBe32();
+    const int footer = r.Peek8();
     FERRY_RETURN_IF_ERROR(r.status().WithContext("section '" + sec->idstr + "' footer"));
     if (footer != wire::kFooter) {
       return Status::Protocol("section '" + sec->idstr + "' (id " + std::to_string(id) +
-                              ") is missing its footer: found byte " + Hex(footer) + " at stream offset " +
-                              std::to_string(footer_at));
+                              ") is missing its footer: found " +
+                              (footer < 0 ? std::string("the end of the stream") : "byte " + Hex(footer)) +
+                              " at stream offset " + std::to_string(footer_at));
     }
+    r.Get8();
+    const uint32_t footer_id = r.GetBe32();
+    FERRY_RETURN_IF_ERROR(r.status().WithContext("section '" + sec->idstr + "' footer"));
     if (footer_id != id) {
       return Status::Protocol("section '" + sec->idstr + "' (id " + std::to_string(id) + ") closed by a footer for id " +
                               std::to_string(footer_id));
@@ -270,8 +273,11 @@ Status MigrationDestination::RunInner(Channel& channel) {
     if (n > (64u << 20)) return Status::Protocol("VM description of " + std::to_string(n) + " bytes is too large");
     r.Skip(n);
     FERRY_RETURN_IF_ERROR(r.status().WithContext("reading the VM description"));
-  } else if (next >= 0 && !(options_.expect_verify && options_.send_verdict)) {
+  } else if (next >= 0) {
     return Status::Protocol("unexpected byte " + Hex(next) + " after the end of the stream");
+  } else if (options_.expect_verify) {
+    // A ferry source always closes with its VM description.
+    return Status::Protocol("the stream ended without the VM description that follows EOF");
   }
   UpdateStats(r.offset());
 

@@ -1,0 +1,487 @@
+// Unit tests of the stream codec, section framing and RAM records, including
+// every class of bad input the destination must reject with a clear error.
+#include <gtest/gtest.h>
+#include <sys/mman.h>
+
+#include <cstring>
+#include <random>
+
+#include "core/dirty_tracker.h"
+#include "core/migration.h"
+#include "core/params.h"
+#include "core/ram_saver.h"
+#include "core/stream.h"
+#include "core/uri.h"
+#include "core/wire.h"
+#include "tests/memory_channel.h"
+
+namespace ferry {
+namespace {
+
+using test::MemoryChannel;
+
+// Page-aligned guest memory for tests.
+struct TestRam {
+  explicit TestRam(uint64_t size) : size(size) {
+    void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    mem = static_cast<uint8_t*>(p);
+  }
+  ~TestRam() { munmap(mem, size); }
+  uint64_t size;
+  uint8_t* mem;
+};
+
+// Fills: page i is zero when i % 3 == 0, random otherwise.
+void Pattern(uint8_t* mem, uint64_t size, uint32_t seed) {
+  std::mt19937_64 rng(seed);
+  for (uint64_t off = 0; off < size; off += kPageSize) {
+    if ((off / kPageSize) % 3 == 0) continue;
+    for (uint64_t i = 0; i < kPageSize; i += 8) {
+      uint64_t v = rng();
+      std::memcpy(mem + off + i, &v, 8);
+    }
+  }
+}
+
+// Produces a complete ferry stream of `ram` with MigrationSource.
+std::vector<uint8_t> SaveStream(TestRam& ram, bool verify = true, std::string machine = "ferry") {
+  RamBlockList blocks;
+  EXPECT_TRUE(blocks.Add("ram", ram.mem, ram.size).ok());
+  auto tracker = MakeDirtyTracker(DirtyTrackerKind::kAllOnce);
+  EXPECT_TRUE(tracker.ok());
+  MigrationParams p;
+  p.verify = verify;
+  p.machine = std::move(machine);
+  MigrationSource src(p, blocks, **tracker, nullptr);
+  MemoryChannel ch;
+  Status s = src.Run(ch, /*await_verdict=*/false);
+  EXPECT_TRUE(s.ok()) << s.ToString();
+  EXPECT_EQ(src.Stats().state, MigrationState::kCompleted);
+  return ch.out();
+}
+
+struct LoadResult {
+  Status status;
+  MigrationStats stats;
+};
+
+LoadResult LoadStream(std::vector<uint8_t> bytes, TestRam& ram, DestinationOptions opts = {}, size_t max_read = SIZE_MAX) {
+  RamBlockList blocks;
+  EXPECT_TRUE(blocks.Add("ram", ram.mem, ram.size).ok());
+  opts.send_verdict = false;
+  MigrationDestination dst(opts, blocks, nullptr);
+  MemoryChannel ch(std::move(bytes), max_read);
+  Status s = dst.Run(ch);
+  return {s, dst.Stats()};
+}
+
+// Hand-built streams for the error cases.
+struct Builder {
+  std::vector<uint8_t> b;
+  Builder& u8(uint8_t v) { b.push_back(v); return *this; }
+  Builder& be32(uint32_t v) { for (int i = 3; i >= 0; --i) b.push_back(v >> (8 * i)); return *this; }
+  Builder& be64(uint64_t v) { for (int i = 7; i >= 0; --i) b.push_back(v >> (8 * i)); return *this; }
+  Builder& name(const std::string& s) { u8(s.size()); b.insert(b.end(), s.begin(), s.end()); return *this; }
+  Builder& bytes(const void* p, size_t n) { auto* c = static_cast<const uint8_t*>(p); b.insert(b.end(), c, c + n); return *this; }
+  Builder& header(const std::string& machine = "ferry") {
+    be32(wire::kMagic).be32(wire::kVersion).u8(wire::kConfiguration).be32(machine.size());
+    b.insert(b.end(), machine.begin(), machine.end());
+    return *this;
+  }
+  Builder& start(uint32_t id, const std::string& idstr, uint32_t version, uint8_t type = wire::kSectionStart) {
+    return u8(type).be32(id).name(idstr).be32(0).be32(version);
+  }
+  Builder& footer(uint32_t id) { return u8(wire::kFooter).be32(id); }
+  Builder& ram_setup(uint64_t size, const std::string& block = "ram") {
+    return be64(size | wire::kRamMemSize).name(block).be64(size).be64(wire::kRamEos);
+  }
+};
+
+DestinationOptions NoVerify() {
+  DestinationOptions o;
+  o.expect_verify = false;
+  return o;
+}
+
+// ---------------------------------------------------------------- stream
+
+TEST(Stream, RoundTripsIntegersBytesAndReferences) {
+  MemoryChannel out;
+  StreamWriter w(&out, 64);  // tiny buffer: forces flushes mid-record
+  std::vector<uint8_t> page(4096);
+  for (size_t i = 0; i < page.size(); ++i) page[i] = static_cast<uint8_t>(i * 7);
+  for (int i = 0; i < 100; ++i) {
+    w.Put8(0xab);
+    w.PutBe16(0x1234);
+    w.PutBe32(0xdeadbeef);
+    w.PutBe64(0x0102030405060708ull + i);
+    w.PutName("block" + std::to_string(i));
+    w.PutRef(page.data(), page.size());
+  }
+  ASSERT_TRUE(w.Flush().ok());
+  EXPECT_EQ(w.bytes(), out.out().size());
+
+  MemoryChannel in(out.out(), 3);  // 3-byte reads: every value straddles reads
+  StreamReader r(&in, 256);
+  std::vector<uint8_t> got(4096);
+  for (int i = 0; i < 100; ++i) {
+    EXPECT_EQ(r.Get8(), 0xab);
+    EXPECT_EQ(r.GetBe16(), 0x1234);
+    EXPECT_EQ(r.GetBe32(), 0xdeadbeefu);
+    EXPECT_EQ(r.GetBe64(), 0x0102030405060708ull + i);
+    EXPECT_EQ(r.GetName(), "block" + std::to_string(i));
+    r.GetBytes(got.data(), got.size());
+    ASSERT_EQ(got, page);
+  }
+  EXPECT_TRUE(r.status().ok());
+  EXPECT_EQ(r.Peek8(), -1);  // clean end
+  EXPECT_TRUE(r.status().ok());
+  r.Get8();
+  EXPECT_EQ(r.status().code(), Code::kProtocol);
+}
+
+TEST(Stream, BigEndianOnTheWire) {
+  MemoryChannel out;
+  StreamWriter w(&out);
+  w.PutBe32(wire::kMagic);
+  w.PutBe64(0x1122334455667788ull);
+  ASSERT_TRUE(w.Flush().ok());
+  std::vector<uint8_t> want = {'Q', 'E', 'V', 'M', 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88};
+  EXPECT_EQ(out.out(), want);
+}
+
+TEST(Stream, FirstErrorWins) {
+  MemoryChannel out;
+  StreamWriter w(&out, 16);
+  w.SetError(Status::Protocol("first"));
+  w.PutBe64(1);
+  w.SetError(Status::Io("second", 5));
+  EXPECT_EQ(w.Flush().message(), "first");
+  EXPECT_TRUE(out.out().empty());
+
+  MemoryChannel in({1, 2});
+  StreamReader r(&in);
+  EXPECT_EQ(r.GetBe32(), 0u);
+  EXPECT_FALSE(r.status().ok());
+  EXPECT_NE(r.status().message().find("ended"), std::string::npos) << r.status().message();
+}
+
+TEST(Stream, LargeReadsBypassTheBuffer) {
+  std::vector<uint8_t> data(3 << 20);
+  for (size_t i = 0; i < data.size(); ++i) data[i] = static_cast<uint8_t>(i ^ (i >> 8));
+  MemoryChannel in(data);
+  StreamReader r(&in, 1 << 16);
+  std::vector<uint8_t> got(data.size());
+  r.GetBytes(got.data(), 10);
+  r.GetBytes(got.data() + 10, got.size() - 10);
+  ASSERT_TRUE(r.status().ok());
+  EXPECT_EQ(got, data);
+  EXPECT_EQ(r.offset(), data.size());
+}
+
+// ---------------------------------------------------------------- params and URIs
+
+TEST(Params, SizesAndNames) {
+  EXPECT_EQ(*ParseSize("4G"), 4ull << 30);
+  EXPECT_EQ(*ParseSize("256M"), 256ull << 20);
+  EXPECT_EQ(*ParseSize("4096"), 4096u);
+  EXPECT_EQ(*ParseSize("1.5K"), 1536u);
+  EXPECT_FALSE(ParseSize("").ok());
+  EXPECT_FALSE(ParseSize("G").ok());
+  EXPECT_FALSE(ParseSize("-1M").ok());
+  EXPECT_FALSE(ParseSize("12Q").ok());
+
+  MigrationParams p;
+  EXPECT_TRUE(p.SetParameter("downtime-limit", "500").ok());
+  EXPECT_EQ(p.downtime_limit_ms, 500u);
+  EXPECT_TRUE(p.SetParameter("max-bandwidth", "1000000").ok());
+  EXPECT_EQ(p.max_bandwidth, 1000000u);
+  EXPECT_EQ(p.SetParameter("downtime-limt", "1").code(), Code::kInvalidArgument);
+  EXPECT_EQ(p.SetParameter("downtime-limit", "abc").code(), Code::kInvalidArgument);
+  EXPECT_EQ(p.SetCapability("xbzrle", true).code(), Code::kUnsupported);
+  EXPECT_TRUE(p.SetCapability("xbzrle", false).ok());
+  EXPECT_EQ(p.SetCapability("nonsense", true).code(), Code::kInvalidArgument);
+}
+
+// ---------------------------------------------------------------- round trips
+
+TEST(RoundTrip, SaveThenLoadGivesIdenticalMemoryAndVerifies) {
+  TestRam src(4 << 20), dst(4 << 20);
+  Pattern(src.mem, src.size, 1);
+  auto stream = SaveStream(src);
+  LoadResult res = LoadStream(stream, dst);
+  ASSERT_TRUE(res.status.ok()) << res.status.ToString();
+  EXPECT_EQ(res.stats.state, MigrationState::kCompleted);
+  EXPECT_TRUE(res.stats.verified);
+  EXPECT_EQ(std::memcmp(src.mem, dst.mem, src.size), 0);
+  EXPECT_EQ(res.stats.ram.duplicate, (src.size / kPageSize + 2) / 3);
+  EXPECT_EQ(res.stats.ram.normal + res.stats.ram.duplicate, src.size / kPageSize);
+}
+
+TEST(RoundTrip, StreamLayoutMatchesQemu) {
+  TestRam src(8192);
+  std::memset(src.mem + 4096, 0x5a, 4096);
+  auto s = SaveStream(src, /*verify=*/false, "none");
+  Builder want;
+  want.header("none").start(0, "ram", 4).ram_setup(8192).footer(0);
+  ASSERT_GE(s.size(), want.b.size());
+  EXPECT_TRUE(std::equal(want.b.begin(), want.b.end(), s.begin()));
+  // The first PART: page 0 as a ZERO record with the block name, page 1
+  // as a PAGE record with CONTINUE.
+  Builder part;
+  part.u8(wire::kSectionPart).be32(0).be64(wire::kRamZero).name("ram").u8(0).be64(4096 | wire::kRamPage | wire::kRamContinue);
+  EXPECT_TRUE(std::equal(part.b.begin(), part.b.end(), s.begin() + want.b.size()));
+  // The stream closes with EOF and a JSON VM description.
+  auto eof = std::find(s.end() - 200, s.end(), wire::kVmDescription);
+  ASSERT_NE(eof, s.end());
+  EXPECT_EQ(*(eof - 1), wire::kSectionEof);
+  EXPECT_EQ(*(eof + 5), '{');
+  EXPECT_EQ(s.back(), '}');
+}
+
+TEST(RoundTrip, DestinationFillsOverwrittenPagesWithZeros) {
+  // A page sent as data in one round and as zero later must end up zero.
+  TestRam dst(8192);
+  std::vector<uint8_t> page(4096, 0x77);
+  Builder b;
+  b.header().start(0, "ram", 4).ram_setup(8192).footer(0);
+  b.u8(wire::kSectionPart).be32(0).be64(wire::kRamPage).name("ram").bytes(page.data(), 4096).be64(wire::kRamEos).footer(0);
+  b.u8(wire::kSectionEnd).be32(0).be64(wire::kRamZero).name("ram").u8(0).be64(wire::kRamEos).footer(0);
+  b.u8(wire::kSectionEof);
+  LoadResult res = LoadStream(b.b, dst, NoVerify());
+  ASSERT_TRUE(res.status.ok()) << res.status.ToString();
+  for (int i = 0; i < 8192; ++i) ASSERT_EQ(dst.mem[i], 0) << i;
+}
+
+TEST(RoundTrip, SmallReadsStillLoad) {
+  TestRam src(1 << 20), dst(1 << 20);
+  Pattern(src.mem, src.size, 2);
+  LoadResult res = LoadStream(SaveStream(src), dst, {}, 7);
+  ASSERT_TRUE(res.status.ok()) << res.status.ToString();
+  EXPECT_EQ(std::memcmp(src.mem, dst.mem, src.size), 0);
+}
+
+// ---------------------------------------------------------------- bad input
+
+void ExpectFailure(const std::vector<uint8_t>& bytes, const std::string& needle, DestinationOptions o = NoVerify(),
+                   uint64_t ram = 8192) {
+  TestRam dst(ram);
+  LoadResult res = LoadStream(bytes, dst, o);
+  ASSERT_FALSE(res.status.ok()) << "loaded a bad stream; expected an error mentioning '" << needle << "'";
+  EXPECT_EQ(res.stats.state, MigrationState::kFailed);
+  EXPECT_NE(res.status.message().find(needle), std::string::npos) << res.status.message();
+}
+
+TEST(BadInput, WrongMagic) {
+  Builder b;
+  b.be32(0x12345678).be32(3);
+  ExpectFailure(b.b, "magic");
+}
+
+TEST(BadInput, WrongVersion) {
+  Builder b;
+  b.be32(wire::kMagic).be32(2);
+  ExpectFailure(b.b, "version 2");
+  Builder c;
+  c.be32(wire::kMagic).be32(4);
+  ExpectFailure(c.b, "version 4");
+}
+
+TEST(BadInput, MissingConfiguration) {
+  Builder b;
+  b.be32(wire::kMagic).be32(3).start(0, "ram", 4);
+  ExpectFailure(b.b, "configuration section missing");
+}
+
+TEST(BadInput, MachineMismatch) {
+  Builder b;
+  b.header("pc-q35-7.2");
+  ExpectFailure(b.b, "machine type mismatch");
+}
+
+TEST(BadInput, UnknownSection) {
+  Builder b;
+  b.header().start(0, "virtio-net", 1, wire::kSectionFull);
+  ExpectFailure(b.b, "unknown section 'virtio-net'");
+}
+
+TEST(BadInput, UnknownSectionType) {
+  Builder b;
+  b.header().u8(0x42);
+  ExpectFailure(b.b, "unknown section type 0x42");
+}
+
+TEST(BadInput, NewerSectionVersion) {
+  Builder b;
+  b.header().start(0, "ram", 5);
+  ExpectFailure(b.b, "version 5");
+}
+
+TEST(BadInput, MissingFooter) {
+  Builder b;
+  b.header().start(0, "ram", 4).ram_setup(8192).u8(wire::kSectionEof);
+  ExpectFailure(b.b, "missing its footer");
+}
+
+TEST(BadInput, FooterForAnotherSection) {
+  Builder b;
+  b.header().start(0, "ram", 4).ram_setup(8192).footer(9);
+  ExpectFailure(b.b, "footer for id 9");
+}
+
+TEST(BadInput, PartForUnknownSectionId) {
+  Builder b;
+  b.header().u8(wire::kSectionPart).be32(3);
+  ExpectFailure(b.b, "unknown section id 3");
+}
+
+TEST(BadInput, BlockNameMismatch) {
+  Builder b;
+  b.header().start(0, "ram", 4).ram_setup(8192, "pc.ram");
+  ExpectFailure(b.b, "'pc.ram'");
+}
+
+TEST(BadInput, BlockSizeMismatch) {
+  Builder b;
+  b.header().start(0, "ram", 4).ram_setup(16384);
+  ExpectFailure(b.b, "size mismatch");
+}
+
+TEST(BadInput, BlockLengthExceedsTotal) {
+  Builder b;
+  b.header().start(0, "ram", 4).be64(4096 | wire::kRamMemSize).name("ram").be64(8192);
+  ExpectFailure(b.b, "exceeds the announced total");
+}
+
+TEST(BadInput, PageOffsetOutOfRange) {
+  Builder b;
+  std::vector<uint8_t> page(4096, 1);
+  b.header().start(0, "ram", 4).ram_setup(8192).footer(0);
+  b.u8(wire::kSectionPart).be32(0).be64(8192 | wire::kRamPage).name("ram").bytes(page.data(), 4096);
+  ExpectFailure(b.b, "outside RAM block 'ram'");
+}
+
+TEST(BadInput, HugeOffsetDoesNotWrap) {
+  Builder b;
+  b.header().start(0, "ram", 4).ram_setup(8192).footer(0);
+  b.u8(wire::kSectionPart).be32(0).be64(0xfffffffffffff000ull | wire::kRamZero).name("ram").u8(0);
+  ExpectFailure(b.b, "outside RAM block");
+}
+
+TEST(BadInput, UnknownFlags) {
+  Builder b;
+  b.header().start(0, "ram", 4).ram_setup(8192).footer(0);
+  b.u8(wire::kSectionPart).be32(0).be64(wire::kRamXbzrle).name("ram");
+  ExpectFailure(b.b, "unknown RAM record flags 0x40");
+  Builder c;
+  c.header().start(0, "ram", 4).ram_setup(8192).footer(0);
+  c.u8(wire::kSectionPart).be32(0).be64(0x800);
+  ExpectFailure(c.b, "unknown RAM record flags 0x800");
+}
+
+TEST(BadInput, InvalidFlagCombination) {
+  Builder b;
+  b.header().start(0, "ram", 4).ram_setup(8192).footer(0);
+  b.u8(wire::kSectionPart).be32(0).be64(wire::kRamZero | wire::kRamPage).name("ram");
+  ExpectFailure(b.b, "invalid combination");
+}
+
+TEST(BadInput, ContinueWithoutBlock) {
+  Builder b;
+  b.header().start(0, "ram", 4).ram_setup(8192).footer(0);
+  b.u8(wire::kSectionPart).be32(0).be64(wire::kRamZero | wire::kRamContinue).u8(0);
+  ExpectFailure(b.b, "CONTINUE but no previous block");
+}
+
+TEST(BadInput, PageBeforeBlockList) {
+  Builder b;
+  b.header().start(0, "ram", 4).be64(wire::kRamZero).name("ram").u8(0);
+  ExpectFailure(b.b, "before the RAM block list");
+}
+
+TEST(BadInput, ZeroRecordWithFillByte) {
+  Builder b;
+  b.header().start(0, "ram", 4).ram_setup(8192).footer(0);
+  b.u8(wire::kSectionPart).be32(0).be64(wire::kRamZero).name("ram").u8(0x11);
+  ExpectFailure(b.b, "fill byte 0x11");
+}
+
+TEST(BadInput, MultifdFlushWithoutMultifd) {
+  Builder b;
+  b.header().start(0, "ram", 4).ram_setup(8192).footer(0);
+  b.u8(wire::kSectionPart).be32(0).be64(wire::kRamMultifdFlush);
+  ExpectFailure(b.b, "MULTIFD_FLUSH");
+}
+
+TEST(BadInput, StreamWithoutRamEnd) {
+  Builder b;
+  b.header().start(0, "ram", 4).ram_setup(8192).footer(0).u8(wire::kSectionEof);
+  ExpectFailure(b.b, "before the RAM section was completed");
+}
+
+TEST(BadInput, MissingVerificationSection) {
+  TestRam src(8192);
+  auto s = SaveStream(src, /*verify=*/false);
+  ExpectFailure(s, "no verification section", DestinationOptions{});
+}
+
+TEST(BadInput, CorruptedPageIsCaughtByVerification) {
+  TestRam src(64 * 4096), dst(64 * 4096);
+  Pattern(src.mem, src.size, 3);
+  auto s = SaveStream(src);
+  // Find page 5's data in the stream and flip a byte in it.
+  auto at = std::search(s.begin(), s.end(), src.mem + 5 * 4096, src.mem + 5 * 4096 + 64);
+  ASSERT_NE(at, s.end());
+  *(at + 100) ^= 0xff;
+  LoadResult res = LoadStream(s, dst);
+  ASSERT_FALSE(res.status.ok());
+  EXPECT_EQ(res.status.code(), Code::kMismatch);
+  EXPECT_NE(res.status.message().find("block 'ram' page 5 "), std::string::npos) << res.status.message();
+}
+
+TEST(BadInput, TruncatedAnywhereNeverLoads) {
+  TestRam src(16 * 4096);
+  Pattern(src.mem, src.size, 4);
+  auto full = SaveStream(src);
+  // Every cut in the first 300 bytes and the last 300, and a stride between.
+  std::vector<size_t> cuts;
+  for (size_t i = 0; i < full.size(); ++i) {
+    if (i < 300 || i + 300 > full.size() || i % 97 == 0) cuts.push_back(i);
+  }
+  for (size_t cut : cuts) {
+    std::vector<uint8_t> part(full.begin(), full.begin() + cut);
+    TestRam dst(src.size);
+    LoadResult res = LoadStream(part, dst, DestinationOptions{});
+    ASSERT_FALSE(res.status.ok()) << "a stream cut at " << cut << " of " << full.size() << " bytes loaded";
+    ASSERT_NE(res.stats.state, MigrationState::kCompleted);
+  }
+  // And the untouched stream loads.
+  TestRam dst(src.size);
+  EXPECT_TRUE(LoadStream(full, dst, DestinationOptions{}).status.ok());
+}
+
+TEST(BadInput, RandomCorruptionNeverCrashes) {
+  TestRam src(16 * 4096);
+  Pattern(src.mem, src.size, 5);
+  auto full = SaveStream(src);
+  std::mt19937 rng(42);
+  int loaded = 0;
+  for (int i = 0; i < 300; ++i) {
+    auto s = full;
+    // Corrupt the framing area or the page area, 1-4 bytes.
+    int n = 1 + rng() % 4;
+    for (int k = 0; k < n; ++k) s[rng() % s.size()] ^= static_cast<uint8_t>(1 + rng() % 255);
+    TestRam dst(src.size);
+    LoadResult res = LoadStream(s, dst, DestinationOptions{});
+    if (res.status.ok()) {
+      // Only possible when the flips hit bytes that do not matter (the vmdesc);
+      // then memory must still be right.
+      ++loaded;
+      ASSERT_EQ(std::memcmp(src.mem, dst.mem, src.size), 0);
+    }
+  }
+  EXPECT_LT(loaded, 50);
+}
+
+}  // namespace
+}  // namespace ferry
