@@ -1,0 +1,1 @@
+ferry_test(source_test integration source_test.cc LIBS ferry_cli_lib ferry_socket ferry_test_support)
