@@ -206,6 +206,11 @@ int RunSend(const SendOpts& o) {
   Result<std::unique_ptr<Channel>> ch =
       Connect(*uri, std::chrono::milliseconds(static_cast<int64_t>(o.connect_timeout * 1000)), stop.get_token());
   if (!ch.ok()) {
+    MigrationStats st;
+    st.state = signals.fired() ? MigrationState::kCancelled : MigrationState::kFailed;
+    st.error = signals.fired() ? "cancelled before connecting" : ch.status().message();
+    st.ram.total = guest.size();
+    if (o.json) PrintResult("send", st, true, tracker_name);
     if (signals.fired()) {
       Note("cancelled before connecting");
       return kExitCancelled;

@@ -157,7 +157,9 @@ Status MigrationSource::RunInner(Channel& channel, bool await_verdict) {
   w.PutBe32(static_cast<uint32_t>(params_.machine.size()));
   w.PutBytes(params_.machine.data(), params_.machine.size());
 
-  uint32_t next_id = 0;
+  // Section ids start at 1: QEMU's loader matches PART/END sections against
+  // ids it recorded, and every section it has not seen yet reads as id 0.
+  uint32_t next_id = 1;
   const uint32_t ram_id = next_id++;
   WriteSectionHeader(w, wire::kSectionStart, ram_id, "ram", 0, wire::kRamSectionVersion);
   saver.WriteSetup();

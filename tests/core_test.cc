@@ -223,13 +223,13 @@ TEST(RoundTrip, StreamLayoutMatchesQemu) {
   std::memset(src.mem + 4096, 0x5a, 4096);
   auto s = SaveStream(src, /*verify=*/false, "none");
   Builder want;
-  want.header("none").start(0, "ram", 4).ram_setup(8192).footer(0);
+  want.header("none").start(1, "ram", 4).ram_setup(8192).footer(1);
   ASSERT_GE(s.size(), want.b.size());
   EXPECT_TRUE(std::equal(want.b.begin(), want.b.end(), s.begin()));
   // The first PART: page 0 as a ZERO record with the block name, page 1
   // as a PAGE record with CONTINUE.
   Builder part;
-  part.u8(wire::kSectionPart).be32(0).be64(wire::kRamZero).name("ram").u8(0).be64(4096 | wire::kRamPage | wire::kRamContinue);
+  part.u8(wire::kSectionPart).be32(1).be64(wire::kRamZero).name("ram").u8(0).be64(4096 | wire::kRamPage | wire::kRamContinue);
   EXPECT_TRUE(std::equal(part.b.begin(), part.b.end(), s.begin() + want.b.size()));
   // The stream closes with EOF and a JSON VM description.
   auto eof = std::find(s.end() - 200, s.end(), wire::kVmDescription);

@@ -37,6 +37,8 @@ class MemoryChannel final : public Channel {
   std::string Describe() const override { return "memory"; }
 
   std::vector<uint8_t>& out() { return out_; }
+  // Reads the input again from the start.
+  void Rewind() { pos_ = 0; }
   size_t writes() const { return writes_; }
 
  private:

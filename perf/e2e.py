@@ -1,0 +1,916 @@
+#!/usr/bin/env python3
+"""End-to-end benchmark: ferry vs QEMU 7.2 migration vs iperf3, all on loopback.
+
+Workload: an idle guest of --size bytes (default 4 GiB), half random pages and
+half zero pages, held in a pattern file in /dev/shm. ferry migrates that file
+(`ferry send --memory-file`); QEMU's guest RAM is filled from the same file
+(see --qemu-ram). iperf3 moves the random half's worth of bytes (size / 2) over
+one TCP connection as a ceiling for what loopback TCP can do on this machine.
+
+This prints numbers; it is not a test. Exit status: 0 if everything that was
+asked for ran, 1 if something failed (ferry, QEMU or iperf3), 2 on bad usage or
+not enough memory, 130 on Ctrl-C. See perf/README.md.
+
+Python standard library only.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import re
+import signal
+import socket
+import statistics
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PERF_DIR = os.path.join(REPO_ROOT, "perf")
+GIB = 1 << 30
+MIB = 1 << 20
+CHUNK = 2 * MIB            # layout granularity and generator work unit
+TIME_FMT = "%e %U %S %M"   # GNU time: elapsed s, user s, sys s, max RSS KiB
+QEMU_MAX_BANDWIDTH = 107374182400  # 100 GiB/s; QEMU's default is 32 MiB/s
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+class BenchError(Exception):
+    """A measured tool failed; message says which and why."""
+
+
+class UsageError(Exception):
+    pass
+
+
+def log(msg):
+    print(f"[e2e] {msg}", file=sys.stderr, flush=True)
+
+
+def parse_size(text):
+    m = re.fullmatch(r"\s*(\d+)\s*([KMGT]?)(i?B)?\s*", text, re.IGNORECASE)
+    if not m:
+        raise argparse.ArgumentTypeError(f"bad size {text!r} (examples: 4G, 512M)")
+    mult = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}[m.group(2).upper()]
+    n = int(m.group(1)) * mult
+    if n <= 0 or n % (2 * CHUNK):
+        raise argparse.ArgumentTypeError(f"size must be a positive multiple of 4 MiB, got {text!r}")
+    return n
+
+
+def fmt_size(n):
+    return f"{n / GIB:g} GiB" if n % GIB == 0 else f"{n / MIB:g} MiB"
+
+
+# --------------------------------------------------------------------------
+# Child processes and files: everything we start or create is registered here
+# and torn down in cleanup(), which runs on normal exit, exceptions, Ctrl-C and
+# SIGTERM/SIGHUP.
+
+class Resources:
+    def __init__(self):
+        self.procs = []   # Popen objects, each the leader of its own session
+        self.files = []
+        self.dirs = []
+
+    def spawn(self, argv, stdout_path, stderr_path):
+        out = open(stdout_path, "wb")
+        err = open(stderr_path, "wb")
+        try:
+            p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                                 start_new_session=True)
+        finally:
+            out.close()
+            err.close()
+        p.argv = argv
+        self.procs.append(p)
+        return p
+
+    def stop(self, p, grace=3.0):
+        """SIGTERM the process group, then SIGKILL after `grace` seconds."""
+        if p.poll() is None:
+            for sig in (signal.SIGTERM, signal.SIGKILL):
+                try:
+                    os.killpg(p.pid, sig)
+                except ProcessLookupError:
+                    break
+                try:
+                    p.wait(timeout=grace)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+        # Reap any leftovers in the group (e.g. the child of /usr/bin/time).
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            p.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+        if p in self.procs:
+            self.procs.remove(p)
+
+    def cleanup(self, keep=()):
+        for p in list(self.procs):
+            self.stop(p)
+        for f in self.files:
+            if f in keep:
+                continue
+            try:
+                os.unlink(f)
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                log(f"warning: could not remove {f}: {e}")
+        self.files = [f for f in self.files if f in keep]
+        for d in self.dirs:
+            shutil.rmtree(d, ignore_errors=True)
+        self.dirs = []
+
+
+RES = Resources()
+
+
+def _signal_to_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+# --------------------------------------------------------------------------
+# Small helpers
+
+def read_text(path, limit=None):
+    try:
+        with open(path, "r", errors="replace") as f:
+            s = f.read()
+    except FileNotFoundError:
+        return ""
+    if limit is not None and len(s) > limit:
+        s = "...\n" + s[-limit:]
+    return s
+
+
+def wrap_time(time_file, argv):
+    return ["/usr/bin/time", "-f", TIME_FMT, "-o", time_file] + argv
+
+
+def parse_time_file(path):
+    """Last line of GNU time's -o file: elapsed, user, sys, maxrss KiB."""
+    lines = [l for l in read_text(path).splitlines() if l.strip()]
+    for line in reversed(lines):
+        parts = line.split()
+        if len(parts) == 4:
+            try:
+                e, u, s, m = float(parts[0]), float(parts[1]), float(parts[2]), int(parts[3])
+            except ValueError:
+                continue
+            return {"elapsed_s": e, "user_s": u, "sys_s": s, "cpu_s": u + s,
+                    "max_rss_mib": m / 1024.0}
+    return None
+
+
+def free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def is_listening(port):
+    """True if something listens on 127.0.0.1:port (or 0.0.0.0/any) per /proc/net/tcp."""
+    want = f"{port:04X}"
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                next(f)
+                for line in f:
+                    fields = line.split()
+                    local, state = fields[1], fields[3]
+                    if state == "0A" and local.rsplit(":", 1)[1] == want:
+                        return True
+        except FileNotFoundError:
+            pass
+    return False
+
+
+def wait_until(pred, timeout, what, procs=()):
+    deadline = time.monotonic() + timeout
+    while True:
+        if pred():
+            return
+        for p in procs:
+            if p.poll() is not None:
+                raise BenchError(f"{what}: process {p.argv[0]} exited early with status {p.returncode}")
+        if time.monotonic() > deadline:
+            raise BenchError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.02)
+
+
+def proc_cpu_s(pid):
+    """(utime, stime) of pid (all threads) in seconds, from /proc/PID/stat."""
+    with open(f"/proc/{pid}/stat") as f:
+        s = f.read()
+    fields = s[s.rindex(")") + 2:].split()
+    # fields[0] is field 3 (state); utime is field 14, stime field 15
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
+
+
+def proc_status_kib(pid, key):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    return None
+
+
+def settle(args):
+    """Optional pause before each measured transfer (e.g. to let the previous
+    run's freed memory be reported to the hypervisor); see README "Caveat"."""
+    if args.settle > 0:
+        time.sleep(args.settle)
+
+
+def meminfo_kib(key):
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+# --------------------------------------------------------------------------
+# Pattern file
+
+def chunk_is_random(layout, idx, nchunks):
+    if layout == "halves":
+        return idx < nchunks // 2
+    return idx % 2 == 0   # interleave: even 2 MiB chunks random, odd chunks zero
+
+
+def make_pattern(path, size, layout):
+    """Create PATH atomically: random chunks from os.urandom, zero chunks allocated by fallocate."""
+    if os.path.exists(path) and os.path.getsize(path) == size:
+        log(f"reusing existing pattern file {path}")
+        return 0.0
+    tmp = f"{path}.{os.getpid()}.tmp"
+    RES.files.append(tmp)
+    t0 = time.monotonic()
+    nchunks = size // CHUNK
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.ftruncate(fd, size)
+
+        def fill(idx):
+            buf = os.urandom(CHUNK)   # getrandom(); releases the GIL
+            os.pwrite(fd, buf, idx * CHUNK)
+
+        idxs = [i for i in range(nchunks) if chunk_is_random(layout, i, nchunks)]
+        with ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1)) as ex:
+            for _ in ex.map(fill, idxs, chunksize=8):
+                pass
+        # Allocate the zero chunks too, so the file is fully backed by memory
+        # (tmpfs returns zeroed pages) and later runs don't pay for page allocation.
+        os.posix_fallocate(fd, 0, size)
+    finally:
+        os.close(fd)
+    os.rename(tmp, path)
+    RES.files.remove(tmp)
+    dt = time.monotonic() - t0
+    log(f"created {path} ({fmt_size(size)}, layout {layout}) in {dt:.1f} s")
+    return dt
+
+
+# --------------------------------------------------------------------------
+# ferry
+
+def run_ferry(args, pattern, size, workdir, run_idx):
+    d = os.path.join(workdir, f"ferry-{run_idx}")
+    os.mkdir(d)
+    ready = os.path.join(d, "ready")
+    f = {n: os.path.join(d, n) for n in
+         ("recv.out", "recv.err", "recv.time", "send.out", "send.err", "send.time")}
+
+    def failure(msg, who=None):
+        parts = [f"ferry {msg}"]
+        for w in ([who] if who else ["recv", "send"]):
+            err = read_text(f[f"{w}.err"], 4000).strip()
+            out = read_text(f[f"{w}.out"], 2000).strip()
+            if err:
+                parts.append(f"--- ferry {w} stderr ---\n{err}")
+            if out:
+                parts.append(f"--- ferry {w} stdout ---\n{out}")
+        return BenchError("\n".join(parts))
+
+    recv_cmd = [args.ferry, "recv", "tcp:127.0.0.1:0", "--ready-file", ready, "--json"]
+    recv = RES.spawn(wrap_time(f["recv.time"], recv_cmd), f["recv.out"], f["recv.err"])
+    try:
+        wait_until(lambda: os.path.exists(ready), 30, "ferry recv --ready-file", [recv])
+    except BenchError as e:
+        RES.stop(recv)
+        raise failure(f"recv did not become ready ({e}); command: {' '.join(recv_cmd)}", "recv")
+    uri = read_text(ready).strip()
+    m = re.fullmatch(r"tcp:(\S+):(\d+)", uri)
+    if not m or int(m.group(2)) == 0:
+        RES.stop(recv)
+        raise failure(f"recv wrote an unexpected URI {uri!r} to its ready file", "recv")
+    port = int(m.group(2))
+    send_cmd = [args.ferry, "send", f"tcp:127.0.0.1:{port}", "--memory-file", pattern, "--json"]
+    settle(args)
+
+    t0 = time.monotonic()
+    send = RES.spawn(wrap_time(f["send.time"], send_cmd), f["send.out"], f["send.err"])
+    try:
+        send.wait(timeout=args.timeout)
+    except subprocess.TimeoutExpired:
+        RES.stop(send)
+        RES.stop(recv)
+        raise failure(f"send did not finish within {args.timeout} s")
+    wall = time.monotonic() - t0
+    try:
+        recv.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        RES.stop(recv)
+        raise failure("recv did not exit within 60 s after send finished")
+    RES.procs.remove(send)
+    RES.procs.remove(recv)
+
+    for who, p in (("send", send), ("recv", recv)):
+        if p.returncode != 0:
+            raise failure(f"{who} exited with status {p.returncode}", who)
+
+    def parse_json(who):
+        text = read_text(f[f"{who}.out"]).strip()
+        if not text:
+            raise failure(f"{who} printed no JSON on stdout (with --json)", who)
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError:
+            # tolerate stray lines: use the last line that is a JSON object
+            obj = None
+            for line in reversed(text.splitlines()):
+                try:
+                    obj = json.loads(line)
+                    break
+                except json.JSONDecodeError:
+                    continue
+        if not isinstance(obj, dict):
+            raise failure(f"{who} stdout is not a JSON object", who)
+        if obj.get("status") != "completed":
+            raise failure(f"{who} reported status {obj.get('status')!r}: {obj.get('error', '')}", who)
+        return obj
+
+    sj, rj = parse_json("send"), parse_json("recv")
+    if not isinstance(sj.get("total-time"), (int, float)) or sj["total-time"] <= 0:
+        raise failure(f"send JSON has no usable total-time: {sj.get('total-time')!r}", "send")
+    st, rt = parse_time_file(f["send.time"]), parse_time_file(f["recv.time"])
+    if st is None or rt is None:
+        raise failure("could not read /usr/bin/time output")
+    gib = size / GIB
+    return {
+        "time_s": sj["total-time"] / 1000.0,
+        "wall_s": wall,
+        "cpu_s_per_gib_src": st["cpu_s"] / gib,
+        "cpu_s_per_gib_dst": rt["cpu_s"] / gib,
+        "peak_rss_mib_src": st["max_rss_mib"],
+        "peak_rss_mib_dst": rt["max_rss_mib"],
+        "verified": rj.get("verified"),
+        "send_time": st,
+        "recv_time": rt,
+        "send_json": sj,
+        "recv_json": rj,
+        "commands": [recv_cmd, send_cmd],
+    }
+
+
+# --------------------------------------------------------------------------
+# QEMU (QMP client)
+
+class QMP:
+    def __init__(self, path, timeout, proc):
+        self.path = path
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise BenchError(f"QEMU exited with status {proc.returncode} before QMP was up")
+            try:
+                self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                self.sock.connect(path)
+                break
+            except (FileNotFoundError, ConnectionRefusedError):
+                self.sock.close()
+                if time.monotonic() > deadline:
+                    raise BenchError(f"timed out connecting to QMP socket {path}")
+                time.sleep(0.05)
+        # The greeting only arrives once QEMU's main loop runs, i.e. after guest
+        # RAM has been filled from the pattern file: allow for that.
+        self.sock.settimeout(max(1.0, deadline - time.monotonic()))
+        self.rfile = self.sock.makefile("rb")
+        greeting = self._read()
+        if "QMP" not in greeting:
+            raise BenchError(f"unexpected QMP greeting: {greeting}")
+        self.sock.settimeout(60)
+        self.execute("qmp_capabilities")
+
+    def _read(self):
+        try:
+            line = self.rfile.readline()
+        except OSError as e:
+            raise BenchError(f"QMP connection {self.path}: {e}")
+        if not line:
+            raise BenchError(f"QMP connection {self.path} closed")
+        try:
+            return json.loads(line)
+        except ValueError:
+            raise BenchError(f"QMP {self.path}: bad message {line[:200]!r}")
+
+    def execute(self, cmd, arguments=None):
+        msg = {"execute": cmd}
+        if arguments is not None:
+            msg["arguments"] = arguments
+        try:
+            self.sock.sendall(json.dumps(msg).encode() + b"\n")
+        except OSError as e:
+            raise BenchError(f"QMP {cmd} on {self.path}: {e}")
+        while True:
+            r = self._read()
+            if "event" in r:
+                continue
+            if "error" in r:
+                raise BenchError(f"QMP {cmd} failed: {r['error']}")
+            if "return" in r:
+                return r["return"]
+
+    def close(self):
+        try:
+            self.rfile.close()
+            self.sock.close()
+        except OSError:
+            pass
+
+
+def qemu_spot_check(qmp, pattern, size):
+    """Compare 16 bytes at a few guest addresses with the pattern file (HMP xp)."""
+    nchunks = size // CHUNK
+    offsets = sorted({0, CHUNK + 4096, size // 2 - 16, size // 2, size - 16,
+                      (nchunks // 3) * CHUNK + 12345 * 16})
+    bad = []
+    with open(pattern, "rb") as f:
+        for off in offsets:
+            f.seek(off)
+            want = f.read(16)
+            out = qmp.execute("human-monitor-command", {"command-line": f"xp /2gx {off:#x}"})
+            vals = re.findall(r"0x([0-9a-fA-F]{16})", out.split(":", 1)[-1])
+            got = b"".join(int(v, 16).to_bytes(8, "little") for v in vals[:2])
+            if got != want:
+                bad.append((off, want.hex(), got.hex(), out.strip()))
+    return bad
+
+
+def run_qemu(args, pattern, size, workdir, run_idx):
+    d = os.path.join(workdir, f"qemu-{run_idx}")
+    os.mkdir(d)
+    src_sock, dst_sock = os.path.join(d, "src.qmp"), os.path.join(d, "dst.qmp")
+    mem = f"{size // MIB}M"
+    base = [args.qemu, "-M", "none", "-m", mem, "-accel", "tcg", "-nodefaults",
+            "-nographic", "-display", "none", "-S"]
+    src_cmd = list(base)
+    if args.qemu_ram == "loader":
+        src_cmd += ["-device", f"loader,file={pattern},addr=0,force-raw=on"]
+    else:
+        # Guest RAM backed by the pattern file itself. private: MAP_PRIVATE and
+        # prealloc (write-touch) => every page becomes a resident anonymous copy,
+        # as in a guest that has its data loaded. shared: MAP_SHARED of the file,
+        # nothing copied, exactly how `ferry send --memory-file` maps it.
+        share, prealloc = ("off", "on") if args.qemu_ram == "private" else ("on", "off")
+        src_cmd[src_cmd.index("none")] = "none,memory-backend=ram"
+        src_cmd += ["-object", f"memory-backend-file,id=ram,size={mem},mem-path={pattern},"
+                               f"share={share},prealloc={prealloc},"
+                               f"prealloc-threads={os.cpu_count() or 1}"]
+    src_cmd += ["-qmp", f"unix:{src_sock},server=on,wait=off"]
+
+    port = None
+    for attempt in range(5):
+        port = free_port()
+        dst_cmd = base + ["-qmp", f"unix:{dst_sock},server=on,wait=off",
+                          "-incoming", f"tcp:127.0.0.1:{port}"]
+        dst = RES.spawn(dst_cmd, os.path.join(d, "dst.out"), os.path.join(d, "dst.err"))
+        try:
+            dq = QMP(dst_sock, 60, dst)
+            break
+        except BenchError:
+            err = read_text(os.path.join(d, "dst.err"), 2000)
+            RES.stop(dst)
+            if "Address already in use" in err and attempt < 4:
+                continue
+            raise BenchError(f"QEMU destination failed to start:\n{err}")
+    src = RES.spawn(src_cmd, os.path.join(d, "src.out"), os.path.join(d, "src.err"))
+    sq = None
+    try:
+        t0 = time.monotonic()
+        try:
+            sq = QMP(src_sock, args.timeout, src)
+        except BenchError as e:
+            raise BenchError(f"QEMU source failed to start ({e}):\n"
+                             f"{read_text(os.path.join(d, 'src.err'), 2000)}")
+        load_s = time.monotonic() - t0
+        wait_until(lambda: is_listening(port), 30, "QEMU -incoming to listen", [dst])
+
+        sq.execute("migrate-set-parameters", {"max-bandwidth": QEMU_MAX_BANDWIDTH})
+        settle(args)
+        src_rss_before = proc_status_kib(src.pid, "VmRSS") / 1024.0
+        dst_rss_before = proc_status_kib(dst.pid, "VmRSS") / 1024.0
+        c_src0, c_dst0 = proc_cpu_s(src.pid), proc_cpu_s(dst.pid)
+        t_start = time.monotonic()
+        sq.execute("migrate", {"uri": f"tcp:127.0.0.1:{port}"})
+
+        deadline = t_start + args.timeout
+        while True:
+            info = sq.execute("query-migrate")
+            status = info.get("status")
+            if status == "completed":
+                break
+            if status in ("failed", "cancelled"):
+                raise BenchError(f"QEMU migration {status}: {info.get('error-desc', info)}\n"
+                                 f"{read_text(os.path.join(d, 'src.err'), 2000)}"
+                                 f"{read_text(os.path.join(d, 'dst.err'), 2000)}")
+            if time.monotonic() > deadline:
+                raise BenchError(f"QEMU migration not completed after {args.timeout} s: {info}")
+            time.sleep(0.02)
+        c_src1 = proc_cpu_s(src.pid)
+        while True:
+            dinfo = dq.execute("query-migrate")
+            if dinfo.get("status") == "completed":
+                break
+            if dinfo.get("status") in ("failed", "cancelled"):
+                raise BenchError(f"QEMU destination reports {dinfo}")
+            if time.monotonic() > deadline:
+                raise BenchError(f"QEMU destination not completed after {args.timeout} s: {dinfo}")
+            time.sleep(0.02)
+        c_dst1 = proc_cpu_s(dst.pid)
+        wall = time.monotonic() - t_start
+        hwm_src = proc_status_kib(src.pid, "VmHWM") / 1024.0
+        hwm_dst = proc_status_kib(dst.pid, "VmHWM") / 1024.0
+        bad = qemu_spot_check(dq, pattern, size)
+        if bad:
+            raise BenchError(f"QEMU destination RAM differs from the pattern file at {len(bad)} "
+                             f"spot(s), first: {bad[0]}")
+        for q in (sq, dq):
+            try:
+                q.execute("quit")
+            except (BenchError, OSError):
+                pass
+    finally:
+        for q in (sq, dq):
+            if q:
+                q.close()
+        RES.stop(src, grace=10)
+        RES.stop(dst, grace=10)
+
+    gib = size / GIB
+    src_user, src_sys = c_src1[0] - c_src0[0], c_src1[1] - c_src0[1]
+    dst_user, dst_sys = c_dst1[0] - c_dst0[0], c_dst1[1] - c_dst0[1]
+    return {
+        "time_s": info["total-time"] / 1000.0,
+        "wall_s": wall,
+        "cpu_s_per_gib_src": (src_user + src_sys) / gib,
+        "cpu_s_per_gib_dst": (dst_user + dst_sys) / gib,
+        "src_cpu": {"user_s": src_user, "sys_s": src_sys},
+        "dst_cpu": {"user_s": dst_user, "sys_s": dst_sys},
+        "peak_rss_mib_src": hwm_src,
+        "peak_rss_mib_dst": hwm_dst,
+        "rss_before_migration_mib_src": src_rss_before,
+        "rss_before_migration_mib_dst": dst_rss_before,
+        "load_s": load_s,
+        "query_migrate_src": info,
+        "query_migrate_dst": dinfo,
+        "commands": [src_cmd, dst_cmd],
+    }
+
+
+# --------------------------------------------------------------------------
+# iperf3
+
+def run_iperf(args, nbytes, workdir, run_idx):
+    d = os.path.join(workdir, f"iperf-{run_idx}")
+    os.mkdir(d)
+    f = {n: os.path.join(d, n) for n in
+         ("srv.out", "srv.err", "srv.time", "cli.out", "cli.err", "cli.time")}
+    port = free_port()
+    srv_cmd = [args.iperf3, "-s", "-1", "-B", "127.0.0.1", "-p", str(port)]
+    cli_cmd = [args.iperf3, "-c", "127.0.0.1", "-p", str(port), "-n", str(nbytes), "-J"]
+    srv = RES.spawn(wrap_time(f["srv.time"], srv_cmd), f["srv.out"], f["srv.err"])
+    cli = None
+    try:
+        wait_until(lambda: is_listening(port), 15, "iperf3 server to listen", [srv])
+        settle(args)
+        cli = RES.spawn(wrap_time(f["cli.time"], cli_cmd), f["cli.out"], f["cli.err"])
+        try:
+            cli.wait(timeout=args.timeout)
+            srv.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            raise BenchError("iperf3 did not finish in time")
+    finally:
+        RES.stop(srv)
+        if cli is not None:
+            RES.stop(cli)
+    if cli.returncode != 0:
+        raise BenchError(f"iperf3 client exited with {cli.returncode}:\n"
+                         f"{read_text(f['cli.out'], 2000)}{read_text(f['cli.err'], 2000)}")
+    j = json.loads(read_text(f["cli.out"]))
+    if "error" in j:
+        raise BenchError(f"iperf3: {j['error']}")
+    recvd = j["end"]["sum_received"]
+    st, ct = parse_time_file(f["srv.time"]), parse_time_file(f["cli.time"])
+    gib = recvd["bytes"] / GIB
+    return {
+        "time_s": recvd["seconds"],
+        "bytes": recvd["bytes"],
+        "gib_per_s": gib / recvd["seconds"],
+        "cpu_s_per_gib_src": ct["cpu_s"] / gib if ct else None,
+        "cpu_s_per_gib_dst": st["cpu_s"] / gib if st else None,
+        "peak_rss_mib_src": ct["max_rss_mib"] if ct else None,
+        "peak_rss_mib_dst": st["max_rss_mib"] if st else None,
+        "iperf_cpu_utilization_percent": j["end"].get("cpu_utilization_percent"),
+        "commands": [srv_cmd, cli_cmd],
+    }
+
+
+# --------------------------------------------------------------------------
+# Summary
+
+NUMERIC = ("time_s", "wall_s", "cpu_s_per_gib_src", "cpu_s_per_gib_dst",
+           "peak_rss_mib_src", "peak_rss_mib_dst", "gib_per_s")
+
+
+def summarize(runs):
+    """best = the run with the lowest time; median = per-metric median."""
+    if not runs:
+        return None
+    best = min(runs, key=lambda r: r["time_s"])
+    median = {}
+    for k in NUMERIC:
+        vals = [r[k] for r in runs if isinstance(r.get(k), (int, float))]
+        if vals:
+            median[k] = statistics.median(vals)
+    return {"best": {k: best[k] for k in NUMERIC if k in best}, "median": median, "n": len(runs)}
+
+
+def f2(x, spec=".2f"):
+    return "-" if x is None else format(x, spec)
+
+
+def print_report(res, size, args):
+    gib = size / GIB
+    half = gib / 2
+    print()
+    print(f"ferry e2e benchmark  {res['timestamp']}  host {res['host']['cpu']} "
+          f"({res['host']['cpus']} CPUs)")
+    print(f"guest RAM {fmt_size(size)}: {fmt_size(size // 2)} random + {fmt_size(size // 2)} zero "
+          f"(layout {args.layout}), idle; all on 127.0.0.1; repeat {args.repeat}")
+    kinds = ["best", "median"] if args.repeat > 1 else ["best"]
+    hdr = (f"{'':24} {'time s':>8} {'GiB/s RAM':>10} {'GiB/s rnd':>10} "
+           f"{'CPU s/GiB src':>14} {'dst':>6} {'peak RSS MiB src':>17} {'dst':>7}")
+    for kind in kinds:
+        print()
+        if args.repeat > 1:
+            print(f"[{kind} of {args.repeat}]")
+        print(hdr)
+        rows = []
+        fs = res["summary"].get("ferry")
+        if fs:
+            m = fs[kind]
+            rows.append(("ferry (send total-time)", m["time_s"], gib / m["time_s"], half / m["time_s"], m))
+            rows.append(("ferry (send wall-clock)", m["wall_s"], gib / m["wall_s"], half / m["wall_s"], None))
+        elif "ferry" in res["errors"]:
+            rows.append(("ferry: FAILED", None, None, None, None))
+        qs = res["summary"].get("qemu")
+        if qs:
+            m = qs[kind]
+            rows.append(("QEMU 7.2 (total-time)", m["time_s"], gib / m["time_s"], half / m["time_s"], m))
+        elif "qemu" in res["errors"]:
+            rows.append(("QEMU: FAILED", None, None, None, None))
+        isum = res["summary"].get("iperf3")
+        if isum:
+            m = isum[kind]
+            rows.append((f"iperf3 ({fmt_size(size // 2)} payload)", m["time_s"], None, m["gib_per_s"], m))
+        elif "iperf3" in res["errors"]:
+            rows.append(("iperf3: FAILED", None, None, None, None))
+        for name, t, g, h, m in rows:
+            m = m or {}
+            print(f"{name:24} {f2(t, '.3f'):>8} {f2(g):>10} {f2(h):>10} "
+                  f"{f2(m.get('cpu_s_per_gib_src'), '.3f'):>14} {f2(m.get('cpu_s_per_gib_dst'), '.3f'):>6} "
+                  f"{f2(m.get('peak_rss_mib_src'), '.0f'):>17} {f2(m.get('peak_rss_mib_dst'), '.0f'):>7}")
+
+    print()
+    print("GiB/s RAM = guest RAM / time; GiB/s rnd = random half / time (iperf3: payload / time).")
+    print("CPU s/GiB per GiB of guest RAM (iperf3: per GiB of payload); src = sender, dst = receiver.")
+    print(f"QEMU guest RAM on the source: --qemu-ram {args.qemu_ram}; QEMU peak RSS is VmHWM"
+          + (" (includes the loader's second copy)." if args.qemu_ram == "loader" else "."))
+    print()
+    r = res["ratios"]
+    if "ferry_over_qemu" in r:
+        v = r["ferry_over_qemu"]
+        print(f"ferry / QEMU (GiB/s of guest RAM, best):      {v:6.2f}x   target >= 2.5x  "
+              f"[{'met' if v >= 2.5 else 'NOT met'}]")
+    if "ferry_random_half_over_iperf3" in r:
+        print(f"ferry random-half GiB/s / iperf3 GiB/s (best): {r['ferry_random_half_over_iperf3']:6.2f}")
+    if "ferry_rss_limit_mib" in r:
+        lim = r["ferry_rss_limit_mib"]
+        fs = res["summary"]["ferry"]["best"]
+        mx = max(x["peak_rss_mib_src"] for x in res["runs"]["ferry"]), \
+            max(x["peak_rss_mib_dst"] for x in res["runs"]["ferry"])
+        print(f"ferry peak RSS (worst run) send {mx[0]:.0f} MiB, recv {mx[1]:.0f} MiB; "
+              f"target each <= RAM + 1% + 64 MiB = {lim:.0f} MiB  "
+              f"[{'met' if max(mx) <= lim else 'NOT met'}]")
+        verified = [x.get("verified") for x in res["runs"]["ferry"]]
+        print(f"ferry recv verified: {verified}")
+    for k, e in res["errors"].items():
+        print(f"\n{k} FAILED: {e}")
+
+
+# --------------------------------------------------------------------------
+
+def check_memory(args, size, pattern):
+    need_shm = 0 if (os.path.exists(pattern) and os.path.getsize(pattern) == size) else size
+    st = os.statvfs("/dev/shm")
+    shm_avail = st.f_bavail * st.f_frsize
+    if need_shm and shm_avail < need_shm + 64 * MIB:
+        raise UsageError(f"/dev/shm has {shm_avail / GIB:.1f} GiB free, need "
+                         f"{(need_shm + 64 * MIB) / GIB:.1f} GiB for the pattern file")
+    # Peak memory besides the pattern file: QEMU's destination up to 1x size, its
+    # source 1x (private), 2x (loader: guest RAM plus the loader's copy) or 0
+    # (shared: maps the pattern file); ferry's receiver ~1x (its sender maps the
+    # pattern file itself).
+    peak = 0
+    if not args.skip_qemu:
+        peak = max(peak, {"private": 2, "loader": 3, "shared": 1}[args.qemu_ram] * size)
+    if not args.skip_ferry:
+        peak = max(peak, size)
+    avail = meminfo_kib("MemAvailable") * 1024
+    need = need_shm + peak + 512 * MIB
+    if avail < need:
+        raise UsageError(f"MemAvailable is {avail / GIB:.1f} GiB, this run needs about "
+                         f"{need / GIB:.1f} GiB (pattern file {need_shm / GIB:.1f} + processes "
+                         f"{peak / GIB:.1f} + 0.5 slack); use a smaller --size or --skip-qemu")
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "?"
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", type=parse_size, default=parse_size("4G"),
+                    help="guest RAM size, K/M/G/T = powers of 1024 (default 4G)")
+    ap.add_argument("--ferry", default=os.path.join(REPO_ROOT, "build", "cli", "ferry"),
+                    help="ferry binary (default: build/cli/ferry under the repo root)")
+    ap.add_argument("--repeat", type=int, default=1, help="runs per tool; best and median reported")
+    ap.add_argument("--layout", choices=("halves", "interleave"), default="halves",
+                    help="halves: first half random, second half zero (default); "
+                         "interleave: alternating 2 MiB random / zero chunks")
+    ap.add_argument("--qemu-ram", choices=("private", "shared", "loader"), default="private",
+                    help="how QEMU's source guest RAM gets the pattern: private (default): "
+                         "memory-backend-file share=off prealloc=on, a resident anonymous copy; "
+                         "shared: memory-backend-file share=on, maps the file like ferry send; "
+                         "loader: -device loader,force-raw=on (QEMU 7.2 reads at most "
+                         "2 GiB - 4 KiB, so only for --size < 2G; keeps a 2nd copy)")
+    ap.add_argument("--skip-ferry", action="store_true")
+    ap.add_argument("--skip-qemu", action="store_true")
+    ap.add_argument("--skip-iperf", action="store_true")
+    ap.add_argument("--keep-files", action="store_true",
+                    help="keep the /dev/shm pattern file and the per-run logs (reused next time)")
+    ap.add_argument("--timeout", type=float, default=600, help="per-migration timeout, s (default 600)")
+    ap.add_argument("--settle", type=float, default=0.0,
+                    help="seconds to wait before each measured transfer (default 0)")
+    ap.add_argument("--qemu", default="qemu-system-x86_64")
+    ap.add_argument("--iperf3", default="iperf3")
+    ap.add_argument("--results-dir", default=os.path.join(PERF_DIR, "results"))
+    args = ap.parse_args(argv)
+    if args.repeat < 1:
+        ap.error("--repeat must be >= 1")
+    if args.qemu_ram == "loader" and args.size > 0x7ffff000 and not args.skip_qemu:
+        ap.error("--qemu-ram loader: QEMU 7.2's loader reads the file with a single read(), "
+                 "which Linux caps at 2 GiB - 4 KiB; use --size 1G or --qemu-ram private")
+
+    size = args.size
+    for tool, skip in ((args.qemu, args.skip_qemu), (args.iperf3, args.skip_iperf),
+                       ("/usr/bin/time", False)):
+        if not skip and not shutil.which(tool):
+            raise UsageError(f"{tool} not found")
+    if not args.skip_ferry:
+        args.ferry = os.path.abspath(args.ferry)
+        if not (os.path.isfile(args.ferry) and os.access(args.ferry, os.X_OK)):
+            raise UsageError(f"ferry binary {args.ferry} not found or not executable "
+                             f"(build it with perf/run.sh, pass --ferry PATH, or use --skip-ferry)")
+
+    pattern = f"/dev/shm/ferry-e2e-{size // MIB}M-{args.layout}.pattern"
+    need_pattern = not (args.skip_ferry and args.skip_qemu)
+    if need_pattern:
+        check_memory(args, size, pattern)
+
+    workdir = tempfile.mkdtemp(prefix="ferry-e2e-")
+    if not args.keep_files:
+        RES.dirs.append(workdir)
+    ts = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    res = {
+        "timestamp": ts,
+        "host": {"cpu": cpu_model(), "cpus": os.cpu_count(), "kernel": os.uname().release,
+                 "mem_total_kib": meminfo_kib("MemTotal")},
+        "config": {"size_bytes": size, "layout": args.layout, "repeat": args.repeat, "settle_s": args.settle,
+                   "ferry": None if args.skip_ferry else args.ferry,
+                   "qemu": None if args.skip_qemu else args.qemu,
+                   "iperf3": None if args.skip_iperf else args.iperf3,
+                   "pattern_file": pattern if need_pattern else None,
+                   "qemu_max_bandwidth": QEMU_MAX_BANDWIDTH, "qemu_ram": args.qemu_ram},
+        "runs": {}, "summary": {}, "ratios": {}, "errors": {},
+    }
+    if need_pattern:
+        RES.files.append(pattern)
+        res["pattern_create_s"] = make_pattern(pattern, size, args.layout)
+
+    plan = []
+    if not args.skip_ferry:
+        plan.append(("ferry", lambda i: run_ferry(args, pattern, size, workdir, i)))
+    if not args.skip_qemu:
+        plan.append(("qemu", lambda i: run_qemu(args, pattern, size, workdir, i)))
+    if not args.skip_iperf:
+        plan.append(("iperf3", lambda i: run_iperf(args, size // 2, workdir, i)))
+
+    # Rounds interleave the tools so that drift on the machine hits all alike.
+    for i in range(args.repeat):
+        for name, fn in plan:
+            if name in res["errors"]:
+                continue
+            log(f"round {i + 1}/{args.repeat}: {name}")
+            try:
+                r = fn(i)
+            except (BenchError, OSError, ValueError, KeyError, TypeError) as e:
+                if not isinstance(e, BenchError):
+                    e = BenchError(f"{type(e).__name__}: {e}\n{traceback.format_exc()}")
+                res["errors"][name] = str(e)
+                print(f"\n[e2e] ERROR: {name} failed:\n{e}\n", file=sys.stderr, flush=True)
+                continue
+            res["runs"].setdefault(name, []).append(r)
+            log(f"  {name}: {r['time_s']:.3f} s")
+
+    for name in ("ferry", "qemu", "iperf3"):
+        s = summarize(res["runs"].get(name, []))
+        if s:
+            res["summary"][name] = s
+    fs, qs, isum = (res["summary"].get(k) for k in ("ferry", "qemu", "iperf3"))
+    if fs and qs:
+        res["ratios"]["ferry_over_qemu"] = qs["best"]["time_s"] / fs["best"]["time_s"]
+        res["ratios"]["ferry_over_qemu_median"] = qs["median"]["time_s"] / fs["median"]["time_s"]
+    if fs and isum:
+        res["ratios"]["ferry_random_half_over_iperf3"] = \
+            (size / 2 / GIB / fs["best"]["time_s"]) / isum["best"]["gib_per_s"]
+    if fs:
+        res["ratios"]["ferry_rss_limit_mib"] = size * 1.01 / MIB + 64
+
+    print_report(res, size, args)
+
+    os.makedirs(args.results_dir, exist_ok=True)
+    out = os.path.join(args.results_dir, f"e2e-{ts}.json")
+    with open(out, "w") as f:
+        json.dump(res, f, indent=2)
+        f.write("\n")
+    print(f"\nresults: {out}")
+    if args.keep_files:
+        print(f"kept: {pattern if need_pattern else ''} {workdir}")
+    return 1 if res["errors"] else 0
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored
+    signal.signal(signal.SIGTERM, _signal_to_interrupt)
+    signal.signal(signal.SIGHUP, _signal_to_interrupt)
+    rc = 130
+    try:
+        rc = main()
+    except UsageError as e:
+        print(f"e2e.py: {e}", file=sys.stderr)
+        rc = 2
+    except KeyboardInterrupt:
+        print("\ne2e.py: interrupted, cleaning up", file=sys.stderr)
+        rc = 130
+    finally:
+        # Ignore further signals while tearing down.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        keep = set()
+        if "--keep-files" in sys.argv[1:]:
+            keep = {f for f in RES.files if not f.endswith(".tmp")}
+        RES.cleanup(keep=keep)
+    sys.exit(rc)

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Build ferry in Release and run the end-to-end benchmark; arguments go to perf/e2e.py.
+#   perf/run.sh                          # 4 GiB guest: ferry + QEMU 7.2 + iperf3
+#   perf/run.sh --size 1G --repeat 3
+#   BUILD_DIR=build-rel perf/run.sh      # build directory (default: build)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BUILD_DIR="${BUILD_DIR:-build}"
+cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release
+cmake --build "$BUILD_DIR" --target ferry
+# A later --ferry in "$@" overrides this one.
+exec python3 perf/e2e.py --ferry "$BUILD_DIR/cli/ferry" "$@"
