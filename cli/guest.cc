@@ -40,6 +40,21 @@ Result<Mapping> Mapping::Anonymous(uint64_t size, bool huge) {
   return m;
 }
 
+Status Mapping::Populate(bool write) {
+  if (madvise(data_, size_, write ? MADV_POPULATE_WRITE : MADV_POPULATE_READ) == 0) return Status::Ok();
+  if (errno != EINVAL) return ErrnoStatus("prefaulting guest memory");
+  // Kernels before 5.14: touch every page.
+  volatile uint8_t sink = 0;
+  for (uint64_t off = 0; off < size_; off += kPageSize) {
+    if (write) {
+      data_[off] = data_[off];
+    } else {
+      sink = sink + data_[off];
+    }
+  }
+  return Status::Ok();
+}
+
 Result<Mapping> Mapping::OpenFile(const std::string& path, bool writable) {
   UniqueFd fd(open(path.c_str(), (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC));
   if (!fd.valid()) return ErrnoStatus("open memory file " + path);
@@ -248,6 +263,7 @@ Result<uint8_t*> DestinationMemory::Allocate(const std::string& name, uint64_t l
     FERRY_ASSIGN_OR_RETURN(Mapping m, Mapping::Anonymous(length, /*huge=*/true));
     maps_.push_back(std::move(m));
   }
+  if (prealloc_) FERRY_RETURN_IF_ERROR(maps_.back().Populate(/*write=*/true));
   return maps_.back().data();
 }
 

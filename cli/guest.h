@@ -39,6 +39,10 @@ class Mapping {
   // A new file of `size` zero bytes (created or truncated), MAP_SHARED.
   static Result<Mapping> CreateFile(const std::string& path, uint64_t size);
 
+  // Faults every page in now (MADV_POPULATE_*), so the migration does not
+  // pay for first-touch faults. `write` makes the pages private and writable.
+  Status Populate(bool write);
+
   uint8_t* data() const { return data_; }
   uint64_t size() const { return size_; }
 
@@ -95,12 +99,14 @@ class SyntheticGuest final : public GuestControl {
 // Destination memory: anonymous by default, or one file for one block.
 class DestinationMemory final : public RamBlockAllocator {
  public:
-  explicit DestinationMemory(std::string file) : file_(std::move(file)) {}
+  // `prealloc`: fault the memory in when it is allocated.
+  DestinationMemory(std::string file, bool prealloc) : file_(std::move(file)), prealloc_(prealloc) {}
   Result<uint8_t*> Allocate(const std::string& name, uint64_t length) override;
   std::vector<Mapping>& mappings() { return maps_; }
 
  private:
   std::string file_;
+  bool prealloc_;
   std::vector<Mapping> maps_;
 };
 

@@ -118,6 +118,8 @@ struct SendOpts : CommonOpts {
 
 struct RecvOpts : CommonOpts {
   std::string ready_file;
+  std::vector<std::string> caps;
+  bool prealloc = false;
   double timeout = 300;
 };
 
@@ -177,6 +179,10 @@ int RunSend(const SendOpts& o) {
   if (!o.memory_file.empty()) {
     Result<Mapping> m = Mapping::OpenFile(o.memory_file, /*writable=*/*dirty_rate > 0);
     if (!m.ok()) return Fail(m.status(), kExitUsage);
+    // Map the whole image now, as a running guest's memory would be, so the
+    // migration does not pay for a million first-touch faults.
+    Status pop = m->Populate(/*write=*/false);
+    if (!pop.ok()) return Fail(pop);
     Status s = guest.Init(std::move(*m));
     if (!s.ok()) return Fail(s, kExitUsage);
     // Nobody in this process writes the file unless --dirty-rate asks; a
@@ -242,7 +248,7 @@ int RunRecv(const RecvOpts& o) {
     opts.send_verdict = false;
     opts.qemu_devices = true;
   }
-  DestinationMemory memory(o.memory_file);
+  DestinationMemory memory(o.memory_file, o.prealloc);
   RamBlockList blocks;
   if (!o.ram.empty()) {
     Result<uint64_t> ram = ParseSize(o.ram);
@@ -251,6 +257,13 @@ int RunRecv(const RecvOpts& o) {
     if (!host.ok()) return Fail(host.status(), kExitUsage);
     Status s = blocks.Add("ram", *host, *ram);
     if (!s.ok()) return Fail(s, kExitUsage);
+  }
+  for (const std::string& c : o.caps) {
+    if (c == "verify=off") {
+      opts.expect_verify = false;
+    } else if (c != "verify=on") {
+      return Fail(Status::InvalidArgument("recv knows only -c verify=on|off, got '" + c + "'"), kExitUsage);
+    }
   }
   if (uri->kind == Uri::Kind::kFd && !IsSocket(uri->fd)) opts.send_verdict = false;
 
@@ -398,6 +411,10 @@ int main(int argc, char** argv) {
   r->add_option("--memory-file", recv.memory_file, "Write the received RAM into this file (created or truncated)");
   r->add_option("--qemu-compat", recv.qemu_compat,
                 "The source is QEMU with machine type MACHINE (e.g. none): no verification section expected");
+  r->add_option("-c,--capability", recv.caps,
+                "verify=on|off: require the source's verification section (default on; off with --qemu-compat)");
+  r->add_flag("--prealloc", recv.prealloc,
+              "Fault in the destination memory before the migration starts (with --ram: before listening)");
   r->add_option("--ready-file", recv.ready_file, "Once listening, write the bound URI (with the real port) here");
   r->add_option("--timeout", recv.timeout, "Seconds to wait for the source to connect")->capture_default_str();
   r->add_flag("--json", recv.json, "Print one JSON object (query-migrate fields + verified) instead of the summary");

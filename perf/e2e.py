@@ -306,6 +306,9 @@ def run_ferry(args, pattern, size, workdir, run_idx):
         return BenchError("\n".join(parts))
 
     recv_cmd = [args.ferry, "recv", "tcp:127.0.0.1:0", "--ready-file", ready, "--json"]
+    if args.dst_prealloc:
+        recv_cmd += ["--ram", str(size), "--prealloc"]
+    recv_cmd += args.ferry_recv_arg
     recv = RES.spawn(wrap_time(f["recv.time"], recv_cmd), f["recv.out"], f["recv.err"])
     try:
         wait_until(lambda: os.path.exists(ready), 30, "ferry recv --ready-file", [recv])
@@ -319,6 +322,7 @@ def run_ferry(args, pattern, size, workdir, run_idx):
         raise failure(f"recv wrote an unexpected URI {uri!r} to its ready file", "recv")
     port = int(m.group(2))
     send_cmd = [args.ferry, "send", f"tcp:127.0.0.1:{port}", "--memory-file", pattern, "--json"]
+    send_cmd += args.ferry_send_arg
     settle(args)
 
     t0 = time.monotonic()
@@ -495,8 +499,14 @@ def run_qemu(args, pattern, size, workdir, run_idx):
     port = None
     for attempt in range(5):
         port = free_port()
-        dst_cmd = base + ["-qmp", f"unix:{dst_sock},server=on,wait=off",
-                          "-incoming", f"tcp:127.0.0.1:{port}"]
+        dst_cmd = list(base)
+        if args.dst_prealloc:
+            # Same treatment as `ferry recv --prealloc`: guest RAM faulted in
+            # before the migration starts.
+            dst_cmd[dst_cmd.index("none")] = "none,memory-backend=ram"
+            dst_cmd += ["-object", f"memory-backend-ram,id=ram,size={mem},prealloc=on"]
+        dst_cmd += ["-qmp", f"unix:{dst_sock},server=on,wait=off",
+                    "-incoming", f"tcp:127.0.0.1:{port}"]
         dst = RES.spawn(dst_cmd, os.path.join(d, "dst.out"), os.path.join(d, "dst.err"))
         try:
             dq = QMP(dst_sock, 60, dst)
@@ -786,6 +796,12 @@ def main(argv=None):
                          "shared: memory-backend-file share=on, maps the file like ferry send; "
                          "loader: -device loader,force-raw=on (QEMU 7.2 reads at most "
                          "2 GiB - 4 KiB, so only for --size < 2G; keeps a 2nd copy)")
+    ap.add_argument("--dst-prealloc", action=argparse.BooleanOptionalAction, default=True,
+                    help="fault in both destinations' RAM before the migration (ferry recv --prealloc, "
+                         "QEMU memory-backend-ram prealloc=on); this VM pays dearly for first touches")
+    ap.add_argument("--ferry-send-arg", action="append", default=[],
+                    help="extra argument for ferry send (repeat), e.g. --ferry-send-arg=-c --ferry-send-arg=verify=off")
+    ap.add_argument("--ferry-recv-arg", action="append", default=[], help="extra argument for ferry recv (repeat)")
     ap.add_argument("--skip-ferry", action="store_true")
     ap.add_argument("--skip-qemu", action="store_true")
     ap.add_argument("--skip-iperf", action="store_true")

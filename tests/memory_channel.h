@@ -29,6 +29,7 @@ class MemoryChannel final : public Channel {
   Result<size_t> ReadSome(void* buf, size_t len) override {
     if (shut_) return Status::Cancelled("shut down");
     size_t n = std::min({len, in_.size() - pos_, max_read_});
+    if (n == 0) return size_t{0};
     std::memcpy(buf, in_.data() + pos_, n);
     pos_ += n;
     return n;
