@@ -88,12 +88,14 @@ void MigrationDestination::Cancel() {
   if (IsTerminal(stats_.state)) return;
   cancel_.store(true, std::memory_order_release);
   if (channel_) channel_->Shutdown();
+  if (options_.receiver) options_.receiver->Abort();
 }
 
 MigrationStats MigrationDestination::Stats() const {
   std::lock_guard<std::mutex> lock(mu_);
   MigrationStats s = stats_;
   if (!IsTerminal(s.state) && s.state != MigrationState::kNone) s.total_time_ms = MsSince(start_);
+  if (options_.receiver) options_.receiver->FillStats(s);
   return s;
 }
 
@@ -121,6 +123,14 @@ Status MigrationDestination::Run(Channel& channel) {
     stats_.state = MigrationState::kActive;
   }
   Status s = RunInner(channel);
+  if (options_.receiver) {
+    if (!s.ok()) options_.receiver->Abort();
+    Status fin = options_.receiver->Finish();
+    if (s.ok()) s = fin;
+    std::lock_guard<std::mutex> lock(mu_);
+    // A receiver's failure is the cause; the main stream only stopped for it.
+    if (!receiver_error_.ok() && !cancel_.load(std::memory_order_acquire)) s = receiver_error_;
+  }
   if (!s.ok() && cancel_.load(std::memory_order_acquire)) s = Status::Cancelled("incoming migration cancelled");
   if (options_.send_verdict && options_.expect_verify && s.code() != Code::kClosed &&
       s.code() != Code::kCancelled) {
@@ -147,7 +157,15 @@ Status MigrationDestination::Run(Channel& channel) {
 
 Status MigrationDestination::RunInner(Channel& channel) {
   StreamReader r(&channel);
-  ram_ = std::make_unique<RamLoader>(blocks_, allocator_, options_.fresh_memory);
+  ram_ = std::make_unique<RamLoader>(blocks_, allocator_, options_.fresh_memory, options_.receiver,
+                                     options_.multifd_sync_on_eos);
+  if (options_.receiver) {
+    FERRY_RETURN_IF_ERROR(options_.receiver->Start([this](const Status& err) {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (receiver_error_.ok()) receiver_error_ = err;
+      if (channel_) channel_->Shutdown();  // stop reading the main stream
+    }));
+  }
   VerifyLoader verify(blocks_);
   QemuTimerLoader timer;
   QemuGlobalStateLoader globalstate;

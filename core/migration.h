@@ -25,6 +25,7 @@
 
 #include "core/channel.h"
 #include "core/dirty_tracker.h"
+#include "core/page_sink.h"
 #include "core/params.h"
 #include "core/ram_block.h"
 #include "core/ram_loader.h"
@@ -45,8 +46,10 @@ class GuestControl {
 
 class MigrationSource {
  public:
+  // `sink_factory`: where pages go (multifd, ...); null = page records in the
+  // main stream. Not owned; must outlive Run().
   MigrationSource(MigrationParams params, RamBlockList& blocks, DirtyTracker& tracker, GuestControl* guest,
-                  std::vector<DeviceHandler*> devices = {});
+                  std::vector<DeviceHandler*> devices = {}, PageSinkFactory* sink_factory = nullptr);
   ~MigrationSource();
 
   // Migrates over `channel`. `await_verdict`: after the stream, wait for the
@@ -67,11 +70,13 @@ class MigrationSource {
   DirtyTracker& tracker_;
   GuestControl* guest_;
   std::vector<DeviceHandler*> devices_;
+  PageSinkFactory* sink_factory_;
 
   std::atomic<bool> cancel_{false};
   mutable std::mutex mu_;
   std::condition_variable cv_;  // wakes the rate limiter on cancel
   Channel* channel_ = nullptr;  // guarded by mu_
+  PageSink* sink_ = nullptr;    // guarded by mu_
   MigrationStats stats_;        // guarded by mu_
 
   // Migration-thread state.
@@ -88,6 +93,8 @@ struct DestinationOptions {
   bool send_verdict = true;       // answer the source with a verdict (two-way channel)
   bool qemu_devices = false;      // accept QEMU 7.2's "timer" and "globalstate"
   bool fresh_memory = true;       // blocks start zeroed (fresh mappings)
+  PageReceiver* receiver = nullptr;  // multifd receivers; not owned
+  bool multifd_sync_on_eos = false;  // QEMU <= 7.2 barrier placement
 };
 
 class MigrationDestination {
@@ -114,6 +121,7 @@ class MigrationDestination {
   mutable std::mutex mu_;
   Channel* channel_ = nullptr;
   MigrationStats stats_;
+  Status receiver_error_;  // guarded by mu_: first multifd receiver failure
   std::chrono::steady_clock::time_point start_;
 };
 

@@ -1,14 +1,24 @@
 // PageSink: where the RAM saver puts page contents. Chosen once at setup
-// (StreamSink here; multifd, mapped-ram and RDMA sinks in their folders), so
-// the page loop never asks which transport is in use.
+// (StreamSink here; MultifdSink in multifd/, later mapped-ram and RDMA
+// sinks), so the page loop never asks which transport is in use.
 //
-// The saver owns the main stream's RAM section framing; the sink only adds
-// page records (or hands pages to its own channels).
+// The saver owns the main stream's RAM section framing and calls the sink's
+// hooks in this order inside every RAM section, before it writes EOS:
+//
+//   START (setup):   BeginSection, [block list], OnSetupEnd, OnSectionEnd
+//   PART (iterate):  BeginSection, Page..., [OnRoundEnd if the pass over
+//                    the dirty bitmap finished], OnSectionEnd
+//   END (complete):  BeginSection, Page..., OnComplete, OnSectionEnd
+//
+// A sink may write to the main stream in the hooks (multifd's
+// MULTIFD_FLUSH record) — always from the migration thread.
 #pragma once
 
 #include <cstdint>
+#include <memory>
 
 #include "core/ram_block.h"
+#include "core/stats.h"
 #include "core/status.h"
 #include "core/stream.h"
 
@@ -17,13 +27,32 @@ namespace ferry {
 class PageSink {
  public:
   virtual ~PageSink() = default;
-  // Called when a RAM section starts in the main stream.
   virtual void BeginSection() {}
-  // A page to send; `zero` says the saver already found it all zeros.
+  // A page to send; `zero` says the saver already found it all zeros (only
+  // when the saver detects zero pages; see PageSinkFactory). Errors of the
+  // sink's own threads surface through the main StreamWriter's status (the
+  // sink sets it from the migration thread), so the page loop stays flat.
   virtual void Page(RamBlock& block, uint64_t page_index, bool zero) = 0;
-  // Called before the saver closes a RAM section (writes EOS). Pages handed
-  // over must be on their way (or written) when this returns OK.
-  virtual Status EndSection() { return Status::Ok(); }
+  virtual Status OnSetupEnd() { return Status::Ok(); }
+  virtual Status OnRoundEnd() { return Status::Ok(); }
+  virtual Status OnComplete() { return Status::Ok(); }
+  virtual Status OnSectionEnd() { return Status::Ok(); }
+  // Wakes every thread of the sink blocked on I/O; later calls fail. Any
+  // thread (MigrationSource::Cancel).
+  virtual void Abort() {}
+  // Adds the sink's counters (multifd bytes, per-channel, zero pages found by
+  // workers). Any thread.
+  virtual void FillStats(MigrationStats& stats) const { (void)stats; }
+};
+
+// Builds the sink for one migration, once, at setup.
+class PageSinkFactory {
+ public:
+  virtual ~PageSinkFactory() = default;
+  virtual Result<std::unique_ptr<PageSink>> Make(StreamWriter& main) = 0;
+  // True: the saver tests pages for zeros itself and sends ZERO records in
+  // the main stream (QEMU 7.2's "legacy" detection).
+  virtual bool saver_detects_zero() const { return true; }
 };
 
 // Page records in the main stream: be64 offset|flags, the block name unless

@@ -62,11 +62,66 @@ Status MigrationParams::SetParameter(std::string_view name, std::string_view val
     max_bandwidth = v;
     return Status::Ok();
   }
+  if (name == "multifd-channels") {
+    FERRY_ASSIGN_OR_RETURN(uint64_t v, ParseUint(name, value));
+    if (v < 1 || v > 255) return Status::InvalidArgument("multifd-channels must be 1-255, got " + std::string(value));
+    multifd_channels = static_cast<uint32_t>(v);
+    return Status::Ok();
+  }
+  if (name == "zero-page-detection") {
+    if (value == "none") zero_page_detection = ZeroPageDetection::kNone;
+    else if (value == "legacy") zero_page_detection = ZeroPageDetection::kLegacy;
+    else if (value == "multifd") zero_page_detection = ZeroPageDetection::kMultifd;
+    else return Status::InvalidArgument("zero-page-detection must be none, legacy or multifd, got '" + std::string(value) + "'");
+    return Status::Ok();
+  }
+  if (name == "multifd-compression") {
+    if (value == "none") multifd_compression = Compression::kNone;
+    else if (value == "zstd") multifd_compression = Compression::kZstd;
+    else return Status::InvalidArgument("multifd-compression must be none or zstd, got '" + std::string(value) + "'");
+    return Status::Ok();
+  }
+  if (name == "multifd-zstd-level") {
+    FERRY_ASSIGN_OR_RETURN(uint64_t v, ParseUint(name, value));
+    if (v > 20) return Status::InvalidArgument("multifd-zstd-level must be 0-20, got " + std::string(value));
+    multifd_zstd_level = static_cast<int>(v);
+    return Status::Ok();
+  }
+  if (name == "multifd-flush-after-each-section") {
+    if (value == "on") multifd_flush_after_each_section = true;
+    else if (value == "off") multifd_flush_after_each_section = false;
+    else return Status::InvalidArgument("multifd-flush-after-each-section must be on or off");
+    return Status::Ok();
+  }
   return Status::InvalidArgument("unknown parameter '" + std::string(name) +
-                                 "' (ferry knows: downtime-limit, max-bandwidth)");
+                                 "' (ferry knows: downtime-limit, max-bandwidth, multifd-channels, "
+                                 "zero-page-detection, multifd-compression, multifd-zstd-level, "
+                                 "multifd-flush-after-each-section)");
+}
+
+Status MigrationParams::Validate() const {
+  if (zero_copy_send && !multifd) return Status::InvalidArgument("zero-copy-send needs the multifd capability");
+  if (zero_copy_send && multifd_compression != Compression::kNone) {
+    return Status::InvalidArgument("zero-copy-send cannot be combined with multifd-compression (compressed "
+                                   "buffers are copied anyway)");
+  }
+  if (multifd && zero_page_detection == ZeroPageDetection::kMultifd && multifd_flush_after_each_section &&
+      qemu_compat) {
+    return Status::InvalidArgument("QEMU 7.2 (multifd-flush-after-each-section=on) cannot take zero pages in "
+                                   "multifd packets: use -p zero-page-detection=legacy");
+  }
+  return Status::Ok();
 }
 
 Status MigrationParams::SetCapability(std::string_view name, bool on) {
+  if (name == "multifd") {
+    multifd = on;
+    return Status::Ok();
+  }
+  if (name == "zero-copy-send") {
+    zero_copy_send = on;
+    return Status::Ok();
+  }
   if (name == "verify") {
     if (on && qemu_compat) return Status::InvalidArgument("capability 'verify' cannot be used with --qemu-compat");
     verify = on;
@@ -74,9 +129,9 @@ Status MigrationParams::SetCapability(std::string_view name, bool on) {
   }
   static constexpr std::string_view kQemuCaps[] = {
       "xbzrle", "rdma-pin-all", "auto-converge", "zero-blocks", "compress", "events", "postcopy-ram",
-      "x-colo", "release-ram", "return-path", "pause-before-switchover", "multifd", "dirty-bitmaps",
+      "x-colo", "release-ram", "return-path", "pause-before-switchover", "dirty-bitmaps",
       "postcopy-blocktime", "late-block-activate", "x-ignore-shared", "validate-uuid", "background-snapshot",
-      "zero-copy-send", "postcopy-preempt", "switchover-ack", "dirty-limit", "mapped-ram"};
+      "postcopy-preempt", "switchover-ack", "dirty-limit", "mapped-ram"};
   for (std::string_view c : kQemuCaps) {
     if (name == c) {
       if (!on) return Status::Ok();  // off is what ferry does anyway

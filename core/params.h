@@ -19,8 +19,23 @@ struct MigrationParams {
   uint64_t downtime_limit_ms = 300;  // "downtime-limit": switch over when the rest fits in this
   uint64_t max_bandwidth = 0;        // "max-bandwidth": bytes/s, 0 = unlimited
 
+  // multifd parameters (used when the capability is on).
+  enum class ZeroPageDetection { kNone, kLegacy, kMultifd };
+  enum class Compression { kNone, kZstd };
+  uint32_t multifd_channels = 2;                              // "multifd-channels"
+  ZeroPageDetection zero_page_detection = ZeroPageDetection::kMultifd;  // "zero-page-detection"
+  Compression multifd_compression = Compression::kNone;     // "multifd-compression"
+  int multifd_zstd_level = 1;                                 // "multifd-zstd-level"
+  bool multifd_flush_after_each_section = false;  // "multifd-flush-after-each-section": QEMU <= 7.2 barriers
+
   // Capabilities.
   bool verify = true;  // "verify": ferry's digest section + verdict (off for QEMU peers)
+  bool multifd = false;         // "multifd": pages over multifd-channels extra connections
+  bool zero_copy_send = false;  // "zero-copy-send": MSG_ZEROCOPY on multifd channels
+
+  // Checks combinations that cannot work together (call once, after all
+  // Set* calls).
+  Status Validate() const;
 
   // Stream shape.
   std::string machine = "ferry";  // configuration section machine name

@@ -117,6 +117,7 @@ Status RamLoader::Load(StreamReader& r, uint32_t version) {
     switch (kind) {
       case wire::kRamMemSize:
         FERRY_RETURN_IF_ERROR(LoadBlockList(r, addr));
+        if (receiver_) receiver_->BlocksReady(blocks_);
         break;
       case wire::kRamZero:
       case wire::kRamPage: {
@@ -152,9 +153,15 @@ Status RamLoader::Load(StreamReader& r, uint32_t version) {
       }
       case wire::kRamEos:
         if (flags & wire::kRamContinue) return Status::Protocol("EOS record with CONTINUE flag" + At(at));
+        if (receiver_ && sync_on_eos_) FERRY_RETURN_IF_ERROR(receiver_->Sync());
         return Status::Ok();
       case wire::kRamMultifdFlush:
-        return Status::Protocol("MULTIFD_FLUSH record, but multifd is not enabled on this side" + At(at));
+        if (!receiver_) {
+          return Status::Protocol("MULTIFD_FLUSH record, but multifd is not enabled on this side" + At(at));
+        }
+        if (flags & wire::kRamContinue) return Status::Protocol("MULTIFD_FLUSH record with CONTINUE flag" + At(at));
+        FERRY_RETURN_IF_ERROR(receiver_->Sync());
+        break;
       default:
         return Status::Protocol("invalid combination of RAM record flags " + Hex(flags) + At(at));
     }

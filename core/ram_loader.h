@@ -6,11 +6,13 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
 #include "core/ram_block.h"
 #include "core/section.h"
+#include "core/stats.h"
 
 namespace ferry {
 
@@ -23,6 +25,29 @@ class RamBlockAllocator {
   virtual Result<uint8_t*> Allocate(const std::string& name, uint64_t length) = 0;
 };
 
+// The destination's side channels for pages: multifd receiver threads.
+// The RamLoader drives it from the main stream.
+class PageReceiver {
+ public:
+  virtual ~PageReceiver() = default;
+  // Starts the receiver threads. `on_error` is called once, from a receiver
+  // thread, with the first failure (the destination then stops reading the
+  // main stream).
+  virtual Status Start(std::function<void(const Status&)> on_error) = 0;
+  // The block list is known (after the MEM_SIZE record): pages may be
+  // placed from now on. Receivers wait for this before touching memory.
+  virtual void BlocksReady(RamBlockList& blocks) = 0;
+  // The barrier: returns once every channel has delivered its SYNC packet
+  // and applied everything sent before it, then lets the channels go on.
+  virtual Status Sync() = 0;
+  // Wakes and stops every receiver thread; later calls fail. Any thread.
+  virtual void Abort() = 0;
+  // Joins the threads; the first error of any of them.
+  virtual Status Finish() = 0;
+  // Adds multifd counters. Any thread.
+  virtual void FillStats(MigrationStats& stats) const { (void)stats; }
+};
+
 struct RamLoaderCounters {
   uint64_t normal_pages = 0;
   uint64_t zero_pages = 0;
@@ -32,8 +57,16 @@ class RamLoader final : public SectionLoader {
  public:
   // `fresh_memory`: every block starts all zeros (a new mapping), so a ZERO
   // record for a page never written needs no write at all.
-  RamLoader(RamBlockList& blocks, RamBlockAllocator* allocator, bool fresh_memory)
-      : blocks_(blocks), allocator_(allocator), fresh_(fresh_memory) {}
+  // `receiver`: multifd receivers (null without multifd); `sync_on_eos`:
+  // every EOS is a barrier (QEMU <= 7.2, multifd-flush-after-each-section)
+  // rather than only MULTIFD_FLUSH records.
+  RamLoader(RamBlockList& blocks, RamBlockAllocator* allocator, bool fresh_memory,
+            PageReceiver* receiver = nullptr, bool sync_on_eos = false)
+      : blocks_(blocks),
+        allocator_(allocator),
+        fresh_(fresh_memory),
+        receiver_(receiver),
+        sync_on_eos_(sync_on_eos) {}
 
   std::string idstr() const override { return "ram"; }
   uint32_t version() const override { return 4; }
@@ -50,6 +83,8 @@ class RamLoader final : public SectionLoader {
   RamBlockList& blocks_;
   RamBlockAllocator* allocator_;
   bool fresh_;
+  PageReceiver* receiver_;
+  bool sync_on_eos_;
   bool setup_seen_ = false;
   RamBlock* last_block_ = nullptr;
   std::vector<DirtyBitmap> written_;  // per block, pages holding non-zero data

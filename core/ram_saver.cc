@@ -31,7 +31,6 @@ void RamSaver::WriteSetup() {
     w_.PutName(b.name);
     w_.PutBe64(b.used_length);
   }
-  w_.PutBe64(wire::kRamEos);
 }
 
 bool RamSaver::SendSome(uint64_t budget) {
@@ -60,8 +59,23 @@ bool RamSaver::SendSome(uint64_t budget) {
   return true;
 }
 
-Status RamSaver::EndSection() {
-  FERRY_RETURN_IF_ERROR(sink_.EndSection());
+Status RamSaver::EndSetupSection() {
+  FERRY_RETURN_IF_ERROR(sink_.OnSetupEnd());
+  FERRY_RETURN_IF_ERROR(sink_.OnSectionEnd());
+  w_.PutBe64(wire::kRamEos);
+  return w_.status();
+}
+
+Status RamSaver::EndIterateSection(bool round_done) {
+  if (round_done) FERRY_RETURN_IF_ERROR(sink_.OnRoundEnd());
+  FERRY_RETURN_IF_ERROR(sink_.OnSectionEnd());
+  w_.PutBe64(wire::kRamEos);
+  return w_.status();
+}
+
+Status RamSaver::EndCompleteSection() {
+  FERRY_RETURN_IF_ERROR(sink_.OnComplete());
+  FERRY_RETURN_IF_ERROR(sink_.OnSectionEnd());
   w_.PutBe64(wire::kRamEos);
   return w_.status();
 }

@@ -30,7 +30,7 @@ class RamSaver {
 
   // Marks every page dirty (the first round sends all of RAM).
   void MarkAllDirty();
-  // Writes the setup data of the START section.
+  // Writes the setup data of the START section (then call EndSetupSection).
   void WriteSetup();
   // Sends dirty pages from the round cursor until `budget` bytes went into
   // the main stream or the round ends. Returns true when the round is done
@@ -38,9 +38,13 @@ class RamSaver {
   bool SendSome(uint64_t budget);
   // Restarts the cursor at the first block.
   void StartRound() { block_ = 0; page_ = 0; }
-  // Closes a RAM section's data: sink flush, then EOS.
-  Status EndSection();
+  // Section framing around the page records; see PageSink for the order of
+  // the sink hooks. Each End* writes EOS last.
   void BeginSection() { sink_.BeginSection(); }
+  Status EndSetupSection();
+  // `round_done`: the pass over the dirty bitmap finished in this section.
+  Status EndIterateSection(bool round_done);
+  Status EndCompleteSection();
 
   uint64_t dirty_pages() const;
   const RamSaverCounters& counters() const { return counters_; }

@@ -49,8 +49,14 @@ std::string JsonEscape(const std::string& s) {
 }  // namespace
 
 MigrationSource::MigrationSource(MigrationParams params, RamBlockList& blocks, DirtyTracker& tracker,
-                                 GuestControl* guest, std::vector<DeviceHandler*> devices)
-    : params_(std::move(params)), blocks_(blocks), tracker_(tracker), guest_(guest), devices_(std::move(devices)) {
+                                 GuestControl* guest, std::vector<DeviceHandler*> devices,
+                                 PageSinkFactory* sink_factory)
+    : params_(std::move(params)),
+      blocks_(blocks),
+      tracker_(tracker),
+      guest_(guest),
+      devices_(std::move(devices)),
+      sink_factory_(sink_factory) {
   stats_.ram.total = blocks_.total_bytes();
 }
 
@@ -62,6 +68,7 @@ void MigrationSource::Cancel() {
   cancel_.store(true, std::memory_order_release);
   if (stats_.state != MigrationState::kNone) stats_.state = MigrationState::kCancelling;
   if (channel_) channel_->Shutdown();
+  if (sink_) sink_->Abort();
   cv_.notify_all();
 }
 
@@ -69,6 +76,7 @@ MigrationStats MigrationSource::Stats() const {
   std::lock_guard<std::mutex> lock(mu_);
   MigrationStats s = stats_;
   if (!IsTerminal(s.state) && s.state != MigrationState::kNone) s.total_time_ms = MsSince(start_);
+  if (sink_) sink_->FillStats(s);
   return s;
 }
 
@@ -142,8 +150,27 @@ Status MigrationSource::Run(Channel& channel, bool await_verdict) {
 
 Status MigrationSource::RunInner(Channel& channel, bool await_verdict) {
   StreamWriter w(&channel);
-  StreamSink sink(w);
-  RamSaver saver(blocks_, w, sink, /*detect_zero=*/true);
+  std::unique_ptr<PageSink> sink;
+  bool saver_zero = true;
+  if (sink_factory_) {
+    FERRY_ASSIGN_OR_RETURN(sink, sink_factory_->Make(w));
+    saver_zero = sink_factory_->saver_detects_zero();
+  } else {
+    sink = std::make_unique<StreamSink>(w);
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    sink_ = sink.get();
+    if (cancelled()) sink_->Abort();
+  }
+  struct SinkReset {
+    MigrationSource* self;
+    ~SinkReset() {
+      std::lock_guard<std::mutex> lock(self->mu_);
+      self->sink_ = nullptr;
+    }
+  } sink_reset{this};
+  RamSaver saver(blocks_, w, *sink, saver_zero);
   const bool verify = params_.verify && !params_.qemu_compat;
 
   // Tracking starts before the first page is read, so no write is missed.
@@ -162,7 +189,9 @@ Status MigrationSource::RunInner(Channel& channel, bool await_verdict) {
   uint32_t next_id = 1;
   const uint32_t ram_id = next_id++;
   WriteSectionHeader(w, wire::kSectionStart, ram_id, "ram", 0, wire::kRamSectionVersion);
+  saver.BeginSection();
   saver.WriteSetup();
+  FERRY_RETURN_IF_ERROR(saver.EndSetupSection());
   WriteFooter(w, ram_id);
   FERRY_RETURN_IF_ERROR(w.Flush());
   {
@@ -191,7 +220,8 @@ Status MigrationSource::RunInner(Channel& channel, bool await_verdict) {
       w.PutBe32(ram_id);
       saver.BeginSection();
       done = saver.SendSome(budget);
-      FERRY_RETURN_IF_ERROR(saver.EndSection());
+      FERRY_RETURN_IF_ERROR(w.status());
+      FERRY_RETURN_IF_ERROR(saver.EndIterateSection(done));
       WriteFooter(w, ram_id);
       FERRY_RETURN_IF_ERROR(w.Flush().WithContext("sending RAM to " + channel.Describe()));
       window_bytes_ += w.bytes() - before;
@@ -243,7 +273,7 @@ Status MigrationSource::RunInner(Channel& channel, bool await_verdict) {
     FERRY_RETURN_IF_ERROR(w.status());
     if (cancelled()) return Status::Cancelled("migration cancelled");
   }
-  FERRY_RETURN_IF_ERROR(saver.EndSection());
+  FERRY_RETURN_IF_ERROR(saver.EndCompleteSection());
   WriteFooter(w, ram_id);
 
   std::string vmdesc = "{\"page_size\": 4096, \"devices\": [{\"name\": \"ram\", \"instance_id\": 0}";

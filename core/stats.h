@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace ferry {
 
@@ -37,6 +38,12 @@ struct RamStats {
   uint64_t pages_per_second = 0;
 };
 
+struct ChannelStats {
+  uint64_t bytes = 0;    // wire bytes on this multifd channel
+  uint64_t pages = 0;    // normal pages carried
+  uint64_t packets = 0;  // packets, SYNC packets included
+};
+
 struct MigrationStats {
   MigrationState state = MigrationState::kNone;
   uint64_t total_time_ms = 0;
@@ -45,6 +52,10 @@ struct MigrationStats {
   uint64_t expected_downtime_ms = 0;
   uint64_t iteration = 0;  // dirty rounds so far
   RamStats ram;
+  // multifd (empty without it)
+  uint64_t multifd_bytes = 0;
+  uint64_t multifd_zero_pages = 0;  // zero pages found by the sender threads
+  std::vector<ChannelStats> multifd_channels;
   std::string error;     // set when failed/cancelled
   bool verified = false; // destination: digest matched; source: destination said so
 };

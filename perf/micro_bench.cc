@@ -88,7 +88,7 @@ void BM_EncodePages(benchmark::State& state) {
     saver.BeginSection();
     while (!saver.SendSome(UINT64_MAX)) {
     }
-    (void)saver.EndSection();
+    (void)saver.EndIterateSection(true);
     (void)w.Flush();
     benchmark::DoNotOptimize(ch.bytes);
   }
@@ -111,7 +111,7 @@ void BM_DecodePages(benchmark::State& state) {
     saver.BeginSection();
     while (!saver.SendSome(UINT64_MAX)) {
     }
-    (void)saver.EndSection();
+    (void)saver.EndIterateSection(true);
     (void)w.Flush();
   }
   RamBlockList db;
