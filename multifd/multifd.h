@@ -1,0 +1,77 @@
+// multifd: pages in parallel over N extra connections.
+//
+// Source: MultifdSinkFactory builds a MultifdSink (a PageSink). The
+// migration thread batches pages into packets of up to 128 pages and hands
+// them through bounded queues to N named sender threads, each owning one
+// channel. With zero-page-detection=multifd the senders test pages and list
+// zero pages in the packet; with compression each sender keeps its zstd
+// stream. The barrier (QEMU >= 8): at every round end a SYNC packet on
+// every channel, then MULTIFD_FLUSH in the main stream; with
+// multifd-flush-after-each-section=on (QEMU <= 7.2) a SYNC at every RAM
+// section end instead, and the destination syncs on every EOS.
+//
+// Destination: MultifdReceiver (a PageReceiver) runs N receiver threads that
+// validate every packet and place pages straight into guest memory. On
+// Sync() the main thread waits until every receiver has read its SYNC
+// packet, then releases them — so a page of round N+1 arriving on one
+// channel can never be overwritten by a stale copy of round N from another.
+//
+// Connection set-up:
+//   source:       main = Connect(uri); chans = ConnectMultifd(uri, n, uuid, ...)
+//   destination:  AcceptMigrationChannels(listener, n, uuid, ...) accepts n+1
+//                 connections in any order and tells them apart by their
+//                 first 4 bytes (QEVM magic = main stream, 0x11223344 =
+//                 multifd init packet, then validated: version, uuid, id < n,
+//                 no duplicates).
+#pragma once
+
+#include <chrono>
+#include <memory>
+#include <stop_token>
+#include <vector>
+
+#include "core/channel.h"
+#include "core/page_sink.h"
+#include "core/params.h"
+#include "core/ram_loader.h"
+#include "core/uri.h"
+#include "multifd/packet.h"
+#include "socket/socket.h"
+
+namespace ferry::multifd {
+
+// Opens n connections to `uri` and sends each its init packet (ids 0..n-1).
+Result<std::vector<std::unique_ptr<Channel>>> ConnectMultifd(const Uri& uri, uint32_t n, const Uuid& uuid,
+                                                             std::chrono::milliseconds timeout,
+                                                             std::stop_token stop = {});
+
+struct IncomingChannels {
+  std::unique_ptr<Channel> main;                   // the QEMU stream (magic already replayed)
+  std::vector<std::unique_ptr<Channel>> multifd;   // index = channel id
+};
+
+// Accepts the main connection and `n` multifd connections (n = 0: just the
+// main one), validating each init packet against `uuid`.
+Result<IncomingChannels> AcceptMigrationChannels(Listener& listener, uint32_t n, const Uuid& uuid,
+                                                 std::chrono::milliseconds timeout, std::stop_token stop = {});
+
+class MultifdSinkFactory final : public PageSinkFactory {
+ public:
+  // `channels`: connected, init packets sent (ConnectMultifd). Uses
+  // multifd_channels, zero_page_detection, multifd_compression,
+  // multifd_zstd_level, multifd_flush_after_each_section, zero_copy_send.
+  MultifdSinkFactory(const MigrationParams& params, std::vector<std::unique_ptr<Channel>> channels);
+  ~MultifdSinkFactory() override;
+  Result<std::unique_ptr<PageSink>> Make(StreamWriter& main) override;
+  bool saver_detects_zero() const override;
+
+ private:
+  MigrationParams params_;
+  std::vector<std::unique_ptr<Channel>> channels_;
+};
+
+// Destination side. Owns the multifd channels.
+std::unique_ptr<PageReceiver> MakeMultifdReceiver(const MigrationParams& params,
+                                                  std::vector<std::unique_ptr<Channel>> channels);
+
+}  // namespace ferry::multifd
