@@ -37,6 +37,10 @@ class PageSink {
   virtual Status OnRoundEnd() { return Status::Ok(); }
   virtual Status OnComplete() { return Status::Ok(); }
   virtual Status OnSectionEnd() { return Status::Ok(); }
+  // Bytes the sink has taken for its own channels so far (not the main
+  // stream's): page data and packet headers. The source counts them for the
+  // rate limit, slice sizes, bandwidth and progress. Migration thread.
+  virtual uint64_t accounted_bytes() const { return 0; }
   // Wakes every thread of the sink blocked on I/O; later calls fail. Any
   // thread (MigrationSource::Cancel).
   virtual void Abort() {}

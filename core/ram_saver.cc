@@ -34,7 +34,7 @@ void RamSaver::WriteSetup() {
 }
 
 bool RamSaver::SendSome(uint64_t budget) {
-  const uint64_t start = w_.bytes();
+  const uint64_t start = bytes();
   while (block_ < blocks_.size()) {
     RamBlock& b = blocks_[block_];
     const uint64_t n = b.pages();
@@ -51,7 +51,7 @@ bool RamSaver::SendSome(uint64_t budget) {
       }
       sink_.Page(b, i, zero);
       if (!w_.status().ok()) return false;
-      if (w_.bytes() - start >= budget) return false;
+      if (bytes() - start >= budget) return false;
     }
     ++block_;
     page_ = 0;

@@ -47,6 +47,9 @@ class RamSaver {
   Status EndCompleteSection();
 
   uint64_t dirty_pages() const;
+  // Bytes sent so far: the main stream plus what the sink took for its own
+  // channels.
+  uint64_t bytes() const { return w_.bytes() + sink_.accounted_bytes(); }
   const RamSaverCounters& counters() const { return counters_; }
 
  private:

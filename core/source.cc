@@ -208,14 +208,14 @@ Status MigrationSource::RunInner(Channel& channel, bool await_verdict) {
   while (true) {
     ++iteration;
     const auto round_start = Clock::now();
-    const uint64_t round_bytes0 = w.bytes();
+    const uint64_t round_bytes0 = saver.bytes();
     saver.StartRound();
     bool done = false;
     while (!done) {
       if (cancelled()) return Status::Cancelled("migration cancelled");
       uint64_t budget = 0;
       FERRY_RETURN_IF_ERROR(Throttle(&budget));
-      const uint64_t before = w.bytes();
+      const uint64_t before = saver.bytes();
       w.Put8(wire::kSectionPart);
       w.PutBe32(ram_id);
       saver.BeginSection();
@@ -224,15 +224,15 @@ Status MigrationSource::RunInner(Channel& channel, bool await_verdict) {
       FERRY_RETURN_IF_ERROR(saver.EndIterateSection(done));
       WriteFooter(w, ram_id);
       FERRY_RETURN_IF_ERROR(w.Flush().WithContext("sending RAM to " + channel.Describe()));
-      window_bytes_ += w.bytes() - before;
-      bytes_sent_ = w.bytes();
+      window_bytes_ += saver.bytes() - before;
+      bytes_sent_ = saver.bytes();
       normal_ = saver.counters().normal_pages;
       zero_ = saver.counters().zero_pages;
       remaining_ = saver.dirty_pages() * kPageSize;
       Publish(MigrationState::kActive);
     }
     const double round_ms = std::max(1.0, std::chrono::duration<double, std::milli>(Clock::now() - round_start).count());
-    const double bytes_per_ms = std::max(1.0, (w.bytes() - round_bytes0) / round_ms);
+    const double bytes_per_ms = std::max(1.0, (saver.bytes() - round_bytes0) / round_ms);
 
     FERRY_ASSIGN_OR_RETURN(uint64_t newly, tracker_.Sync(blocks_));
     ++syncs;
@@ -299,7 +299,7 @@ Status MigrationSource::RunInner(Channel& channel, bool await_verdict) {
   w.PutBe32(static_cast<uint32_t>(vmdesc.size()));
   w.PutBytes(vmdesc.data(), vmdesc.size());
   FERRY_RETURN_IF_ERROR(w.Flush().WithContext("finishing the stream to " + channel.Describe()));
-  bytes_sent_ = w.bytes();
+  bytes_sent_ = saver.bytes();
   normal_ = saver.counters().normal_pages;
   zero_ = saver.counters().zero_pages;
   remaining_ = 0;
