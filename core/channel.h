@@ -52,4 +52,18 @@ class Channel {
   Status WriteAll(const void* buf, size_t len);
 };
 
+// A Channel over something with positions (a file): positioned I/O that
+// does not move the stream position, and Seek for the stream itself.
+// Positioned calls may come from several threads at once.
+class SeekableChannel : public Channel {
+ public:
+  // The stream position: where the next WriteAll/ReadSome goes.
+  virtual uint64_t position() const = 0;
+  virtual Status Seek(uint64_t offset) = 0;
+  // Writes all of iov at `offset`.
+  virtual Status PwriteAll(std::span<iovec> iov, uint64_t offset) = 0;
+  // Reads exactly len bytes at `offset`; kProtocol if the file is shorter.
+  virtual Status PreadExact(void* buf, size_t len, uint64_t offset) = 0;
+};
+
 }  // namespace ferry

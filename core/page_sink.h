@@ -5,7 +5,8 @@
 // The saver owns the main stream's RAM section framing and calls the sink's
 // hooks in this order inside every RAM section, before it writes EOS:
 //
-//   START (setup):   BeginSection, [block list], OnSetupEnd, OnSectionEnd
+//   START (setup):   BeginSection, {block entry, OnBlockListed}..., OnSetupEnd,
+//                    OnSectionEnd
 //   PART (iterate):  BeginSection, Page..., [OnRoundEnd if the pass over
 //                    the dirty bitmap finished], OnSectionEnd
 //   END (complete):  BeginSection, Page..., OnComplete, OnSectionEnd
@@ -33,6 +34,13 @@ class PageSink {
   // sink's own threads surface through the main StreamWriter's status (the
   // sink sets it from the migration thread), so the page loop stays flat.
   virtual void Page(RamBlock& block, uint64_t page_index, bool zero) = 0;
+  // After each block's entry {name, length} in the setup list (mapped-ram
+  // writes its per-block header here and moves the main stream past the
+  // block's page region).
+  virtual Status OnBlockListed(RamBlock& block) {
+    (void)block;
+    return Status::Ok();
+  }
   virtual Status OnSetupEnd() { return Status::Ok(); }
   virtual Status OnRoundEnd() { return Status::Ok(); }
   virtual Status OnComplete() { return Status::Ok(); }

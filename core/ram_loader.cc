@@ -60,6 +60,7 @@ Status RamLoader::LoadBlockList(StreamReader& r, uint64_t total) {
     if (named[idx]) return Status::Protocol("RAM block '" + name + "' listed twice" + At(at));
     named[idx] = true;
     sum += length;
+    if (receiver_) FERRY_RETURN_IF_ERROR(receiver_->OnBlockListed(r, *b));
   }
   for (size_t i = 0; i < blocks_.size(); ++i) {
     if (!named[i]) {
@@ -112,6 +113,10 @@ Status RamLoader::Load(StreamReader& r, uint32_t version) {
     const uint64_t addr = rec & kPageMask;
     if (flags & ~kKnown) {
       return Status::Protocol("unknown RAM record flags " + Hex(flags & ~kKnown) + " in record " + Hex(rec) + At(at));
+    }
+    if (receiver_ && (flags & receiver_->forbidden_flags())) {
+      return Status::Protocol("RAM record flags " + Hex(flags & receiver_->forbidden_flags()) +
+                              " are not allowed in this stream (mapped-ram keeps pages out of the stream)" + At(at));
     }
     const uint64_t kind = flags & ~wire::kRamContinue;
     switch (kind) {

@@ -34,6 +34,17 @@ class PageReceiver {
   // thread, with the first failure (the destination then stops reading the
   // main stream).
   virtual Status Start(std::function<void(const Status&)> on_error) = 0;
+  // After each block's entry in the setup list, with the main stream
+  // positioned right behind it (mapped-ram reads its per-block header here,
+  // loads the block's pages and moves the stream past the page region).
+  virtual Status OnBlockListed(StreamReader& r, RamBlock& block) {
+    (void)r;
+    (void)block;
+    return Status::Ok();
+  }
+  // RAM record flags this stream must not contain (mapped-ram: pages and
+  // MULTIFD_FLUSH never appear in its main stream).
+  virtual uint64_t forbidden_flags() const { return 0; }
   // The block list is known (after the MEM_SIZE record): pages may be
   // placed from now on. Receivers wait for this before touching memory.
   virtual void BlocksReady(RamBlockList& blocks) = 0;

@@ -25,12 +25,14 @@ void RamSaver::MarkAllDirty() {
   for (RamBlock& b : blocks_) b.dirty.SetAll();
 }
 
-void RamSaver::WriteSetup() {
+Status RamSaver::WriteSetup() {
   w_.PutBe64(blocks_.total_bytes() | wire::kRamMemSize);
   for (RamBlock& b : blocks_) {
     w_.PutName(b.name);
     w_.PutBe64(b.used_length);
+    FERRY_RETURN_IF_ERROR(sink_.OnBlockListed(b));
   }
+  return w_.status();
 }
 
 bool RamSaver::SendSome(uint64_t budget) {

@@ -31,7 +31,7 @@ class RamSaver {
   // Marks every page dirty (the first round sends all of RAM).
   void MarkAllDirty();
   // Writes the setup data of the START section (then call EndSetupSection).
-  void WriteSetup();
+  Status WriteSetup();
   // Sends dirty pages from the round cursor until `budget` bytes went into
   // the main stream or the round ends. Returns true when the round is done
   // (cursor wrapped; call StartRound after the next dirty sync).

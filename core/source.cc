@@ -190,7 +190,7 @@ Status MigrationSource::RunInner(Channel& channel, bool await_verdict) {
   const uint32_t ram_id = next_id++;
   WriteSectionHeader(w, wire::kSectionStart, ram_id, "ram", 0, wire::kRamSectionVersion);
   saver.BeginSection();
-  saver.WriteSetup();
+  FERRY_RETURN_IF_ERROR(saver.WriteSetup());
   FERRY_RETURN_IF_ERROR(saver.EndSetupSection());
   WriteFooter(w, ram_id);
   FERRY_RETURN_IF_ERROR(w.Flush());

@@ -113,6 +113,16 @@ class StreamReader {
   }
   // Bytes consumed so far: the stream offset of the next byte.
   uint64_t offset() const { return bytes_; }
+  // Bytes read from the channel but not consumed yet. The channel position
+  // minus this is where the next byte comes from.
+  size_t buffered() const { return end_ - pos_; }
+  // Forgets buffered bytes: call after moving the channel (SeekableChannel)
+  // so the next read comes from the new position. `skipped` bytes are added
+  // to offset() so stream offsets in messages stay meaningful.
+  void DiscardBuffer(uint64_t skipped) {
+    pos_ = end_ = 0;
+    bytes_ += skipped;
+  }
 
  private:
   // Ensures at least `need` bytes are buffered (need <= buffer size); on

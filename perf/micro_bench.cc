@@ -106,7 +106,7 @@ void BM_DecodePages(benchmark::State& state) {
     StreamWriter w(&enc);
     StreamSink sink(w);
     RamSaver saver(sb, w, sink, true);
-    saver.WriteSetup();
+    (void)saver.WriteSetup();
     saver.MarkAllDirty();
     saver.BeginSection();
     while (!saver.SendSome(UINT64_MAX)) {
