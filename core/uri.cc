@@ -21,7 +21,7 @@ Result<Uri> ParseUri(std::string_view text) {
   u.text = std::string(text);
   auto bad = [&](std::string_view why) {
     return Status::InvalidArgument("bad URI '" + std::string(text) + "': " + std::string(why) +
-                                   " (expected tcp:HOST:PORT, tcp:[V6]:PORT, unix:PATH or fd:N)");
+                                   " (expected tcp:HOST:PORT, tcp:[V6]:PORT, unix:PATH, fd:N or file:PATH[,offset=N])");
   };
   if (text.starts_with("tcp:")) {
     std::string_view rest = text.substr(4);
@@ -59,6 +59,20 @@ Result<Uri> ParseUri(std::string_view text) {
     uint64_t fd = 0;
     if (!ParseUnsigned(text.substr(3), 1 << 30, &fd)) return bad("fd must be a non-negative number");
     u.fd = static_cast<int>(fd);
+    return u;
+  }
+  if (text.starts_with("file:")) {
+    u.kind = Uri::Kind::kFile;
+    std::string_view rest = text.substr(5);
+    size_t comma = rest.rfind(",offset=");
+    if (comma != std::string_view::npos) {
+      uint64_t off = 0;
+      if (!ParseUnsigned(rest.substr(comma + 8), UINT64_MAX / 2, &off)) return bad("offset must be a number");
+      u.offset = off;
+      rest = rest.substr(0, comma);
+    }
+    u.path = std::string(rest);
+    if (u.path.empty()) return bad("empty path");
     return u;
   }
   return bad("unknown scheme");

@@ -4,6 +4,7 @@
 //   tcp:HOST:PORT     IPv4 address or name, or [IPv6]
 //   unix:PATH         a unix stream socket path
 //   fd:N              an already open descriptor (socket, pipe or file)
+//   file:PATH[,offset=N]  a file; the stream starts N bytes in (file/)
 //
 //   Result<Uri> u = ParseUri("tcp:[::1]:4444");  // u->host == "::1", u->port == 4444
 #pragma once
@@ -17,11 +18,12 @@
 namespace ferry {
 
 struct Uri {
-  enum class Kind { kTcp, kUnix, kFd };
+  enum class Kind { kTcp, kUnix, kFd, kFile };
   Kind kind = Kind::kTcp;
   std::string host;  // kTcp: without brackets
   uint16_t port = 0; // kTcp
-  std::string path;  // kUnix
+  std::string path;  // kUnix, kFile
+  uint64_t offset = 0;  // kFile: where the stream starts in the file
   int fd = -1;       // kFd
   std::string text;  // as the user wrote it
 

@@ -214,6 +214,7 @@ std::string UriName(const Uri& uri) {
     case Uri::Kind::kTcp: return "tcp:" + BracketIfV6(uri.host) + ":" + std::to_string(uri.port);
     case Uri::Kind::kUnix: return "unix:" + uri.path;
     case Uri::Kind::kFd: return "fd:" + std::to_string(uri.fd);
+    case Uri::Kind::kFile: return "file:" + uri.path;
   }
   return "?";
 }
@@ -234,6 +235,8 @@ Status ValidateUri(const Uri& uri) {
       if (uri.fd < 0) return Status::InvalidArgument("bad URI '" + UriName(uri) + "': negative fd");
       if (::fcntl(uri.fd, F_GETFD) < 0) return ErrnoStatus(UriName(uri));
       return Status::Ok();
+    case Uri::Kind::kFile:
+      return Status::InvalidArgument("'" + UriName(uri) + "' is a file, not a socket: use ferry save/load");
   }
   return Status::InvalidArgument("bad URI kind");
 }
@@ -883,6 +886,8 @@ Result<std::unique_ptr<Listener>> Listener::Listen(const Uri& uri) {
     case Uri::Kind::kUnix: return ListenUnix(uri);
     case Uri::Kind::kFd:
       return std::unique_ptr<Listener>(std::make_unique<FdListener>(UniqueFd(uri.fd), UriName(uri)));
+    case Uri::Kind::kFile:
+      break;  // rejected by ValidateUri
   }
   return Status::InvalidArgument("bad URI kind");
 }
