@@ -6,12 +6,14 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <fstream>
 #include <functional>
 #include <iostream>
+#include <mutex>
 #include <optional>
 #include <thread>
 
@@ -21,6 +23,8 @@
 #include "core/migration.h"
 #include "core/params.h"
 #include "core/uri.h"
+#include "multifd/channels.h"
+#include "multifd/multifd.h"
 #include "socket/socket.h"
 
 namespace ferry::cli {
@@ -102,6 +106,9 @@ struct CommonOpts {
   std::string ram;
   std::string memory_file;
   std::string qemu_compat;
+  std::vector<std::string> params;  // -p NAME=VALUE
+  std::vector<std::string> caps;    // -c NAME=on|off
+  std::string uuid;                 // --uuid: the destination's uuid (multifd init packets)
   bool json = false;
 };
 
@@ -110,22 +117,56 @@ struct SendOpts : CommonOpts {
   uint64_t seed = 1;
   std::string dirty_rate = "0";
   std::string hot_set = "64M";
-  std::vector<std::string> params;
-  std::vector<std::string> caps;
   double connect_timeout = 30;
   std::string tracker = "best";
 };
 
 struct RecvOpts : CommonOpts {
   std::string ready_file;
-  std::vector<std::string> caps;
   bool prealloc = false;
   double timeout = 300;
 };
 
-void PrintResult(const std::string& role, const MigrationStats& st, bool json, const std::string& tracker) {
+// The migration's configuration from --qemu-compat, -p, -c and --uuid,
+// validated as a whole. Every failure is a usage error.
+struct Config {
+  MigrationParams params;
+  multifd::Uuid uuid{};
+  uint32_t multifd_channels() const { return params.multifd ? params.multifd_channels : 0; }
+};
+
+Result<Config> ParseConfig(const CommonOpts& o, const Uri& uri) {
+  Config c;
+  if (!o.qemu_compat.empty()) c.params.SetQemuCompat(o.qemu_compat);
+  for (const std::string& p : o.params) {
+    size_t eq = p.find('=');
+    if (eq == std::string::npos) return Status::InvalidArgument("-p needs NAME=VALUE, got '" + p + "'");
+    FERRY_RETURN_IF_ERROR(c.params.SetParameter(p.substr(0, eq), p.substr(eq + 1)));
+  }
+  for (const std::string& cap : o.caps) {
+    size_t eq = cap.find('=');
+    std::string v = eq == std::string::npos ? "" : cap.substr(eq + 1);
+    if (v != "on" && v != "off") return Status::InvalidArgument("-c needs CAPABILITY=on|off, got '" + cap + "'");
+    FERRY_RETURN_IF_ERROR(c.params.SetCapability(cap.substr(0, eq), v == "on"));
+  }
+  FERRY_RETURN_IF_ERROR(c.params.Validate());
+  if (!o.uuid.empty()) {
+    Result<multifd::Uuid> u = multifd::ParseUuid(o.uuid);
+    if (!u.ok()) return u.status().WithContext("--uuid");
+    c.uuid = *u;
+  }
+  if (c.params.multifd && uri.kind == Uri::Kind::kFd) {
+    return Status::InvalidArgument("the multifd capability needs a tcp: or unix: URI (it opens " +
+                                   std::to_string(c.params.multifd_channels) + " extra connections); " + uri.text +
+                                   " is a single descriptor");
+  }
+  return c;
+}
+
+void PrintResult(const std::string& role, const MigrationStats& st, bool json, const std::string& tracker,
+                 bool multifd) {
   if (json) {
-    nlohmann::json j = StatsJson(st);
+    nlohmann::json j = StatsJson(st, multifd);
     if (!tracker.empty()) j["dirty-tracker"] = tracker;
     std::cout << j.dump() << std::endl;
   } else {
@@ -143,23 +184,10 @@ int RunSend(const SendOpts& o) {
   // Parse and validate everything before touching memory or the network.
   Result<Uri> uri = ParseUri(o.uri);
   if (!uri.ok()) return Fail(uri.status(), kExitUsage);
-  MigrationParams params;
-  if (!o.qemu_compat.empty()) params.SetQemuCompat(o.qemu_compat);
-  for (const std::string& p : o.params) {
-    size_t eq = p.find('=');
-    if (eq == std::string::npos) return Fail(Status::InvalidArgument("-p needs NAME=VALUE, got '" + p + "'"), kExitUsage);
-    Status s = params.SetParameter(p.substr(0, eq), p.substr(eq + 1));
-    if (!s.ok()) return Fail(s, kExitUsage);
-  }
-  for (const std::string& c : o.caps) {
-    size_t eq = c.find('=');
-    std::string v = eq == std::string::npos ? "" : c.substr(eq + 1);
-    if (v != "on" && v != "off") {
-      return Fail(Status::InvalidArgument("-c needs CAPABILITY=on|off, got '" + c + "'"), kExitUsage);
-    }
-    Status s = params.SetCapability(c.substr(0, eq), v == "on");
-    if (!s.ok()) return Fail(s, kExitUsage);
-  }
+  Result<Config> config = ParseConfig(o, *uri);
+  if (!config.ok()) return Fail(config.status(), kExitUsage);
+  const MigrationParams& params = config->params;
+  const bool multifd = params.multifd;
   Result<uint64_t> dirty_rate = ParseSize(o.dirty_rate);
   if (!dirty_rate.ok()) return Fail(dirty_rate.status().WithContext("--dirty-rate"), kExitUsage);
   Result<uint64_t> hot_set = ParseSize(o.hot_set);
@@ -201,27 +229,54 @@ int RunSend(const SendOpts& o) {
   if (!tracker.ok()) return Fail(tracker.status());
   const std::string tracker_name((*tracker)->name());
 
-  std::unique_ptr<MigrationSource> source =
-      std::make_unique<MigrationSource>(params, guest.blocks(), **tracker, &guest);
+  // The source is built once its connections exist (multifd hands its
+  // channels to the sink factory); until then a signal stops the connecting.
+  std::unique_ptr<multifd::MultifdSinkFactory> multifd_sinks;
+  std::unique_ptr<MigrationSource> source;
+  std::mutex source_mu;
+  MigrationSource* running = nullptr;  // guarded by source_mu
   std::stop_source stop;
   SignalWatcher signals([&] {
     stop.request_stop();
-    source->Cancel();
+    std::lock_guard<std::mutex> lock(source_mu);
+    if (running) running->Cancel();
   });
 
-  Result<std::unique_ptr<Channel>> ch =
-      Connect(*uri, std::chrono::milliseconds(static_cast<int64_t>(o.connect_timeout * 1000)), stop.get_token());
-  if (!ch.ok()) {
+  // The main stream first, then the multifd channels: QEMU 7.2 takes the
+  // first connection it accepts as the main stream.
+  const auto connect_timeout = std::chrono::milliseconds(static_cast<int64_t>(o.connect_timeout * 1000));
+  const auto connect_start = std::chrono::steady_clock::now();
+  Result<std::unique_ptr<Channel>> ch = Connect(*uri, connect_timeout, stop.get_token());
+  Status connected = ch.status();
+  if (connected.ok() && multifd) {
+    auto left = connect_timeout - std::chrono::duration_cast<std::chrono::milliseconds>(
+                                      std::chrono::steady_clock::now() - connect_start);
+    auto chans = multifd::ConnectMultifd(*uri, params.multifd_channels, config->uuid,
+                                         std::max(left, std::chrono::milliseconds(1000)), stop.get_token());
+    if (chans.ok()) {
+      multifd_sinks = std::make_unique<multifd::MultifdSinkFactory>(params, std::move(*chans));
+    } else {
+      connected = chans.status();
+    }
+  }
+  if (!connected.ok()) {
     MigrationStats st;
     st.state = signals.fired() ? MigrationState::kCancelled : MigrationState::kFailed;
-    st.error = signals.fired() ? "cancelled before connecting" : ch.status().message();
+    st.error = signals.fired() ? "cancelled before connecting" : connected.message();
     st.ram.total = guest.size();
-    if (o.json) PrintResult("send", st, true, tracker_name);
+    if (o.json) PrintResult("send", st, true, tracker_name, multifd);
     if (signals.fired()) {
       Note("cancelled before connecting");
       return kExitCancelled;
     }
-    return Fail(ch.status());
+    return Fail(connected);
+  }
+  source = std::make_unique<MigrationSource>(params, guest.blocks(), **tracker, &guest,
+                                             std::vector<DeviceHandler*>{}, multifd_sinks.get());
+  {
+    std::lock_guard<std::mutex> lock(source_mu);
+    running = source.get();
+    if (stop.stop_requested()) running->Cancel();  // a signal between connecting and here
   }
   const bool two_way = uri->kind != Uri::Kind::kFd || IsSocket(uri->fd);
   guest.StartWriter(*dirty_rate, *hot_set, tracker->get(), o.seed);
@@ -233,7 +288,7 @@ int RunSend(const SendOpts& o) {
   }
   guest.StopWriter();
   MigrationStats st = source->Stats();
-  PrintResult("send", st, o.json, tracker_name);
+  PrintResult("send", st, o.json, tracker_name, multifd);
   if (!result.ok() && result.code() != Code::kCancelled) std::cerr << "ferry: error: " << result.message() << "\n";
   return ExitCodeFor(st);
 }
@@ -241,7 +296,12 @@ int RunSend(const SendOpts& o) {
 int RunRecv(const RecvOpts& o) {
   Result<Uri> uri = ParseUri(o.uri);
   if (!uri.ok()) return Fail(uri.status(), kExitUsage);
+  Result<Config> config = ParseConfig(o, *uri);
+  if (!config.ok()) return Fail(config.status(), kExitUsage);
+  const MigrationParams& params = config->params;
+  const bool multifd = params.multifd;
   DestinationOptions opts;
+  opts.expect_verify = params.verify;
   if (!o.qemu_compat.empty()) {
     opts.machine = o.qemu_compat;
     opts.expect_verify = false;
@@ -258,13 +318,6 @@ int RunRecv(const RecvOpts& o) {
     Status s = blocks.Add("ram", *host, *ram);
     if (!s.ok()) return Fail(s, kExitUsage);
   }
-  for (const std::string& c : o.caps) {
-    if (c == "verify=off") {
-      opts.expect_verify = false;
-    } else if (c != "verify=on") {
-      return Fail(Status::InvalidArgument("recv knows only -c verify=on|off, got '" + c + "'"), kExitUsage);
-    }
-  }
   if (uri->kind == Uri::Kind::kFd && !IsSocket(uri->fd)) opts.send_verdict = false;
 
   Result<std::unique_ptr<Listener>> listener = Listener::Listen(*uri);
@@ -276,29 +329,56 @@ int RunRecv(const RecvOpts& o) {
     if (!s.ok()) return Fail(s);
   }
 
-  MigrationDestination dest(opts, blocks, o.ram.empty() ? &memory : nullptr);
+  // Declared before the signal watcher so that they outlive it; the
+  // destination is built once its connections are known.
+  multifd::IncomingChannels incoming;
+  std::unique_ptr<PageReceiver> receiver;
+  std::unique_ptr<MigrationDestination> dest;
+  std::mutex dest_mu;
+  MigrationDestination* running = nullptr;  // guarded by dest_mu
   std::stop_source stop;
   SignalWatcher signals([&] {
     stop.request_stop();
     (*listener)->Shutdown();
-    dest.Cancel();
+    std::lock_guard<std::mutex> lock(dest_mu);
+    if (running) running->Cancel();
   });
-  Result<std::unique_ptr<Channel>> ch =
-      (*listener)->Accept(std::chrono::milliseconds(static_cast<int64_t>(o.timeout * 1000)), stop.get_token());
-  if (!ch.ok()) {
+
+  // Without multifd this accepts the one main connection (and refuses a
+  // multifd channel or garbage there, by its first bytes).
+  Result<multifd::IncomingChannels> accepted = multifd::AcceptMigrationChannels(
+      **listener, config->multifd_channels(), config->uuid,
+      std::chrono::milliseconds(static_cast<int64_t>(o.timeout * 1000)), stop.get_token());
+  if (!accepted.ok()) {
+    MigrationStats st;
+    st.state = signals.fired() ? MigrationState::kCancelled : MigrationState::kFailed;
+    st.error = signals.fired() ? "cancelled while waiting for the source" : accepted.status().message();
+    if (o.json) PrintResult("recv", st, true, "", multifd);
     if (signals.fired()) {
       Note("cancelled while waiting for the source");
       return kExitCancelled;
     }
-    return Fail(ch.status());
+    return Fail(accepted.status());
+  }
+  incoming = std::move(*accepted);
+  if (multifd) {
+    receiver = multifd::MakeMultifdReceiver(params, std::move(incoming.multifd));
+    opts.receiver = receiver.get();
+    opts.multifd_sync_on_eos = params.multifd_flush_after_each_section;
+  }
+  dest = std::make_unique<MigrationDestination>(opts, blocks, o.ram.empty() ? &memory : nullptr);
+  {
+    std::lock_guard<std::mutex> lock(dest_mu);
+    running = dest.get();
+    if (stop.stop_requested()) running->Cancel();  // a signal between accepting and here
   }
   Status result;
   {
-    Progress progress([&] { return dest.Stats(); }, "recv");
-    result = dest.Run(**ch);
+    Progress progress([&] { return dest->Stats(); }, "recv");
+    result = dest->Run(*incoming.main);
   }
-  MigrationStats st = dest.Stats();
-  PrintResult("recv", st, o.json, "");
+  MigrationStats st = dest->Stats();
+  PrintResult("recv", st, o.json, "", multifd);
   if (!result.ok()) std::cerr << "ferry: error: " << result.message() << "\n";
   if (st.state == MigrationState::kCompleted && opts.expect_verify && !st.verified) return kExitFailed;
   return ExitCodeFor(st);
@@ -359,6 +439,12 @@ int RunDemo(const std::string& self, const std::string& ram, const std::string& 
   return rc == 0 && recv_ok ? kExitOk : kExitFailed;
 }
 
+constexpr const char* kParamHelp =
+    "QEMU migration parameter NAME=VALUE: downtime-limit (ms, default 300), max-bandwidth (bytes/s, 0 = "
+    "unlimited), multifd-channels (1-255, default 2), zero-page-detection (none|legacy|multifd, default "
+    "multifd), multifd-compression (none|zstd), multifd-zstd-level (0-20, default 1), "
+    "multifd-flush-after-each-section (on|off, default off; on for QEMU 7.2)";
+
 std::string SelfPath(const char* argv0) {
   char buf[4096];
   ssize_t n = readlink("/proc/self/exe", buf, sizeof(buf) - 1);
@@ -392,10 +478,14 @@ int main(int argc, char** argv) {
   s->add_option("--hot-set", send.hot_set, "Size of the region the guest writes to")->capture_default_str();
   s->add_option("--memory-file", send.memory_file,
                 "Migrate this file's contents (mmap MAP_SHARED, e.g. /dev/shm/vm.mem) instead of a synthetic guest");
-  s->add_option("-p,--parameter", send.params,
-                "QEMU migration parameter NAME=VALUE: downtime-limit (ms, default 300), max-bandwidth (bytes/s, 0 = "
-                "unlimited)");
-  s->add_option("-c,--capability", send.caps, "Capability NAME=on|off: verify (ferry's digest check, default on)");
+  s->add_option("-p,--parameter", send.params, kParamHelp);
+  s->add_option("-c,--capability", send.caps,
+                "Capability NAME=on|off: verify (ferry's digest check, default on), multifd (pages over "
+                "multifd-channels extra connections), zero-copy-send (MSG_ZEROCOPY on the multifd channels; not "
+                "with compression)");
+  s->add_option("--uuid", send.uuid,
+                "With multifd: the destination's uuid, put in every channel's init packet (QEMU's -uuid; "
+                "default all zeros)");
   s->add_option("--qemu-compat", send.qemu_compat,
                 "The destination is QEMU with machine type MACHINE (e.g. none): one block 'ram', no ferry extensions");
   s->add_option("--connect-timeout", send.connect_timeout, "Seconds to keep retrying the connection")
@@ -411,12 +501,20 @@ int main(int argc, char** argv) {
   r->add_option("--memory-file", recv.memory_file, "Write the received RAM into this file (created or truncated)");
   r->add_option("--qemu-compat", recv.qemu_compat,
                 "The source is QEMU with machine type MACHINE (e.g. none): no verification section expected");
+  r->add_option("-p,--parameter", recv.params,
+                std::string(kParamHelp) + ". The multifd ones must match the source's.");
   r->add_option("-c,--capability", recv.caps,
-                "verify=on|off: require the source's verification section (default on; off with --qemu-compat)");
+                "Capability NAME=on|off: verify (require the source's verification section; default on, off with "
+                "--qemu-compat), multifd (accept multifd-channels extra connections; must match the source)");
+  r->add_option("--uuid", recv.uuid,
+                "With multifd: this destination's uuid; channels announcing another one are refused (default all "
+                "zeros, like QEMU without -uuid)");
   r->add_flag("--prealloc", recv.prealloc,
               "Fault in the destination memory before the migration starts (with --ram: before listening)");
   r->add_option("--ready-file", recv.ready_file, "Once listening, write the bound URI (with the real port) here");
-  r->add_option("--timeout", recv.timeout, "Seconds to wait for the source to connect")->capture_default_str();
+  r->add_option("--timeout", recv.timeout,
+                "Seconds to wait for the source's connections (with multifd: all of them) and their first bytes")
+      ->capture_default_str();
   r->add_flag("--json", recv.json, "Print one JSON object (query-migrate fields + verified) instead of the summary");
 
   std::string demo_ram = "1G", demo_rate = "256M";

@@ -7,7 +7,7 @@
 
 namespace ferry::cli {
 
-nlohmann::json StatsJson(const MigrationStats& s) {
+nlohmann::json StatsJson(const MigrationStats& s, bool multifd) {
   nlohmann::json ram = {
       {"total", s.ram.total},
       {"transferred", s.ram.transferred},
@@ -20,6 +20,7 @@ nlohmann::json StatsJson(const MigrationStats& s) {
       {"mbps", s.ram.mbps},
       {"pages-per-second", s.ram.pages_per_second},
       {"page-size", 4096},
+      {"multifd-bytes", s.multifd_bytes},
   };
   nlohmann::json j = {
       {"status", std::string(StateName(s.state))},
@@ -30,6 +31,13 @@ nlohmann::json StatsJson(const MigrationStats& s) {
       {"ram", ram},
       {"verified", s.verified},
   };
+  if (multifd || !s.multifd_channels.empty()) {
+    nlohmann::json channels = nlohmann::json::array();
+    for (const ChannelStats& c : s.multifd_channels) {
+      channels.push_back({{"bytes", c.bytes}, {"pages", c.pages}, {"packets", c.packets}});
+    }
+    j["multifd"] = {{"channels", channels}, {"zero-pages", s.multifd_zero_pages}};
+  }
   if (!s.error.empty()) j["error"] = s.error;
   return j;
 }
@@ -64,6 +72,14 @@ std::string Summary(const std::string& role, const MigrationStats& s, const std:
     snprintf(buf, sizeof(buf), "  %.2f GiB/s of guest RAM, %.0f Mbit/s on the wire, %llu dirty syncs%s%s\n",
              s.ram.total / 1073741824.0 / secs, s.ram.mbps, (unsigned long long)s.ram.dirty_sync_count,
              tracker.empty() ? "" : ", dirty tracking: ", tracker.c_str());
+    out += buf;
+  }
+  if (!s.multifd_channels.empty()) {
+    uint64_t packets = 0;
+    for (const ChannelStats& c : s.multifd_channels) packets += c.packets;
+    snprintf(buf, sizeof(buf), "  multifd: %zu channels, %s in %llu packets, %llu zero pages listed in packets\n",
+             s.multifd_channels.size(), FormatBytes(s.multifd_bytes).c_str(), (unsigned long long)packets,
+             (unsigned long long)s.multifd_zero_pages);
     out += buf;
   }
   if (s.state == MigrationState::kCompleted) {

@@ -12,7 +12,10 @@
 
 namespace ferry::cli {
 
-nlohmann::json StatsJson(const MigrationStats& s);
+// The --json object. `multifd`: the capability is on, so the "multifd"
+// member is present even when the migration failed before any channel
+// counted anything. ram.multifd-bytes is always there (0 without multifd).
+nlohmann::json StatsJson(const MigrationStats& s, bool multifd = false);
 std::string FormatBytes(double bytes);
 // Multi-line summary for people. `role` is "send" or "recv".
 std::string Summary(const std::string& role, const MigrationStats& s, const std::string& tracker);

@@ -167,6 +167,9 @@ Status MigrationSource::RunInner(Channel& channel, bool await_verdict) {
     MigrationSource* self;
     ~SinkReset() {
       std::lock_guard<std::mutex> lock(self->mu_);
+      // Keep the sink's final counters (multifd channels, worker zeros): after
+      // this, Stats() has no sink to ask.
+      if (self->sink_) self->sink_->FillStats(self->stats_);
       self->sink_ = nullptr;
     }
   } sink_reset{this};

@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <string_view>
 
 #include "core/channel.h"
 #include "core/status.h"
@@ -51,5 +52,12 @@ Result<DirectIoAlignment> ProbeDirectIo(const std::string& path);
 // A second descriptor on the same file with O_DIRECT (for page data), for
 // writing or reading. Fails clearly where the filesystem refuses O_DIRECT.
 Result<UniqueFd> OpenDirect(const std::string& path, bool write);
+
+// Messages shared by file/ for a failed transfer of PATH at OFFSET, built
+// with ErrnoStatus: "writing PATH at offset N: <strerror>"; ENOSPC reads
+// "disk full writing PATH at offset N: No space left on device" (EDQUOT:
+// "disk quota exceeded writing ...").
+Status FileWriteError(std::string_view path, uint64_t offset, int err);
+Status FileReadError(std::string_view path, uint64_t offset, int err);
 
 }  // namespace ferry

@@ -50,6 +50,16 @@ class IoEngine {
   virtual Status Drain() = 0;
   // "io_uring" or "pwritev".
   virtual std::string_view name() const = 0;
+
+  // Counters since creation, for tests and benchmarks.
+  struct Stats {
+    uint64_t requests = 0;        // requests issued after merging (SQEs or syscalls)
+    uint64_t fixed_requests = 0;  // of those, READ_FIXED/WRITE_FIXED on registered buffers
+    uint64_t continuations = 0;   // extra submissions finishing short transfers
+    uint64_t bytes = 0;           // bytes transferred
+    bool registered = false;      // `regions` are registered as fixed buffers
+  };
+  virtual Stats stats() const { return {}; }
 };
 
 Result<std::unique_ptr<IoEngine>> MakeIoEngine(const IoEngineOptions& options,

@@ -5,9 +5,10 @@
 //
 //   be32 magic | be32 version | uuid[16] | u8 channel id | 7 unused | 4 x be64 unused
 //
-// then carries packets: a 320-byte header, be64 page offsets (normal pages
-// first, then zero pages), then the normal pages' data (raw, or one
-// compressed chunk of next_packet_size bytes):
+// then carries packets: a 320-byte header, always 128 (kPagesPerPacket) be64
+// offset slots — normal pages first, then zero pages, unused slots zero; QEMU
+// reads a fixed-size header+offsets block — then the normal pages' data (raw,
+// or one compressed chunk of next_packet_size bytes):
 //
 //   be32 magic | be32 version | be32 flags | be32 pages_alloc | be32 normal_pages
 //   be32 next_packet_size | be64 packet_num | be32 zero_pages | be32 unused

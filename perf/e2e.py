@@ -1,11 +1,16 @@
 #!/usr/bin/env python3
 """End-to-end benchmark: ferry vs QEMU 7.2 migration vs iperf3, all on loopback.
 
-Workload: an idle guest of --size bytes (default 4 GiB), half random pages and
-half zero pages, held in a pattern file in /dev/shm. ferry migrates that file
+Workload: an idle guest of --size bytes (default 4 GiB) held in a pattern file
+in /dev/shm: half random pages and half zero pages (--content halves), or
+text-like compressible pages (--content text). ferry migrates that file
 (`ferry send --memory-file`); QEMU's guest RAM is filled from the same file
-(see --qemu-ram). iperf3 moves the random half's worth of bytes (size / 2) over
-one TCP connection as a ceiling for what loopback TCP can do on this machine.
+(see --qemu-ram). iperf3 moves half the guest RAM's worth of bytes (size / 2)
+as a ceiling for what loopback TCP can do on this machine.
+
+Several variants of each tool can run in one invocation (--ferry-variants,
+--qemu-variants, --iperf-variants, --preset): one TCP connection or multifd
+channels, with or without verification or zstd compression.
 
 This prints numbers; it is not a test. Exit status: 0 if everything that was
 asked for ran, 1 if something failed (ferry, QEMU or iperf3), 2 on bad usage or
@@ -18,6 +23,7 @@ import argparse
 import datetime
 import json
 import os
+import random
 import re
 import signal
 import socket
@@ -68,6 +74,110 @@ def fmt_size(n):
 
 
 # --------------------------------------------------------------------------
+# Variants: what each run of a tool looks like. Names are parsed, so e.g.
+# mfd8 or mfd4-zstd-noverify work without being listed here.
+
+# --preset NAME: defaults for the three variant lists (an explicit
+# --ferry-variants / --qemu-variants / --iperf-variants still wins).
+PRESETS = {
+    # The default run: one connection, with and without verification.
+    "issue2": {"ferry": "tcp1,tcp1-noverify", "qemu": "single", "iperf": "p1"},
+    # The multifd issue's benchmark.
+    "issue3": {"ferry": "tcp1,mfd2,mfd4,mfd2-zstd", "qemu": "single,mfd2", "iperf": "p1,p2"},
+}
+DEFAULT_PRESET = "issue2"
+
+# Targets printed beside the ratios (information only).
+QEMU_TARGETS = {("tcp1", "single"): 2.5, ("mfd2", "mfd2"): 2.0}
+IPERF_TARGETS = {("mfd2", "p2"): 0.70}
+
+FERRY_VARIANT_HELP = (
+    "tcp1 (one TCP connection) or mfdN (-c multifd=on -p multifd-channels=N), then any of "
+    "-zstd (-p multifd-compression=zstd), -noverify (-c verify=off), "
+    "-zlegacy/-znone/-zmultifd (-p zero-page-detection=...); the same -c/-p go to send and recv")
+
+
+def parse_ferry_variant(name):
+    """Name -> {"name", "channels" (0 = no multifd), "args" (for both ends), ...}."""
+    parts = name.split("-")
+    m = re.fullmatch(r"tcp1|mfd(\d+)", parts[0])
+    if not m:
+        raise UsageError(f"unknown ferry variant {name!r}: {FERRY_VARIANT_HELP}")
+    channels = int(m.group(1)) if m.group(1) else 0
+    if parts[0].startswith("mfd") and not 1 <= channels <= 255:
+        raise UsageError(f"ferry variant {name!r}: multifd channels must be 1-255")
+    args = ["-c", "multifd=on", "-p", f"multifd-channels={channels}"] if channels else []
+    zstd, verify, seen = False, True, set()
+    for mod in parts[1:]:
+        if mod in seen:
+            raise UsageError(f"ferry variant {name!r}: {mod!r} given twice")
+        seen.add(mod)
+        if mod == "zstd" and channels:
+            zstd = True
+            args += ["-p", "multifd-compression=zstd"]
+        elif mod == "noverify":
+            verify = False
+            args += ["-c", "verify=off"]
+        elif mod in ("zlegacy", "znone", "zmultifd") and channels:
+            args += ["-p", f"zero-page-detection={mod[1:]}"]
+        else:
+            raise UsageError(f"unknown or misplaced modifier {mod!r} in ferry variant {name!r} "
+                             f"(-zstd and -z* need mfdN): {FERRY_VARIANT_HELP}")
+    return {"name": name, "channels": channels, "zstd": zstd, "verify": verify, "args": args}
+
+
+def parse_qemu_variant(name):
+    """single, or mfdN[-zstd]: multifd capability + multifd-channels (+ zstd) on both QEMUs."""
+    m = re.fullmatch(r"single|mfd(\d+)(-zstd)?", name)
+    if not m:
+        raise UsageError(f"unknown QEMU variant {name!r} (single, mfdN or mfdN-zstd)")
+    channels = int(m.group(1)) if m.group(1) else 0
+    if name != "single" and not 1 <= channels <= 255:
+        raise UsageError(f"QEMU variant {name!r}: multifd channels must be 1-255")
+    params = {}
+    if channels:
+        params["multifd-channels"] = channels
+        if m.group(2):
+            params["multifd-compression"] = "zstd"
+    return {"name": name, "channels": channels, "zstd": bool(m.group(2)), "params": params}
+
+
+def parse_iperf_variant(name):
+    """pN: iperf3 -P N (parallel TCP streams)."""
+    m = re.fullmatch(r"p(\d+)", name)
+    if not m or not 1 <= int(m.group(1)) <= 128:
+        raise UsageError(f"unknown iperf3 variant {name!r} (pN = iperf3 -P N, e.g. p1, p2)")
+    return {"name": name, "streams": int(m.group(1))}
+
+
+def parse_variant_list(text, parser, what):
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise UsageError(f"--{what}-variants is empty")
+    if len(set(names)) != len(names):
+        raise UsageError(f"--{what}-variants lists a variant twice: {text!r}")
+    return [parser(n) for n in names]
+
+
+def qemu_baseline(fv, qemu_names):
+    """The QEMU variant a ferry variant is compared with: single for tcp1*; for
+    mfd*: QEMU with the same channels and compression if it ran, else mfd2."""
+    if not fv["channels"]:
+        return "single" if "single" in qemu_names else None
+    same = f"mfd{fv['channels']}" + ("-zstd" if fv["zstd"] else "")
+    for cand in (same, "mfd2"):
+        if cand in qemu_names:
+            return cand
+    return None
+
+
+def iperf_baseline(fv, iperf_names):
+    """iperf3 with as many streams as ferry has data connections (tcp1 -> p1)."""
+    want = f"p{max(1, fv['channels'])}"
+    return want if want in iperf_names else None
+
+
+# --------------------------------------------------------------------------
 # Child processes and files: everything we start or create is registered here
 # and torn down in cleanup(), which runs on normal exit, exceptions, Ctrl-C and
 # SIGTERM/SIGHUP.
@@ -81,8 +191,11 @@ class Resources:
     def spawn(self, argv, stdout_path, stderr_path):
         out = open(stdout_path, "wb")
         err = open(stderr_path, "wb")
+        # --netns: everything runs in the benchmark's network namespace.
+        # nsenter only setns()es and execs, so p.pid is the tool's pid.
+        run = (["nsenter", f"--net=/proc/{NETNS['pid']}/ns/net", "--"] + argv) if NETNS["pid"] else argv
         try:
-            p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+            p = subprocess.Popen(run, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
                                  start_new_session=True)
         finally:
             out.close()
@@ -135,6 +248,30 @@ class Resources:
 
 
 RES = Resources()
+NETNS = {"pid": None}   # with --netns: pid of the process that holds the namespace
+
+
+def start_netns(workdir):
+    """--netns: a private network namespace (loopback up) held by a sleep process."""
+    for tool in ("unshare", "nsenter", "ip"):
+        if not shutil.which(tool):
+            raise UsageError(f"--netns needs {tool} (util-linux / iproute2)")
+    holder = RES.spawn(["unshare", "--net", "--", "sleep", "infinity"],
+                       os.path.join(workdir, "netns.out"), os.path.join(workdir, "netns.err"))
+    def unshared():
+        try:
+            return os.readlink(f"/proc/{holder.pid}/ns/net") != os.readlink("/proc/self/ns/net")
+        except OSError:
+            return False
+
+    wait_until(unshared, 10, "the network namespace", [holder])
+    r = subprocess.run(["nsenter", f"--net=/proc/{holder.pid}/ns/net", "--", "ip", "link", "set", "lo", "up"],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        raise UsageError(f"--netns: could not set up the namespace's loopback (root needed?): "
+                         f"{r.stderr.strip() or read_text(os.path.join(workdir, 'netns.err'))}")
+    NETNS["pid"] = holder.pid
+    log(f"--netns: running everything in the network namespace of pid {holder.pid}")
 
 
 def _signal_to_interrupt(signum, frame):
@@ -180,10 +317,10 @@ def free_port():
         return s.getsockname()[1]
 
 
-def is_listening(port):
-    """True if something listens on 127.0.0.1:port (or 0.0.0.0/any) per /proc/net/tcp."""
+def is_listening(port, pid="self"):
+    """True if something listens on 127.0.0.1:port (or 0.0.0.0/any) in pid's network namespace."""
     want = f"{port:04X}"
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+    for table in (f"/proc/{pid}/net/tcp", f"/proc/{pid}/net/tcp6"):
         try:
             with open(table) as f:
                 next(f)
@@ -234,6 +371,23 @@ def settle(args):
         time.sleep(args.settle)
 
 
+def ip_out_octets():
+    """The host's IpExt OutOctets (/proc/net/netstat): every IP byte sent, loopback
+    included. The delta over a transfer = its bytes on the wire plus TCP/IP
+    headers, plus whatever else the machine sent meanwhile."""
+    try:
+        with open(f"/proc/{NETNS['pid'] or 'self'}/net/netstat") as f:
+            lines = [l.split() for l in f if l.startswith("IpExt:")]
+        return int(lines[1][lines[0].index("OutOctets")])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def octets_delta(before):
+    after = ip_out_octets()
+    return None if before is None or after is None else after - before
+
+
 def meminfo_kib(key):
     with open("/proc/meminfo") as f:
         for line in f:
@@ -251,8 +405,54 @@ def chunk_is_random(layout, idx, nchunks):
     return idx % 2 == 0   # interleave: even 2 MiB chunks random, odd chunks zero
 
 
-def make_pattern(path, size, layout):
-    """Create PATH atomically: random chunks from os.urandom, zero chunks allocated by fallocate."""
+TEXT_BLOCK = 16 * MIB   # base text; longer than zstd's window at the usual levels
+TEXT_PERIOD = TEXT_BLOCK // CHUNK
+PAGE = 4096
+
+
+def make_text_block(seed=20261122):
+    """TEXT_BLOCK bytes of English-like text: lines of words drawn (Zipf-like)
+    from a generated vocabulary with English letter frequencies."""
+    rng = random.Random(seed)
+    letters = "etaoinshrdlcumwfgypbvkjxqz"
+    lw = [12.7, 9.1, 8.2, 7.5, 7.0, 6.7, 6.3, 6.1, 6.0, 4.3, 4.0, 2.8, 2.8, 2.4, 2.4, 2.2,
+          2.0, 2.0, 1.9, 1.5, 1.0, 0.8, 0.15, 0.15, 0.1, 0.07]
+    vocab = sorted({"".join(rng.choices(letters, lw, k=rng.choice((1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 7, 8, 9, 11))))
+                    for _ in range(6000)}, key=lambda w: rng.random())
+    cum, acc = [], 0.0
+    for r in range(len(vocab)):
+        acc += 1.0 / (r + 1)
+        cum.append(acc)
+    out, n = [], 0
+    while n < TEXT_BLOCK:
+        words = rng.choices(vocab, cum_weights=cum, k=200000)
+        lines = []
+        i = 0
+        while i < len(words):
+            k = rng.randint(6, 16)
+            line = " ".join(words[i:i + k])
+            lines.append(line[:1].upper() + line[1:] + rng.choice((".", ".", ".", ",", ";", "?")))
+            i += k
+        piece = "\n".join(lines).encode() + b"\n"
+        out.append(piece)
+        n += len(piece)
+    return b"".join(out)[:TEXT_BLOCK]
+
+
+def text_chunk(base, idx):
+    """2 MiB chunk idx: a slice of the base text (period TEXT_BLOCK) with every
+    4 KiB page stamped with its chunk and page number, so no two pages are equal."""
+    off = (idx % TEXT_PERIOD) * CHUNK
+    buf = bytearray(base[off:off + CHUNK])
+    for p in range(CHUNK // PAGE):
+        buf[p * PAGE:p * PAGE + 16] = b"<%08x.%04x>\n" % (idx & 0xffffffff, p)   # 16 bytes
+    assert len(buf) == CHUNK
+    return buf
+
+
+def make_pattern(path, size, layout, content="halves"):
+    """Create PATH atomically. halves: random chunks from os.urandom, zero chunks
+    allocated by fallocate (per layout); text: every chunk text-like."""
     if os.path.exists(path) and os.path.getsize(path) == size:
         log(f"reusing existing pattern file {path}")
         return 0.0
@@ -263,12 +463,19 @@ def make_pattern(path, size, layout):
     fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         os.ftruncate(fd, size)
+        if content == "text":
+            base = make_text_block()
 
-        def fill(idx):
-            buf = os.urandom(CHUNK)   # getrandom(); releases the GIL
-            os.pwrite(fd, buf, idx * CHUNK)
+            def fill(idx):
+                os.pwrite(fd, text_chunk(base, idx), idx * CHUNK)
 
-        idxs = [i for i in range(nchunks) if chunk_is_random(layout, i, nchunks)]
+            idxs = range(nchunks)
+        else:
+            def fill(idx):
+                buf = os.urandom(CHUNK)   # getrandom(); releases the GIL
+                os.pwrite(fd, buf, idx * CHUNK)
+
+            idxs = [i for i in range(nchunks) if chunk_is_random(layout, i, nchunks)]
         with ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1)) as ex:
             for _ in ex.map(fill, idxs, chunksize=8):
                 pass
@@ -280,22 +487,48 @@ def make_pattern(path, size, layout):
     os.rename(tmp, path)
     RES.files.remove(tmp)
     dt = time.monotonic() - t0
-    log(f"created {path} ({fmt_size(size)}, layout {layout}) in {dt:.1f} s")
+    what = "text" if content == "text" else f"layout {layout}"
+    log(f"created {path} ({fmt_size(size)}, {what}) in {dt:.1f} s")
     return dt
 
 
 # --------------------------------------------------------------------------
 # ferry
 
-def run_ferry(args, pattern, size, workdir, run_idx):
-    d = os.path.join(workdir, f"ferry-{run_idx}")
+def ferry_wire_bytes(j):
+    """(wire bytes, multifd bytes or None) from a ferry/QEMU query-migrate JSON.
+
+    multifd bytes: ram."multifd-bytes" (QEMU's name), else "multifd"."bytes", else
+    the sum of "multifd"."channels"[*]."bytes". QEMU counts multifd bytes in
+    ram.transferred; if ram.transferred is smaller than the multifd bytes it
+    is taken to count only the main connection, and the two are added."""
+    ram = j.get("ram") or {}
+    transferred = ram.get("transferred")
+    mfd = ram.get("multifd-bytes")
+    m = j.get("multifd")
+    if mfd is None and isinstance(m, dict):
+        mfd = m.get("bytes")
+        if mfd is None and isinstance(m.get("channels"), list):
+            try:
+                mfd = sum(c.get("bytes", 0) for c in m["channels"])
+            except (AttributeError, TypeError):
+                mfd = None
+    if not isinstance(transferred, (int, float)):
+        return None, mfd
+    if isinstance(mfd, (int, float)) and mfd > transferred:
+        return transferred + mfd, mfd
+    return transferred, mfd
+
+
+def run_ferry(args, variant, pattern, size, workdir, run_idx):
+    d = os.path.join(workdir, f"ferry-{variant['name']}-{run_idx}")
     os.mkdir(d)
     ready = os.path.join(d, "ready")
     f = {n: os.path.join(d, n) for n in
          ("recv.out", "recv.err", "recv.time", "send.out", "send.err", "send.time")}
 
     def failure(msg, who=None):
-        parts = [f"ferry {msg}"]
+        parts = [f"ferry {variant['name']}: {msg}"]
         for w in ([who] if who else ["recv", "send"]):
             err = read_text(f[f"{w}.err"], 4000).strip()
             out = read_text(f[f"{w}.out"], 2000).strip()
@@ -308,7 +541,7 @@ def run_ferry(args, pattern, size, workdir, run_idx):
     recv_cmd = [args.ferry, "recv", "tcp:127.0.0.1:0", "--ready-file", ready, "--json"]
     if args.dst_prealloc:
         recv_cmd += ["--ram", str(size), "--prealloc"]
-    recv_cmd += args.ferry_recv_arg
+    recv_cmd += variant["args"] + args.ferry_recv_arg
     recv = RES.spawn(wrap_time(f["recv.time"], recv_cmd), f["recv.out"], f["recv.err"])
     try:
         wait_until(lambda: os.path.exists(ready), 30, "ferry recv --ready-file", [recv])
@@ -322,9 +555,10 @@ def run_ferry(args, pattern, size, workdir, run_idx):
         raise failure(f"recv wrote an unexpected URI {uri!r} to its ready file", "recv")
     port = int(m.group(2))
     send_cmd = [args.ferry, "send", f"tcp:127.0.0.1:{port}", "--memory-file", pattern, "--json"]
-    send_cmd += args.ferry_send_arg
+    send_cmd += variant["args"] + args.ferry_send_arg
     settle(args)
 
+    oct0 = ip_out_octets()
     t0 = time.monotonic()
     send = RES.spawn(wrap_time(f["send.time"], send_cmd), f["send.out"], f["send.err"])
     try:
@@ -335,10 +569,15 @@ def run_ferry(args, pattern, size, workdir, run_idx):
         raise failure(f"send did not finish within {args.timeout} s")
     wall = time.monotonic() - t0
     try:
-        recv.wait(timeout=60)
+        # A failed send leaves recv waiting for its connection: don't wait long.
+        recv.wait(timeout=60 if send.returncode == 0 else 5)
     except subprocess.TimeoutExpired:
         RES.stop(recv)
+        RES.procs.remove(send)
+        if send.returncode != 0:
+            raise failure(f"send exited with status {send.returncode}", "send")
         raise failure("recv did not exit within 60 s after send finished")
+    lo_bytes = octets_delta(oct0)
     RES.procs.remove(send)
     RES.procs.remove(recv)
 
@@ -374,9 +613,30 @@ def run_ferry(args, pattern, size, workdir, run_idx):
     if st is None or rt is None:
         raise failure("could not read /usr/bin/time output")
     gib = size / GIB
+    # Bytes on the wire: send's counters; if send reports no multifd bytes
+    # but recv does, recv's (both count the same bytes). Full pages: recv's
+    # count (what arrived as full pages), else send's.
+    wire, mfd = ferry_wire_bytes(sj)
+    wire_from = "send"
+    if variant["channels"] and not mfd:
+        rwire, rmfd = ferry_wire_bytes(rj)
+        if rmfd:
+            wire, mfd, wire_from = rwire, rmfd, "recv"
+            log("  note: ferry send's JSON has no multifd bytes; wire bytes from recv's JSON")
+    normal = (rj.get("ram") or {}).get("normal-bytes")
+    normal_send = (sj.get("ram") or {}).get("normal-bytes")
+    if not isinstance(normal, (int, float)):
+        normal = normal_send
+    elif normal_send != normal:
+        log(f"  note: ferry normal-bytes differ: send {normal_send}, recv {normal} (recv's used)")
     return {
         "time_s": sj["total-time"] / 1000.0,
         "wall_s": wall,
+        "wire_bytes": wire,
+        "multifd_bytes": mfd,
+        "wire_bytes_from": wire_from,
+        "normal_bytes": normal,
+        "lo_bytes": lo_bytes,
         "cpu_s_per_gib_src": st["cpu_s"] / gib,
         "cpu_s_per_gib_dst": rt["cpu_s"] / gib,
         "peak_rss_mib_src": st["max_rss_mib"],
@@ -474,8 +734,16 @@ def qemu_spot_check(qmp, pattern, size):
     return bad
 
 
-def run_qemu(args, pattern, size, workdir, run_idx):
-    d = os.path.join(workdir, f"qemu-{run_idx}")
+def qemu_configure(qmp, variant):
+    """multifd capability and parameters for a multifd variant (both ends)."""
+    if variant["channels"]:
+        qmp.execute("migrate-set-capabilities",
+                    {"capabilities": [{"capability": "multifd", "state": True}]})
+        qmp.execute("migrate-set-parameters", variant["params"])
+
+
+def run_qemu(args, variant, pattern, size, workdir, run_idx):
+    d = os.path.join(workdir, f"qemu-{variant['name']}-{run_idx}")
     os.mkdir(d)
     src_sock, dst_sock = os.path.join(d, "src.qmp"), os.path.join(d, "dst.qmp")
     mem = f"{size // MIB}M"
@@ -496,30 +764,36 @@ def run_qemu(args, pattern, size, workdir, run_idx):
                                f"prealloc-threads={os.cpu_count() or 1}"]
     src_cmd += ["-qmp", f"unix:{src_sock},server=on,wait=off"]
 
+    # The destination starts with -incoming defer: multifd's capability and
+    # parameters must be set before it listens (QMP migrate-incoming).
+    dst_cmd = list(base)
+    if args.dst_prealloc:
+        # Same treatment as `ferry recv --prealloc`: guest RAM faulted in
+        # before the migration starts.
+        dst_cmd[dst_cmd.index("none")] = "none,memory-backend=ram"
+        dst_cmd += ["-object", f"memory-backend-ram,id=ram,size={mem},prealloc=on"]
+    dst_cmd += ["-qmp", f"unix:{dst_sock},server=on,wait=off", "-incoming", "defer"]
+    dst = RES.spawn(dst_cmd, os.path.join(d, "dst.out"), os.path.join(d, "dst.err"))
+    src = sq = dq = None
     port = None
-    for attempt in range(5):
-        port = free_port()
-        dst_cmd = list(base)
-        if args.dst_prealloc:
-            # Same treatment as `ferry recv --prealloc`: guest RAM faulted in
-            # before the migration starts.
-            dst_cmd[dst_cmd.index("none")] = "none,memory-backend=ram"
-            dst_cmd += ["-object", f"memory-backend-ram,id=ram,size={mem},prealloc=on"]
-        dst_cmd += ["-qmp", f"unix:{dst_sock},server=on,wait=off",
-                    "-incoming", f"tcp:127.0.0.1:{port}"]
-        dst = RES.spawn(dst_cmd, os.path.join(d, "dst.out"), os.path.join(d, "dst.err"))
+    try:
         try:
             dq = QMP(dst_sock, 60, dst)
-            break
-        except BenchError:
-            err = read_text(os.path.join(d, "dst.err"), 2000)
-            RES.stop(dst)
-            if "Address already in use" in err and attempt < 4:
-                continue
-            raise BenchError(f"QEMU destination failed to start:\n{err}")
-    src = RES.spawn(src_cmd, os.path.join(d, "src.out"), os.path.join(d, "src.err"))
-    sq = None
-    try:
+        except BenchError as e:
+            raise BenchError(f"QEMU destination failed to start ({e}):\n"
+                             f"{read_text(os.path.join(d, 'dst.err'), 2000)}")
+        qemu_configure(dq, variant)
+        for attempt in range(5):
+            port = free_port()
+            try:
+                dq.execute("migrate-incoming", {"uri": f"tcp:127.0.0.1:{port}"})
+                break
+            except BenchError as e:
+                if "in use" in str(e) and attempt < 4:
+                    continue
+                raise BenchError(f"QEMU destination: migrate-incoming failed: {e}\n"
+                                 f"{read_text(os.path.join(d, 'dst.err'), 2000)}")
+        src = RES.spawn(src_cmd, os.path.join(d, "src.out"), os.path.join(d, "src.err"))
         t0 = time.monotonic()
         try:
             sq = QMP(src_sock, args.timeout, src)
@@ -527,13 +801,15 @@ def run_qemu(args, pattern, size, workdir, run_idx):
             raise BenchError(f"QEMU source failed to start ({e}):\n"
                              f"{read_text(os.path.join(d, 'src.err'), 2000)}")
         load_s = time.monotonic() - t0
-        wait_until(lambda: is_listening(port), 30, "QEMU -incoming to listen", [dst])
+        wait_until(lambda: is_listening(port, dst.pid), 30, "QEMU migrate-incoming to listen", [dst])
 
+        qemu_configure(sq, variant)
         sq.execute("migrate-set-parameters", {"max-bandwidth": QEMU_MAX_BANDWIDTH})
         settle(args)
         src_rss_before = proc_status_kib(src.pid, "VmRSS") / 1024.0
         dst_rss_before = proc_status_kib(dst.pid, "VmRSS") / 1024.0
         c_src0, c_dst0 = proc_cpu_s(src.pid), proc_cpu_s(dst.pid)
+        oct0 = ip_out_octets()
         t_start = time.monotonic()
         sq.execute("migrate", {"uri": f"tcp:127.0.0.1:{port}"})
 
@@ -562,6 +838,7 @@ def run_qemu(args, pattern, size, workdir, run_idx):
             time.sleep(0.02)
         c_dst1 = proc_cpu_s(dst.pid)
         wall = time.monotonic() - t_start
+        lo_bytes = octets_delta(oct0)
         hwm_src = proc_status_kib(src.pid, "VmHWM") / 1024.0
         hwm_dst = proc_status_kib(dst.pid, "VmHWM") / 1024.0
         bad = qemu_spot_check(dq, pattern, size)
@@ -577,15 +854,21 @@ def run_qemu(args, pattern, size, workdir, run_idx):
         for q in (sq, dq):
             if q:
                 q.close()
-        RES.stop(src, grace=10)
+        if src is not None:
+            RES.stop(src, grace=10)
         RES.stop(dst, grace=10)
 
     gib = size / GIB
     src_user, src_sys = c_src1[0] - c_src0[0], c_src1[1] - c_src0[1]
     dst_user, dst_sys = c_dst1[0] - c_dst0[0], c_dst1[1] - c_dst0[1]
+    wire, mfd = ferry_wire_bytes(info)
     return {
         "time_s": info["total-time"] / 1000.0,
         "wall_s": wall,
+        "wire_bytes": wire,
+        "multifd_bytes": mfd,
+        "normal_bytes": (info.get("ram") or {}).get("normal-bytes"),
+        "lo_bytes": lo_bytes,
         "cpu_s_per_gib_src": (src_user + src_sys) / gib,
         "cpu_s_per_gib_dst": (dst_user + dst_sys) / gib,
         "src_cpu": {"user_s": src_user, "sys_s": src_sys},
@@ -604,25 +887,29 @@ def run_qemu(args, pattern, size, workdir, run_idx):
 # --------------------------------------------------------------------------
 # iperf3
 
-def run_iperf(args, nbytes, workdir, run_idx):
-    d = os.path.join(workdir, f"iperf-{run_idx}")
+def run_iperf(args, variant, nbytes, workdir, run_idx):
+    d = os.path.join(workdir, f"iperf-{variant['name']}-{run_idx}")
     os.mkdir(d)
     f = {n: os.path.join(d, n) for n in
          ("srv.out", "srv.err", "srv.time", "cli.out", "cli.err", "cli.time")}
     port = free_port()
     srv_cmd = [args.iperf3, "-s", "-1", "-B", "127.0.0.1", "-p", str(port)]
     cli_cmd = [args.iperf3, "-c", "127.0.0.1", "-p", str(port), "-n", str(nbytes), "-J"]
+    if variant["streams"] > 1:
+        cli_cmd += ["-P", str(variant["streams"])]   # -n counts all streams together
     srv = RES.spawn(wrap_time(f["srv.time"], srv_cmd), f["srv.out"], f["srv.err"])
     cli = None
     try:
-        wait_until(lambda: is_listening(port), 15, "iperf3 server to listen", [srv])
+        wait_until(lambda: is_listening(port, srv.pid), 15, "iperf3 server to listen", [srv])
         settle(args)
+        oct0 = ip_out_octets()
         cli = RES.spawn(wrap_time(f["cli.time"], cli_cmd), f["cli.out"], f["cli.err"])
         try:
             cli.wait(timeout=args.timeout)
             srv.wait(timeout=30)
         except subprocess.TimeoutExpired:
             raise BenchError("iperf3 did not finish in time")
+        lo_bytes = octets_delta(oct0)
     finally:
         RES.stop(srv)
         if cli is not None:
@@ -640,6 +927,7 @@ def run_iperf(args, nbytes, workdir, run_idx):
         "time_s": recvd["seconds"],
         "bytes": recvd["bytes"],
         "gib_per_s": gib / recvd["seconds"],
+        "lo_bytes": lo_bytes,
         "cpu_s_per_gib_src": ct["cpu_s"] / gib if ct else None,
         "cpu_s_per_gib_dst": st["cpu_s"] / gib if st else None,
         "peak_rss_mib_src": ct["max_rss_mib"] if ct else None,
@@ -653,7 +941,8 @@ def run_iperf(args, nbytes, workdir, run_idx):
 # Summary
 
 NUMERIC = ("time_s", "wall_s", "cpu_s_per_gib_src", "cpu_s_per_gib_dst",
-           "peak_rss_mib_src", "peak_rss_mib_dst", "gib_per_s")
+           "peak_rss_mib_src", "peak_rss_mib_dst", "gib_per_s",
+           "wire_bytes", "multifd_bytes", "normal_bytes", "lo_bytes")
 
 
 def summarize(runs):
@@ -666,79 +955,190 @@ def summarize(runs):
         vals = [r[k] for r in runs if isinstance(r.get(k), (int, float))]
         if vals:
             median[k] = statistics.median(vals)
-    return {"best": {k: best[k] for k in NUMERIC if k in best}, "median": median, "n": len(runs)}
+    return {"best": {k: best[k] for k in NUMERIC if isinstance(best.get(k), (int, float))},
+            "median": median, "n": len(runs)}
 
 
 def f2(x, spec=".2f"):
     return "-" if x is None else format(x, spec)
 
 
+def compute_ratios(res, size, data_bytes):
+    """Every ferry variant against its QEMU and iperf3 baselines (best and
+    median), the RSS limit, plus the pre-variant keys for tcp1."""
+    summ, ratios = res["summary"], res["ratios"]
+    qemu_names = [v for v in res["variants"]["qemu"] if f"qemu:{v}" in summ]
+    iperf_names = [v for v in res["variants"]["iperf3"] if f"iperf3:{v}" in summ]
+    for name, fv in res["variants"]["ferry"].items():
+        fs = summ.get(f"ferry:{name}")
+        if not fs:
+            continue
+        qb = qemu_baseline(fv, qemu_names)
+        if qb:
+            qs = summ[f"qemu:{qb}"]
+            ratios[f"ferry:{name}/qemu:{qb}"] = {
+                "best": qs["best"]["time_s"] / fs["best"]["time_s"],
+                "median": qs["median"]["time_s"] / fs["median"]["time_s"],
+                "target": QEMU_TARGETS.get((name, qb))}
+        ib = iperf_baseline(fv, iperf_names)
+        if ib:
+            isum = summ[f"iperf3:{ib}"]
+            ratios[f"ferry:{name}/iperf3:{ib}"] = {
+                "best": (data_bytes / GIB / fs["best"]["time_s"]) / isum["best"]["gib_per_s"],
+                "median": (data_bytes / GIB / fs["median"]["time_s"]) / isum["median"]["gib_per_s"],
+                "target": IPERF_TARGETS.get((name, ib))}
+    # The keys of the single-variant version of this script.
+    if "ferry:tcp1/qemu:single" in ratios:
+        ratios["ferry_over_qemu"] = ratios["ferry:tcp1/qemu:single"]["best"]
+        ratios["ferry_over_qemu_median"] = ratios["ferry:tcp1/qemu:single"]["median"]
+    if "ferry:tcp1/iperf3:p1" in ratios:
+        ratios["ferry_random_half_over_iperf3"] = ratios["ferry:tcp1/iperf3:p1"]["best"]
+    if any(k.startswith("ferry:") for k in summ):
+        ratios["ferry_rss_limit_mib"] = size * 1.01 / MIB + 64
+
+
 def print_report(res, size, args):
     gib = size / GIB
-    half = gib / 2
+    data_bytes = res["config"]["data_bytes"]
+    dgib = data_bytes / GIB
+    dlabel = "rnd" if args.content == "halves" else "data"
+    summ, errors, ratios = res["summary"], res["errors"], res["ratios"]
+    fvars, qvars, ivars = (res["variants"][k] for k in ("ferry", "qemu", "iperf3"))
     print()
     print(f"ferry e2e benchmark  {res['timestamp']}  host {res['host']['cpu']} "
           f"({res['host']['cpus']} CPUs)")
-    print(f"guest RAM {fmt_size(size)}: {fmt_size(size // 2)} random + {fmt_size(size // 2)} zero "
-          f"(layout {args.layout}), idle; all on 127.0.0.1; repeat {args.repeat}")
+    if args.content == "halves":
+        print(f"guest RAM {fmt_size(size)}: {fmt_size(size // 2)} random + {fmt_size(size // 2)} zero "
+              f"(layout {args.layout}), idle; all on 127.0.0.1; repeat {args.repeat}")
+    else:
+        print(f"guest RAM {fmt_size(size)} of text-like pages (compressible, no zero pages), idle; "
+              f"all on 127.0.0.1; repeat {args.repeat}")
+    for name, fv in fvars.items():
+        print(f"  ferry {name}: {' '.join(fv['args']) or '(one TCP connection)'}"
+              + (" (both ends)" if fv["args"] else ""))
+    for name, qv in qvars.items():
+        print(f"  QEMU {name}: " + ("one TCP connection" if not qv["channels"] else
+                                     "multifd capability, " + json.dumps(qv["params"]) + " on both QEMUs"))
+    for name, iv in ivars.items():
+        print(f"  iperf3 {name}: {iv['streams']} TCP stream(s)" + (f" (-P {iv['streams']})" if iv["streams"] > 1 else ""))
+
+    qemu_ok = [q for q in qvars if f"qemu:{q}" in summ]
     kinds = ["best", "median"] if args.repeat > 1 else ["best"]
-    hdr = (f"{'':24} {'time s':>8} {'GiB/s RAM':>10} {'GiB/s rnd':>10} "
-           f"{'CPU s/GiB src':>14} {'dst':>6} {'peak RSS MiB src':>17} {'dst':>7}")
+    w = max([len(f"ferry {n} (send total-time)") for n in fvars]
+            + [len(f"QEMU 7.2 {n} (total-time)") for n in qvars] + [28])
+    hdr = (f"{'':{w}} {'time s':>8} {'GiB/s RAM':>10} {f'GiB/s {dlabel}':>10} "
+           f"{'CPU s/GiB src':>14} {'dst':>6} {'peak RSS MiB src':>17} {'dst':>7} {'x QEMU':>8}")
     for kind in kinds:
         print()
         if args.repeat > 1:
             print(f"[{kind} of {args.repeat}]")
         print(hdr)
         rows = []
-        fs = res["summary"].get("ferry")
-        if fs:
-            m = fs[kind]
-            rows.append(("ferry (send total-time)", m["time_s"], gib / m["time_s"], half / m["time_s"], m))
-            rows.append(("ferry (send wall-clock)", m["wall_s"], gib / m["wall_s"], half / m["wall_s"], None))
-        elif "ferry" in res["errors"]:
-            rows.append(("ferry: FAILED", None, None, None, None))
-        qs = res["summary"].get("qemu")
-        if qs:
-            m = qs[kind]
-            rows.append(("QEMU 7.2 (total-time)", m["time_s"], gib / m["time_s"], half / m["time_s"], m))
-        elif "qemu" in res["errors"]:
-            rows.append(("QEMU: FAILED", None, None, None, None))
-        isum = res["summary"].get("iperf3")
-        if isum:
-            m = isum[kind]
-            rows.append((f"iperf3 ({fmt_size(size // 2)} payload)", m["time_s"], None, m["gib_per_s"], m))
-        elif "iperf3" in res["errors"]:
-            rows.append(("iperf3: FAILED", None, None, None, None))
-        for name, t, g, h, m in rows:
+        for name, fv in fvars.items():
+            key = f"ferry:{name}"
+            if key in summ:
+                m = summ[key][kind]
+                qb = qemu_baseline(fv, qemu_ok)
+                xq = summ[f"qemu:{qb}"][kind]["time_s"] / m["time_s"] if qb else None
+                rows.append((f"ferry {name} (send total-time)", m["time_s"], gib / m["time_s"],
+                             dgib / m["time_s"], m, xq))
+                rows.append((f"ferry {name} (send wall-clock)", m["wall_s"], gib / m["wall_s"],
+                             dgib / m["wall_s"], None, None))
+            elif key in errors:
+                rows.append((f"ferry {name}: FAILED", None, None, None, None, None))
+        for name in qvars:
+            key = f"qemu:{name}"
+            if key in summ:
+                m = summ[key][kind]
+                rows.append((f"QEMU 7.2 {name} (total-time)", m["time_s"], gib / m["time_s"],
+                             dgib / m["time_s"], m, None))
+            elif key in errors:
+                rows.append((f"QEMU {name}: FAILED", None, None, None, None, None))
+        for name, iv in ivars.items():
+            key = f"iperf3:{name}"
+            if key in summ:
+                m = summ[key][kind]
+                rows.append((f"iperf3 -P {iv['streams']} ({fmt_size(size // 2)})", m["time_s"], None,
+                             m["gib_per_s"], m, None))
+            elif key in errors:
+                rows.append((f"iperf3 {name}: FAILED", None, None, None, None, None))
+        for name, t, g, h, m, xq in rows:
             m = m or {}
-            print(f"{name:24} {f2(t, '.3f'):>8} {f2(g):>10} {f2(h):>10} "
+            print(f"{name:{w}} {f2(t, '.3f'):>8} {f2(g):>10} {f2(h):>10} "
                   f"{f2(m.get('cpu_s_per_gib_src'), '.3f'):>14} {f2(m.get('cpu_s_per_gib_dst'), '.3f'):>6} "
-                  f"{f2(m.get('peak_rss_mib_src'), '.0f'):>17} {f2(m.get('peak_rss_mib_dst'), '.0f'):>7}")
+                  f"{f2(m.get('peak_rss_mib_src'), '.0f'):>17} {f2(m.get('peak_rss_mib_dst'), '.0f'):>7} "
+                  f"{(f2(xq) + 'x') if xq else '-':>8}")
 
     print()
-    print("GiB/s RAM = guest RAM / time; GiB/s rnd = random half / time (iperf3: payload / time).")
+    print(f"GiB/s RAM = guest RAM / time; GiB/s {dlabel} = "
+          + ("random half" if args.content == "halves" else "guest RAM (all pages carry data)")
+          + " / time (iperf3: payload / time).")
     print("CPU s/GiB per GiB of guest RAM (iperf3: per GiB of payload); src = sender, dst = receiver.")
+    print("x QEMU = QEMU's time / ferry's time; ferry tcp1* is compared with QEMU single, "
+          "mfd* with QEMU mfdN[-zstd] of the same shape if it ran, else QEMU mfd2.")
     print(f"QEMU guest RAM on the source: --qemu-ram {args.qemu_ram}; QEMU peak RSS is VmHWM"
           + (" (includes the loader's second copy)." if args.qemu_ram == "loader" else "."))
+
+    # Bytes on the wire and compression (best run).
+    wrows = [(f"ferry {n}", summ[f"ferry:{n}"]["best"]) for n in fvars if f"ferry:{n}" in summ]
+    wrows += [(f"QEMU 7.2 {n}", summ[f"qemu:{n}"]["best"]) for n in qvars if f"qemu:{n}" in summ]
+    if wrows:
+        def mib(x):
+            return f2(x / MIB if isinstance(x, (int, float)) else None, ".1f")
+
+        def ratio(a, b):
+            return f"{a / b:.2f}x" if isinstance(a, (int, float)) and b else "-"
+
+        print()
+        print(f"{'bytes on the wire (best run)':{w}} {'full pages':>10} {'wire':>10} {'multifd':>10} "
+              f"{'pages/wire':>10} {'IP out':>10} {'pages/IP':>9}")
+        for name, m in wrows:
+            wire, normal, lo = m.get("wire_bytes"), m.get("normal_bytes"), m.get("lo_bytes")
+            print(f"{name:{w}} {mib(normal):>10} {mib(wire):>10} {mib(m.get('multifd_bytes')):>10} "
+                  f"{ratio(normal, wire):>10} {mib(lo):>10} {ratio(normal, lo):>9}")
+        print("MiB. full pages = ram.normal-bytes; wire = ram.transferred (multifd bytes included) and "
+              "multifd = the multifd\nchannels' share, both from the tool's JSON / query-migrate "
+              "(QEMU 7.2 counts multifd pages before\ncompression); IP out = IpExt OutOctets during "
+              "the transfer, TCP/IP headers included, "
+              + ("counted in\nthis run's own network namespace (--netns);" if args.netns else
+                 "host-wide:\nother loopback traffic meanwhile counts too (--netns avoids that);")
+              + "\npages/... = compression ratio (about 1.0x without compression).")
+
     print()
-    r = res["ratios"]
-    if "ferry_over_qemu" in r:
-        v = r["ferry_over_qemu"]
-        print(f"ferry / QEMU (GiB/s of guest RAM, best):      {v:6.2f}x   target >= 2.5x  "
-              f"[{'met' if v >= 2.5 else 'NOT met'}]")
-    if "ferry_random_half_over_iperf3" in r:
-        print(f"ferry random-half GiB/s / iperf3 GiB/s (best): {r['ferry_random_half_over_iperf3']:6.2f}")
-    if "ferry_rss_limit_mib" in r:
-        lim = r["ferry_rss_limit_mib"]
-        fs = res["summary"]["ferry"]["best"]
-        mx = max(x["peak_rss_mib_src"] for x in res["runs"]["ferry"]), \
-            max(x["peak_rss_mib_dst"] for x in res["runs"]["ferry"])
-        print(f"ferry peak RSS (worst run) send {mx[0]:.0f} MiB, recv {mx[1]:.0f} MiB; "
-              f"target each <= RAM + 1% + 64 MiB = {lim:.0f} MiB  "
-              f"[{'met' if max(mx) <= lim else 'NOT met'}]")
-        verified = [x.get("verified") for x in res["runs"]["ferry"]]
-        print(f"ferry recv verified: {verified}")
-    for k, e in res["errors"].items():
+    if any(k.startswith("ferry:") and "/" in k for k in ratios):
+        print("Ratios (best run; median in parentheses):")
+    lines = []
+    for name in fvars:
+        for key, r in ratios.items():
+            if not key.startswith(f"ferry:{name}/"):
+                continue
+            other = key.split("/", 1)[1]
+            if other.startswith("qemu:"):
+                label = f"ferry {name} / QEMU {other[5:]} (GiB/s of guest RAM)"
+                unit = "x"
+            else:
+                iv = ivars[other[7:]]
+                label = f"ferry {name} {dlabel} GiB/s / iperf3 -P {iv['streams']} GiB/s"
+                unit = ""
+            line = f"{label + ':':58} {r['best']:6.2f}{unit} ({r['median']:.2f}{unit})"
+            if r.get("target") is not None:
+                line += (f"   target >= {r['target']:g}{unit}  "
+                         f"[{'met' if r['best'] >= r['target'] else 'NOT met'}]")
+            lines.append(line)
+    for line in lines:
+        print(line)
+    if "ferry_rss_limit_mib" in ratios:
+        lim = ratios["ferry_rss_limit_mib"]
+        for name in fvars:
+            runs = res["runs"].get(f"ferry:{name}")
+            if not runs:
+                continue
+            mx = (max(x["peak_rss_mib_src"] for x in runs), max(x["peak_rss_mib_dst"] for x in runs))
+            print(f"ferry {name} peak RSS (worst run) send {mx[0]:.0f} MiB, recv {mx[1]:.0f} MiB; "
+                  f"target each <= RAM + 1% + 64 MiB = {lim:.0f} MiB  "
+                  f"[{'met' if max(mx) <= lim else 'NOT met'}]; recv verified: "
+                  f"{[x.get('verified') for x in runs]}")
+    for k, e in errors.items():
         print(f"\n{k} FAILED: {e}")
 
 
@@ -799,12 +1199,31 @@ def main(argv=None):
     ap.add_argument("--dst-prealloc", action=argparse.BooleanOptionalAction, default=True,
                     help="fault in both destinations' RAM before the migration (ferry recv --prealloc, "
                          "QEMU memory-backend-ram prealloc=on); this VM pays dearly for first touches")
+    ap.add_argument("--preset", choices=sorted(PRESETS),
+                    help="default variant lists: issue2 (the default) = --ferry-variants tcp1,tcp1-noverify "
+                         "--qemu-variants single --iperf-variants p1; issue3 (multifd) = --ferry-variants "
+                         "tcp1,mfd2,mfd4,mfd2-zstd --qemu-variants single,mfd2 --iperf-variants p1,p2; "
+                         "an explicit --*-variants wins")
+    ap.add_argument("--ferry-variants", metavar="A,B,...",
+                    help="ferry variants to run (default tcp1,tcp1-noverify): " + FERRY_VARIANT_HELP)
+    ap.add_argument("--qemu-variants", metavar="A,B,...",
+                    help="QEMU variants (default single): single, mfdN (multifd, N channels), mfdN-zstd")
+    ap.add_argument("--iperf-variants", metavar="A,B,...",
+                    help="iperf3 variants (default p1): pN = iperf3 -P N")
+    ap.add_argument("--content", choices=("halves", "text"), default="halves",
+                    help="halves (default): random + zero pages per --layout; text: every page "
+                         "text-like and compressible (to compare multifd-compression=zstd with none)")
     ap.add_argument("--ferry-send-arg", action="append", default=[],
-                    help="extra argument for ferry send (repeat), e.g. --ferry-send-arg=-c --ferry-send-arg=verify=off")
-    ap.add_argument("--ferry-recv-arg", action="append", default=[], help="extra argument for ferry recv (repeat)")
+                    help="extra argument for ferry send, every variant (repeat), e.g. "
+                         "--ferry-send-arg=-p --ferry-send-arg=downtime-limit=500")
+    ap.add_argument("--ferry-recv-arg", action="append", default=[],
+                    help="extra argument for ferry recv, every variant (repeat)")
     ap.add_argument("--skip-ferry", action="store_true")
     ap.add_argument("--skip-qemu", action="store_true")
     ap.add_argument("--skip-iperf", action="store_true")
+    ap.add_argument("--netns", action="store_true",
+                    help="run every tool in a private network namespace (root; unshare, nsenter, ip), "
+                         "so 'IP out' counts only the measured transfer, not other loopback traffic")
     ap.add_argument("--keep-files", action="store_true",
                     help="keep the /dev/shm pattern file and the per-run logs (reused next time)")
     ap.add_argument("--timeout", type=float, default=600, help="per-migration timeout, s (default 600)")
@@ -820,7 +1239,15 @@ def main(argv=None):
         ap.error("--qemu-ram loader: QEMU 7.2's loader reads the file with a single read(), "
                  "which Linux caps at 2 GiB - 4 KiB; use --size 1G or --qemu-ram private")
 
+    preset = PRESETS[args.preset or DEFAULT_PRESET]
+    fvars = [] if args.skip_ferry else parse_variant_list(
+        args.ferry_variants or preset["ferry"], parse_ferry_variant, "ferry")
+    qvars = [] if args.skip_qemu else parse_variant_list(
+        args.qemu_variants or preset["qemu"], parse_qemu_variant, "qemu")
+    ivars = [] if args.skip_iperf else parse_variant_list(
+        args.iperf_variants or preset["iperf"], parse_iperf_variant, "iperf")
     size = args.size
+    data_bytes = size if args.content == "text" else size // 2
     for tool, skip in ((args.qemu, args.skip_qemu), (args.iperf3, args.skip_iperf),
                        ("/usr/bin/time", False)):
         if not skip and not shutil.which(tool):
@@ -831,7 +1258,8 @@ def main(argv=None):
             raise UsageError(f"ferry binary {args.ferry} not found or not executable "
                              f"(build it with perf/run.sh, pass --ferry PATH, or use --skip-ferry)")
 
-    pattern = f"/dev/shm/ferry-e2e-{size // MIB}M-{args.layout}.pattern"
+    pattern = f"/dev/shm/ferry-e2e-{size // MIB}M-" \
+              f"{'text' if args.content == 'text' else args.layout}.pattern"
     need_pattern = not (args.skip_ferry and args.skip_qemu)
     if need_pattern:
         check_memory(args, size, pattern)
@@ -839,30 +1267,38 @@ def main(argv=None):
     workdir = tempfile.mkdtemp(prefix="ferry-e2e-")
     if not args.keep_files:
         RES.dirs.append(workdir)
+    if args.netns:
+        start_netns(workdir)
     ts = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     res = {
         "timestamp": ts,
         "host": {"cpu": cpu_model(), "cpus": os.cpu_count(), "kernel": os.uname().release,
                  "mem_total_kib": meminfo_kib("MemTotal")},
-        "config": {"size_bytes": size, "layout": args.layout, "repeat": args.repeat, "settle_s": args.settle,
+        "config": {"size_bytes": size, "content": args.content, "data_bytes": data_bytes,
+                   "layout": args.layout if args.content == "halves" else None,
+                   "repeat": args.repeat, "settle_s": args.settle, "dst_prealloc": args.dst_prealloc,
+                   "netns": args.netns,
+                   "ferry_send_arg": args.ferry_send_arg, "ferry_recv_arg": args.ferry_recv_arg,
                    "ferry": None if args.skip_ferry else args.ferry,
                    "qemu": None if args.skip_qemu else args.qemu,
                    "iperf3": None if args.skip_iperf else args.iperf3,
                    "pattern_file": pattern if need_pattern else None,
                    "qemu_max_bandwidth": QEMU_MAX_BANDWIDTH, "qemu_ram": args.qemu_ram},
+        "variants": {"ferry": {v["name"]: v for v in fvars}, "qemu": {v["name"]: v for v in qvars},
+                     "iperf3": {v["name"]: v for v in ivars}},
         "runs": {}, "summary": {}, "ratios": {}, "errors": {},
     }
     if need_pattern:
         RES.files.append(pattern)
-        res["pattern_create_s"] = make_pattern(pattern, size, args.layout)
+        res["pattern_create_s"] = make_pattern(pattern, size, args.layout, args.content)
 
     plan = []
-    if not args.skip_ferry:
-        plan.append(("ferry", lambda i: run_ferry(args, pattern, size, workdir, i)))
-    if not args.skip_qemu:
-        plan.append(("qemu", lambda i: run_qemu(args, pattern, size, workdir, i)))
-    if not args.skip_iperf:
-        plan.append(("iperf3", lambda i: run_iperf(args, size // 2, workdir, i)))
+    for v in fvars:
+        plan.append((f"ferry:{v['name']}", lambda i, v=v: run_ferry(args, v, pattern, size, workdir, i)))
+    for v in qvars:
+        plan.append((f"qemu:{v['name']}", lambda i, v=v: run_qemu(args, v, pattern, size, workdir, i)))
+    for v in ivars:
+        plan.append((f"iperf3:{v['name']}", lambda i, v=v: run_iperf(args, v, size // 2, workdir, i)))
 
     # Rounds interleave the tools so that drift on the machine hits all alike.
     for i in range(args.repeat):
@@ -881,19 +1317,11 @@ def main(argv=None):
             res["runs"].setdefault(name, []).append(r)
             log(f"  {name}: {r['time_s']:.3f} s")
 
-    for name in ("ferry", "qemu", "iperf3"):
+    for name, _ in plan:
         s = summarize(res["runs"].get(name, []))
         if s:
             res["summary"][name] = s
-    fs, qs, isum = (res["summary"].get(k) for k in ("ferry", "qemu", "iperf3"))
-    if fs and qs:
-        res["ratios"]["ferry_over_qemu"] = qs["best"]["time_s"] / fs["best"]["time_s"]
-        res["ratios"]["ferry_over_qemu_median"] = qs["median"]["time_s"] / fs["median"]["time_s"]
-    if fs and isum:
-        res["ratios"]["ferry_random_half_over_iperf3"] = \
-            (size / 2 / GIB / fs["best"]["time_s"]) / isum["best"]["gib_per_s"]
-    if fs:
-        res["ratios"]["ferry_rss_limit_mib"] = size * 1.01 / MIB + 64
+    compute_ratios(res, size, data_bytes)
 
     print_report(res, size, args)
 

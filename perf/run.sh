@@ -2,6 +2,7 @@
 # Build ferry in Release and run the end-to-end benchmark; arguments go to perf/e2e.py.
 #   perf/run.sh                          # 4 GiB guest: ferry + QEMU 7.2 + iperf3
 #   perf/run.sh --size 1G --repeat 3
+#   perf/run.sh --preset issue3          # multifd: ferry tcp1,mfd2,mfd4,mfd2-zstd; QEMU single,mfd2; iperf3 -P 1,2
 #   BUILD_DIR=build-rel perf/run.sh      # build directory (default: build)
 set -euo pipefail
 cd "$(dirname "$0")/.."

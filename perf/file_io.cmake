@@ -1,0 +1,2 @@
+add_executable(file_io_bench file_io_bench.cc)
+target_link_libraries(file_io_bench PRIVATE ferry_file)

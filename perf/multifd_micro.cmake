@@ -1,0 +1,2 @@
+add_executable(multifd_micro_bench multifd_micro_bench.cc)
+target_link_libraries(multifd_micro_bench PRIVATE ferry_multifd benchmark::benchmark)

@@ -1,0 +1,1 @@
+ferry_test(multifd_engine_test unit multifd_engine_test.cc LIBS ferry_multifd)
