@@ -143,7 +143,9 @@ Status RamLoader::Load(StreamReader& r, uint32_t version) {
             return Status::Protocol("zero-page record with fill byte " + Hex(fill) + " for block '" + b->name +
                                     "' offset " + Hex(addr) + At(at));
           }
-          if (!fresh_ || written.Test(index)) {
+          // The loader only knows which pages it wrote itself: with multifd
+          // receivers also writing, a ZERO record must check the page.
+          if (!fresh_ || receiver_ || written.Test(index)) {
             if (!IsZeroPage(host)) std::memset(host, 0, kPageSize);
             written.Clear(index);
           }

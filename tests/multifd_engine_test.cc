@@ -958,10 +958,9 @@ Outcome Migrate(TestGuest& guest, DestMemory& dest, const MigrationParams& p, Li
   DestinationOptions opts;
   opts.receiver = rx.get();
   opts.multifd_sync_on_eos = p.multifd_flush_after_each_section;
-  // RamLoader's fresh-memory shortcut skips ZERO records for pages it did
-  // not write itself, but with multifd it did not write any of them (they
-  // came from the receivers): legacy detection needs it off. See the report.
-  opts.fresh_memory = p.zero_page_detection != ZPD::kLegacy;
+  // Fresh destination memory, as the CLI gives it: ZERO records for pages the
+  // receivers filled must still clear them.
+  opts.fresh_memory = true;
   MigrationDestination dst(opts, dest.blocks, nullptr);
   auto dst_run = std::async(std::launch::async, [&] { return dst.Run(*links.dst_main); });
 
@@ -1361,6 +1360,10 @@ TEST(MultifdReceiver, AcceptsQemu72PacketQuirks) {
   ASSERT_TRUE(feed.Wait().ok());
   auto sync = std::async(std::launch::async, [&] { return rx->Sync(); });
   ASSERT_TRUE(Await(sync, "Sync").ok());
+  // The packet after the barrier is applied once the receiver is released;
+  // Finish() shuts the channel down, so wait for it first (hang guard only).
+  volatile uint8_t* last = mem.data() + 3 * kPageSize;
+  for (int i = 0; i < 2000 && *last != 0x22; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(5));
   ASSERT_TRUE(rx->Finish().ok());
   EXPECT_EQ(mem.data()[2 * kPageSize], 0x21);
   EXPECT_EQ(mem.data()[3 * kPageSize], 0x22);
