@@ -60,6 +60,10 @@ struct FileOptions {
   unsigned queue_depth = 16;   // io_uring requests in flight per thread
   bool allow_uring = true;
   std::function<void(std::string_view)> note;  // one-line notices (io_uring fallback)
+  // Destination only: the guest memory starts all zeros (a new mapping), so
+  // pages whose bit is clear need no write. false: such pages are zeroed
+  // where they are not already.
+  bool fresh_memory = true;
 };
 
 // The source side: pages to their fixed places. `main` is the file the main
