@@ -23,6 +23,9 @@
 #include "core/migration.h"
 #include "core/params.h"
 #include "core/uri.h"
+#include "file/file_channel.h"
+#include "file/inspect.h"
+#include "file/mapped_ram.h"
 #include "multifd/channels.h"
 #include "multifd/multifd.h"
 #include "socket/socket.h"
@@ -155,12 +158,30 @@ Result<Config> ParseConfig(const CommonOpts& o, const Uri& uri) {
     if (!u.ok()) return u.status().WithContext("--uuid");
     c.uuid = *u;
   }
+  if (uri.kind == Uri::Kind::kFile) {
+    if (c.params.multifd && !c.params.mapped_ram) {
+      return Status::InvalidArgument("multifd to a file needs -c mapped-ram=on (then multifd-channels is the "
+                                     "number of file threads); a plain stream in a file is written by one thread");
+    }
+    if (c.params.zero_copy_send) return Status::InvalidArgument("zero-copy-send cannot be used with a file: URI");
+  } else if (c.params.mapped_ram) {
+    return Status::InvalidArgument("the mapped-ram capability needs a file: URI (or ferry save/load); " + uri.text +
+                                   " is not a file");
+  }
   if (c.params.multifd && uri.kind == Uri::Kind::kFd) {
     return Status::InvalidArgument("the multifd capability needs a tcp: or unix: URI (it opens " +
                                    std::to_string(c.params.multifd_channels) + " extra connections); " + uri.text +
                                    " is a single descriptor");
   }
   return c;
+}
+
+mapped_ram::FileOptions FileOptionsFor(const MigrationParams& p) {
+  mapped_ram::FileOptions f;
+  f.direct_io = p.direct_io;
+  f.channels = p.multifd ? p.multifd_channels : 0;
+  f.note = [](std::string_view line) { Note(line); };
+  return f;
 }
 
 void PrintResult(const std::string& role, const MigrationStats& st, bool json, const std::string& tracker,
@@ -244,11 +265,28 @@ int RunSend(const SendOpts& o) {
 
   // The main stream first, then the multifd channels: QEMU 7.2 takes the
   // first connection it accepts as the main stream.
+  const bool to_file = uri->kind == Uri::Kind::kFile;
+  const bool report_multifd = multifd && !to_file;
+  std::unique_ptr<FileChannel> file;
+  std::unique_ptr<mapped_ram::MappedRamSinkFactory> mapped_sinks;
   const auto connect_timeout = std::chrono::milliseconds(static_cast<int64_t>(o.connect_timeout * 1000));
   const auto connect_start = std::chrono::steady_clock::now();
-  Result<std::unique_ptr<Channel>> ch = Connect(*uri, connect_timeout, stop.get_token());
+  Result<std::unique_ptr<Channel>> ch = std::unique_ptr<Channel>();
+  if (to_file) {
+    Result<std::unique_ptr<FileChannel>> f = CreateFileForSave(uri->path, uri->offset);
+    if (f.ok()) {
+      file = std::move(*f);
+      if (params.mapped_ram) {
+        mapped_sinks = std::make_unique<mapped_ram::MappedRamSinkFactory>(*file, FileOptionsFor(params));
+      }
+    } else {
+      ch = f.status();
+    }
+  } else {
+    ch = Connect(*uri, connect_timeout, stop.get_token());
+  }
   Status connected = ch.status();
-  if (connected.ok() && multifd) {
+  if (connected.ok() && multifd && !to_file) {
     auto left = connect_timeout - std::chrono::duration_cast<std::chrono::milliseconds>(
                                       std::chrono::steady_clock::now() - connect_start);
     auto chans = multifd::ConnectMultifd(*uri, params.multifd_channels, config->uuid,
@@ -264,7 +302,7 @@ int RunSend(const SendOpts& o) {
     st.state = signals.fired() ? MigrationState::kCancelled : MigrationState::kFailed;
     st.error = signals.fired() ? "cancelled before connecting" : connected.message();
     st.ram.total = guest.size();
-    if (o.json) PrintResult("send", st, true, tracker_name, multifd);
+    if (o.json) PrintResult("send", st, true, tracker_name, report_multifd);
     if (signals.fired()) {
       Note("cancelled before connecting");
       return kExitCancelled;
@@ -272,24 +310,81 @@ int RunSend(const SendOpts& o) {
     return Fail(connected);
   }
   source = std::make_unique<MigrationSource>(params, guest.blocks(), **tracker, &guest,
-                                             std::vector<DeviceHandler*>{}, multifd_sinks.get());
+                                             std::vector<DeviceHandler*>{},
+                                             to_file ? static_cast<PageSinkFactory*>(mapped_sinks.get())
+                                                     : static_cast<PageSinkFactory*>(multifd_sinks.get()));
   {
     std::lock_guard<std::mutex> lock(source_mu);
     running = source.get();
     if (stop.stop_requested()) running->Cancel();  // a signal between connecting and here
   }
-  const bool two_way = uri->kind != Uri::Kind::kFd || IsSocket(uri->fd);
+  const bool two_way = !to_file && (uri->kind != Uri::Kind::kFd || IsSocket(uri->fd));
+  Channel& channel = to_file ? static_cast<Channel&>(*file) : **ch;
   guest.StartWriter(*dirty_rate, *hot_set, tracker->get(), o.seed);
 
   Status result;
   {
     Progress progress([&] { return source->Stats(); }, "send");
-    result = source->Run(**ch, /*await_verdict=*/params.verify && two_way);
+    result = source->Run(channel, /*await_verdict=*/params.verify && two_way);
   }
   guest.StopWriter();
   MigrationStats st = source->Stats();
-  PrintResult("send", st, o.json, tracker_name, multifd);
+  if (to_file && st.state == MigrationState::kCompleted) {
+    // The save counts only once the data is on stable storage.
+    Status fin = file->Finish();
+    if (!fin.ok()) {
+      result = fin.WithContext("flushing " + uri->path);
+      st.state = MigrationState::kFailed;
+      st.error = result.message();
+    }
+  }
+  PrintResult("send", st, o.json, tracker_name, report_multifd);
   if (!result.ok() && result.code() != Code::kCancelled) std::cerr << "ferry: error: " << result.message() << "\n";
+  return ExitCodeFor(st);
+}
+
+// recv (load) from file:PATH[,offset=N]: one-way, no verdict; the
+// verification section is still checked.
+int RecvFromFile(const RecvOpts& o, const Uri& uri, const MigrationParams& params, DestinationOptions opts,
+                 RamBlockList& blocks, DestinationMemory& memory) {
+  opts.send_verdict = false;
+  Result<std::unique_ptr<FileChannel>> file = OpenFileForLoad(uri.path, uri.offset);
+  if (!file.ok()) {
+    MigrationStats st;
+    st.state = MigrationState::kFailed;
+    st.error = file.status().message();
+    if (o.json) PrintResult("recv", st, true, "", false);
+    return Fail(file.status());
+  }
+  std::unique_ptr<PageReceiver> receiver;
+  if (params.mapped_ram) {
+    mapped_ram::FileOptions fo = FileOptionsFor(params);
+    fo.fresh_memory = true;
+    receiver = mapped_ram::MakeMappedRamReceiver(**file, std::move(fo));
+    opts.receiver = receiver.get();
+  }
+  MigrationDestination dest(opts, blocks, o.ram.empty() ? &memory : nullptr);
+  Status result;
+  {
+    SignalWatcher signals([&] { dest.Cancel(); });
+    Progress progress([&] { return dest.Stats(); }, "recv");
+    result = dest.Run(**file);
+  }
+  MigrationStats st = dest.Stats();
+  if (st.state == MigrationState::kCompleted && !result.ok()) st.state = MigrationState::kFailed;
+  if (!result.ok() && !params.mapped_ram) {
+    // A mapped-ram file read as a plain stream fails on its first header
+    // byte with a record-level message; say what the file is.
+    Result<InspectReport> layout = InspectFile(uri.path, uri.offset);
+    if (layout.ok() && layout->mapped_ram) {
+      result = Status::Protocol(result.message() + " (the file has the mapped-ram layout: load it with -c "
+                                                        "mapped-ram=on)");
+      st.error = result.message();
+    }
+  }
+  PrintResult("recv", st, o.json, "", false);
+  if (!result.ok()) std::cerr << "ferry: error: " << result.message() << "\n";
+  if (st.state == MigrationState::kCompleted && opts.expect_verify && !st.verified) return kExitFailed;
   return ExitCodeFor(st);
 }
 
@@ -319,6 +414,7 @@ int RunRecv(const RecvOpts& o) {
     if (!s.ok()) return Fail(s, kExitUsage);
   }
   if (uri->kind == Uri::Kind::kFd && !IsSocket(uri->fd)) opts.send_verdict = false;
+  if (uri->kind == Uri::Kind::kFile) return RecvFromFile(o, *uri, params, opts, blocks, memory);
 
   Result<std::unique_ptr<Listener>> listener = Listener::Listen(*uri);
   if (!listener.ok()) return Fail(listener.status());
@@ -439,11 +535,72 @@ int RunDemo(const std::string& self, const std::string& ram, const std::string& 
   return rc == 0 && recv_ok ? kExitOk : kExitFailed;
 }
 
+int RunInspect(const std::string& path, uint64_t offset, bool json) {
+  Result<InspectReport> rep = InspectFile(path, offset);
+  if (!rep.ok()) return Fail(rep.status(), kExitUsage);
+  const InspectReport& r = *rep;
+  std::cout << InspectText(r, json) << std::flush;
+  return r.complete() ? kExitOk : kExitFailed;
+}
+
 constexpr const char* kParamHelp =
     "QEMU migration parameter NAME=VALUE: downtime-limit (ms, default 300), max-bandwidth (bytes/s, 0 = "
     "unlimited), multifd-channels (1-255, default 2), zero-page-detection (none|legacy|multifd, default "
     "multifd), multifd-compression (none|zstd), multifd-zstd-level (0-20, default 1), "
-    "multifd-flush-after-each-section (on|off, default off; on for QEMU 7.2)";
+    "multifd-flush-after-each-section (on|off, default off; on for QEMU 7.2), direct-io (on|off: page data through "
+    "O_DIRECT; needs mapped-ram)";
+
+void AddSendOptions(CLI::App* s, SendOpts& send) {
+  s->add_option("--ram", send.ram, "Size of the synthetic guest's RAM, e.g. 4G (default 1G)");
+  s->add_option("--fill", send.fill, "Page mix of the synthetic guest: random=P,zero=P,text=P (percent)")
+      ->capture_default_str();
+  s->add_option("--seed", send.seed, "Seed of the fill and of the writer")->capture_default_str();
+  s->add_option("--dirty-rate", send.dirty_rate,
+                "Bytes of pages the guest dirties per second while migrating, e.g. 200M (0 = idle)")
+      ->capture_default_str();
+  s->add_option("--hot-set", send.hot_set, "Size of the region the guest writes to")->capture_default_str();
+  s->add_option("--memory-file", send.memory_file,
+                "Migrate this file's contents (mmap MAP_SHARED, e.g. /dev/shm/vm.mem) instead of a synthetic guest");
+  s->add_option("-p,--parameter", send.params, kParamHelp);
+  s->add_option("-c,--capability", send.caps,
+                "Capability NAME=on|off: verify (ferry's digest check, default on), multifd (pages over "
+                "multifd-channels extra connections; with mapped-ram: file threads), zero-copy-send (MSG_ZEROCOPY on the "
+                "multifd channels; not with compression), mapped-ram (fixed page places in a file; file targets only)");
+  s->add_option("--uuid", send.uuid,
+                "With multifd: the destination's uuid, put in every channel's init packet (QEMU's -uuid; "
+                "default all zeros)");
+  s->add_option("--qemu-compat", send.qemu_compat,
+                "The destination is QEMU with machine type MACHINE (e.g. none): one block 'ram', no ferry extensions");
+  s->add_option("--connect-timeout", send.connect_timeout, "Seconds to keep retrying the connection")
+      ->capture_default_str();
+  s->add_option("--dirty-tracker", send.tracker, "best (default), uffd-wp, bitmap or all-once (guest must be idle)");
+  s->add_flag("--json", send.json, "Print one JSON object (query-migrate fields) instead of the summary");
+
+}
+
+void AddRecvOptions(CLI::App* r, RecvOpts& recv) {
+  r->add_option("--ram", recv.ram, "Expected RAM size (default: as the stream announces)");
+  r->add_option("--memory-file", recv.memory_file, "Write the received RAM into this file (created or truncated)");
+  r->add_option("--qemu-compat", recv.qemu_compat,
+                "The source is QEMU with machine type MACHINE (e.g. none): no verification section expected");
+  r->add_option("-p,--parameter", recv.params,
+                std::string(kParamHelp) + ". The multifd ones must match the source's.");
+  r->add_option("-c,--capability", recv.caps,
+                "Capability NAME=on|off: verify (require the source's verification section; default on, off with "
+                "--qemu-compat), multifd (accept multifd-channels extra connections; must match the source), mapped-ram "
+                "(the file has QEMU's mapped-ram layout)");
+  r->add_option("--uuid", recv.uuid,
+                "With multifd: this destination's uuid; channels announcing another one are refused (default all "
+                "zeros, like QEMU without -uuid)");
+  r->add_flag("--prealloc", recv.prealloc,
+              "Fault in the destination memory before the migration starts (with --ram: before listening)");
+  r->add_option("--ready-file", recv.ready_file, "Once listening, write the bound URI (with the real port) here");
+  r->add_option("--timeout", recv.timeout,
+                "Seconds to wait for the source's connections (with multifd: all of them) and their first bytes")
+      ->capture_default_str();
+  r->add_flag("--json", recv.json, "Print one JSON object (query-migrate fields + verified) instead of the summary");
+
+}
 
 std::string SelfPath(const char* argv0) {
   char buf[4096];
@@ -467,55 +624,39 @@ int main(int argc, char** argv) {
 
   SendOpts send;
   auto* s = app.add_subcommand("send", "Migrate a guest's memory to a destination (the source side).");
-  s->add_option("URI", send.uri, "Where to send: tcp:HOST:PORT, tcp:[V6]:PORT, unix:PATH or fd:N")->required();
-  s->add_option("--ram", send.ram, "Size of the synthetic guest's RAM, e.g. 4G (default 1G)");
-  s->add_option("--fill", send.fill, "Page mix of the synthetic guest: random=P,zero=P,text=P (percent)")
-      ->capture_default_str();
-  s->add_option("--seed", send.seed, "Seed of the fill and of the writer")->capture_default_str();
-  s->add_option("--dirty-rate", send.dirty_rate,
-                "Bytes of pages the guest dirties per second while migrating, e.g. 200M (0 = idle)")
-      ->capture_default_str();
-  s->add_option("--hot-set", send.hot_set, "Size of the region the guest writes to")->capture_default_str();
-  s->add_option("--memory-file", send.memory_file,
-                "Migrate this file's contents (mmap MAP_SHARED, e.g. /dev/shm/vm.mem) instead of a synthetic guest");
-  s->add_option("-p,--parameter", send.params, kParamHelp);
-  s->add_option("-c,--capability", send.caps,
-                "Capability NAME=on|off: verify (ferry's digest check, default on), multifd (pages over "
-                "multifd-channels extra connections), zero-copy-send (MSG_ZEROCOPY on the multifd channels; not "
-                "with compression)");
-  s->add_option("--uuid", send.uuid,
-                "With multifd: the destination's uuid, put in every channel's init packet (QEMU's -uuid; "
-                "default all zeros)");
-  s->add_option("--qemu-compat", send.qemu_compat,
-                "The destination is QEMU with machine type MACHINE (e.g. none): one block 'ram', no ferry extensions");
-  s->add_option("--connect-timeout", send.connect_timeout, "Seconds to keep retrying the connection")
-      ->capture_default_str();
-  s->add_option("--dirty-tracker", send.tracker, "best (default), uffd-wp, bitmap or all-once (guest must be idle)");
-  s->add_flag("--json", send.json, "Print one JSON object (query-migrate fields) instead of the summary");
+  s->add_option("URI", send.uri,
+                "Where to send: tcp:HOST:PORT, tcp:[V6]:PORT, unix:PATH, fd:N or file:PATH[,offset=N]")
+      ->required();
+  AddSendOptions(s, send);
+  SendOpts save;
+  std::string save_file;
+  auto* sv = app.add_subcommand("save", "Save a guest's memory into FILE (ferry send file:FILE); exit 0 once it "
+                                        "is on stable storage.");
+  sv->add_option("FILE", save_file, "The file to write (created or truncated)")->required();
+  AddSendOptions(sv, save);
 
   RecvOpts recv;
   auto* r = app.add_subcommand("recv", "Receive one migration (the destination side); exit 0 only if it completed "
                                        "and verified.");
-  r->add_option("URI", recv.uri, "Where to listen: tcp:HOST:PORT (port 0 picks one), unix:PATH, or fd:N")->required();
-  r->add_option("--ram", recv.ram, "Expected RAM size (default: as the stream announces)");
-  r->add_option("--memory-file", recv.memory_file, "Write the received RAM into this file (created or truncated)");
-  r->add_option("--qemu-compat", recv.qemu_compat,
-                "The source is QEMU with machine type MACHINE (e.g. none): no verification section expected");
-  r->add_option("-p,--parameter", recv.params,
-                std::string(kParamHelp) + ". The multifd ones must match the source's.");
-  r->add_option("-c,--capability", recv.caps,
-                "Capability NAME=on|off: verify (require the source's verification section; default on, off with "
-                "--qemu-compat), multifd (accept multifd-channels extra connections; must match the source)");
-  r->add_option("--uuid", recv.uuid,
-                "With multifd: this destination's uuid; channels announcing another one are refused (default all "
-                "zeros, like QEMU without -uuid)");
-  r->add_flag("--prealloc", recv.prealloc,
-              "Fault in the destination memory before the migration starts (with --ram: before listening)");
-  r->add_option("--ready-file", recv.ready_file, "Once listening, write the bound URI (with the real port) here");
-  r->add_option("--timeout", recv.timeout,
-                "Seconds to wait for the source's connections (with multifd: all of them) and their first bytes")
-      ->capture_default_str();
-  r->add_flag("--json", recv.json, "Print one JSON object (query-migrate fields + verified) instead of the summary");
+  r->add_option("URI", recv.uri,
+                "Where to listen: tcp:HOST:PORT (port 0 picks one), unix:PATH, fd:N, or read file:PATH[,offset=N]")
+      ->required();
+  AddRecvOptions(r, recv);
+  RecvOpts load;
+  std::string load_file;
+  auto* ld = app.add_subcommand("load", "Load a guest's memory saved in FILE (ferry recv file:FILE); exit 0 only "
+                                        "if it is complete and verified.");
+  ld->add_option("FILE", load_file, "The saved file")->required();
+  AddRecvOptions(ld, load);
+
+  std::string inspect_file;
+  uint64_t inspect_offset = 0;
+  bool inspect_json = false;
+  auto* in = app.add_subcommand("inspect", "Walk a saved migration stream without loading it: header, sections, "
+                                           "blocks, record counts, mapped-ram layout; exit 0 only if complete.");
+  in->add_option("FILE", inspect_file, "The saved file")->required();
+  in->add_option("--offset", inspect_offset, "Where the stream starts in the file")->capture_default_str();
+  in->add_flag("--json", inspect_json, "Print one JSON object instead of text");
 
   std::string demo_ram = "1G", demo_rate = "256M";
   auto* d = app.add_subcommand("demo", "A live migration between two ferry processes on this machine, with its "
@@ -530,6 +671,15 @@ int main(int argc, char** argv) {
   }
   if (*s) return RunSend(send);
   if (*r) return RunRecv(recv);
+  if (*sv) {
+    save.uri = "file:" + save_file;
+    return RunSend(save);
+  }
+  if (*ld) {
+    load.uri = "file:" + load_file;
+    return RunRecv(load);
+  }
+  if (*in) return RunInspect(inspect_file, inspect_offset, inspect_json);
   if (*d) return RunDemo(SelfPath(argv[0]), demo_ram, demo_rate);
   return kExitUsage;
 }

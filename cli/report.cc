@@ -7,6 +7,94 @@
 
 namespace ferry::cli {
 
+namespace {
+const char* SectionTypeName(uint8_t t) {
+  switch (t) {
+    case 1: return "start";
+    case 2: return "part";
+    case 3: return "end";
+    case 4: return "full";
+    default: return "?";
+  }
+}
+}  // namespace
+
+std::string InspectText(const InspectReport& r, bool json) {
+  if (json) {
+    nlohmann::json j;
+    j["path"] = r.path;
+    j["offset"] = r.offset;
+    j["file-size"] = r.file_size;
+    j["header"] = {{"magic", r.magic}, {"version", r.version}, {"valid", r.header_ok}};
+    if (r.has_configuration) j["machine"] = r.machine;
+    j["sections"] = nlohmann::json::array();
+    for (const InspectSection& s : r.sections) {
+      nlohmann::json o = {{"type", SectionTypeName(s.type)}, {"id", s.id}, {"idstr", s.idstr}, {"offset", s.offset}};
+      if (s.type == 1 || s.type == 4) {
+        o["instance"] = s.instance;
+        o["version"] = s.version;
+      }
+      if (s.idstr == "ram") {
+        o["pages"] = s.page_records;
+        o["zeros"] = s.zero_records;
+      }
+      j["sections"].push_back(o);
+    }
+    j["blocks"] = nlohmann::json::array();
+    for (const InspectBlock& b : r.blocks) {
+      nlohmann::json o = {{"name", b.name}, {"size", b.size}};
+      if (b.mapped_ram) {
+        o["mapped-ram"] = {{"header-offset", b.header_offset}, {"version", b.version}, {"page-size", b.page_size},
+                           {"bitmap-offset", b.bitmap_offset}, {"pages-offset", b.pages_offset},
+                           {"pages-present", b.pages_present}};
+      }
+      j["blocks"].push_back(o);
+    }
+    j["mapped-ram"] = r.mapped_ram;
+    j["verify"] = r.verify_present;
+    j["eof"] = r.eof_present;
+    j["vmdesc"] = r.vmdesc_present;
+    j["complete"] = r.complete();
+    j["verdict"] = r.Verdict();
+    if (!r.problem.empty()) j["problem"] = r.problem;
+    return j.dump() + "\n";
+  }
+  std::string out;
+  auto line = [&](const std::string& s) { out += s + "\n"; };
+  line("file " + r.path + ": " + std::to_string(r.file_size) + " bytes, stream at offset " + std::to_string(r.offset));
+  char buf[64];
+  std::snprintf(buf, sizeof(buf), "header: magic 0x%08x, version %u%s", r.magic, r.version,
+                r.header_ok ? "" : " (not a valid stream header)");
+  line(buf);
+  if (r.has_configuration) line("configuration: machine '" + r.machine + "'");
+  for (const InspectSection& s : r.sections) {
+    std::string l = std::string("section ") + SectionTypeName(s.type) + " id " + std::to_string(s.id) + " '" +
+                    s.idstr + "'";
+    if (s.type == 1 || s.type == 4) {
+      l += " instance " + std::to_string(s.instance) + " version " + std::to_string(s.version);
+    }
+    l += " at " + std::to_string(s.offset);
+    if (s.idstr == "ram") l += ": " + std::to_string(s.page_records) + " PAGE, " + std::to_string(s.zero_records) + " ZERO";
+    line(l);
+  }
+  for (const InspectBlock& b : r.blocks) {
+    std::string l = "block '" + b.name + "': " + std::to_string(b.size) + " bytes";
+    if (b.mapped_ram) {
+      l += "; mapped-ram header at " + std::to_string(b.header_offset) + ": version " + std::to_string(b.version) +
+           ", page size " + std::to_string(b.page_size) + ", bitmap at " + std::to_string(b.bitmap_offset) +
+           ", pages at " + std::to_string(b.pages_offset) + ", " + std::to_string(b.pages_present) + " of " +
+           std::to_string(b.size / 4096) + " pages present";
+    }
+    line(l);
+  }
+  line(std::string("layout: ") + (r.mapped_ram ? "mapped-ram" : "plain stream"));
+  line(std::string("verification section: ") + (r.verify_present ? "present" : "absent"));
+  line(std::string("EOF: ") + (r.eof_present ? "present" : "absent") +
+       ", VM description: " + (r.vmdesc_present ? "present (" + std::to_string(r.vmdesc_bytes) + " bytes)" : "absent"));
+  line(r.Verdict());
+  return out;
+}
+
 nlohmann::json StatsJson(const MigrationStats& s, bool multifd) {
   nlohmann::json ram = {
       {"total", s.ram.total},

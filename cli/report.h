@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/stats.h"
+#include "file/inspect.h"
 
 namespace ferry::cli {
 
@@ -19,6 +20,10 @@ nlohmann::json StatsJson(const MigrationStats& s, bool multifd = false);
 std::string FormatBytes(double bytes);
 // Multi-line summary for people. `role` is "send" or "recv".
 std::string Summary(const std::string& role, const MigrationStats& s, const std::string& tracker);
+
+// `ferry inspect`'s output: text for people (last line = the verdict) or
+// one JSON object.
+std::string InspectText(const InspectReport& r, bool json);
 
 // Prints a one-line progress display to stderr a few times a second while
 // alive, only when stderr is a terminal.

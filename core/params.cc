@@ -93,10 +93,16 @@ Status MigrationParams::SetParameter(std::string_view name, std::string_view val
     else return Status::InvalidArgument("multifd-flush-after-each-section must be on or off");
     return Status::Ok();
   }
+  if (name == "direct-io") {
+    if (value == "on") direct_io = true;
+    else if (value == "off") direct_io = false;
+    else return Status::InvalidArgument("direct-io must be on or off, got '" + std::string(value) + "'");
+    return Status::Ok();
+  }
   return Status::InvalidArgument("unknown parameter '" + std::string(name) +
                                  "' (ferry knows: downtime-limit, max-bandwidth, multifd-channels, "
                                  "zero-page-detection, multifd-compression, multifd-zstd-level, "
-                                 "multifd-flush-after-each-section)");
+                                 "multifd-flush-after-each-section, direct-io)");
 }
 
 Status MigrationParams::Validate() const {
@@ -110,6 +116,10 @@ Status MigrationParams::Validate() const {
     return Status::InvalidArgument("QEMU 7.2 (multifd-flush-after-each-section=on) cannot take zero pages in "
                                    "multifd packets: use -p zero-page-detection=legacy");
   }
+  if (direct_io && !mapped_ram) return Status::InvalidArgument("direct-io needs the mapped-ram capability");
+  if (mapped_ram && zero_copy_send) {
+    return Status::InvalidArgument("zero-copy-send cannot be used with mapped-ram (files have no MSG_ZEROCOPY)");
+  }
   return Status::Ok();
 }
 
@@ -122,6 +132,10 @@ Status MigrationParams::SetCapability(std::string_view name, bool on) {
     zero_copy_send = on;
     return Status::Ok();
   }
+  if (name == "mapped-ram") {
+    mapped_ram = on;
+    return Status::Ok();
+  }
   if (name == "verify") {
     if (on && qemu_compat) return Status::InvalidArgument("capability 'verify' cannot be used with --qemu-compat");
     verify = on;
@@ -131,7 +145,7 @@ Status MigrationParams::SetCapability(std::string_view name, bool on) {
       "xbzrle", "rdma-pin-all", "auto-converge", "zero-blocks", "compress", "events", "postcopy-ram",
       "x-colo", "release-ram", "return-path", "pause-before-switchover", "dirty-bitmaps",
       "postcopy-blocktime", "late-block-activate", "x-ignore-shared", "validate-uuid", "background-snapshot",
-      "postcopy-preempt", "switchover-ack", "dirty-limit", "mapped-ram"};
+      "postcopy-preempt", "switchover-ack", "dirty-limit"};
   for (std::string_view c : kQemuCaps) {
     if (name == c) {
       if (!on) return Status::Ok();  // off is what ferry does anyway

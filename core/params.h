@@ -32,6 +32,10 @@ struct MigrationParams {
   bool verify = true;  // "verify": ferry's digest section + verdict (off for QEMU peers)
   bool multifd = false;         // "multifd": pages over multifd-channels extra connections
   bool zero_copy_send = false;  // "zero-copy-send": MSG_ZEROCOPY on multifd channels
+  bool mapped_ram = false;      // "mapped-ram": fixed page places in a file (file: targets only); with
+                                // multifd, multifd-channels file threads and no multifd sockets
+  // File parameter.
+  bool direct_io = false;       // "direct-io": page data through O_DIRECT (needs mapped-ram)
 
   // Checks combinations that cannot work together (call once, after all
   // Set* calls).

@@ -1,0 +1,462 @@
+#include "file/inspect.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <bit>
+#include <cerrno>
+#include <map>
+#include <optional>
+#include <vector>
+
+#include "core/unique_fd.h"
+#include "core/wire.h"
+
+namespace ferry {
+namespace {
+
+constexpr uint64_t kPage = 4096;
+constexpr size_t kMapHeaderSize = 28;
+
+// Bounded reads at a cursor; every failure sets `error` and returns false.
+class Cursor {
+ public:
+  Cursor(int fd, uint64_t size, uint64_t pos) : fd_(fd), size_(size), pos_(pos) {}
+  uint64_t pos() const { return pos_; }
+  uint64_t size() const { return size_; }
+  uint64_t left() const { return pos_ < size_ ? size_ - pos_ : 0; }
+  void Seek(uint64_t pos) { pos_ = pos; }
+
+  bool Read(void* buf, size_t n, const std::string& what, std::string* error) {
+    if (n > left()) {
+      *error = "file ends at " + std::to_string(size_) + " in the middle of " + what + " (at offset " +
+               std::to_string(pos_) + ")";
+      return false;
+    }
+    size_t done = 0;
+    while (done < n) {
+      ssize_t r = pread(fd_, static_cast<uint8_t*>(buf) + done, n - done, static_cast<off_t>(pos_ + done));
+      if (r < 0 && errno == EINTR) continue;
+      if (r <= 0) {
+        *error = "read error at offset " + std::to_string(pos_ + done) + " reading " + what;
+        return false;
+      }
+      done += static_cast<size_t>(r);
+    }
+    pos_ += n;
+    return true;
+  }
+  bool Skip(uint64_t n, const std::string& what, std::string* error) {
+    if (n > left()) {
+      *error = "file ends at " + std::to_string(size_) + " in the middle of " + what + " (at offset " +
+               std::to_string(pos_) + ", " + std::to_string(n) + " bytes expected)";
+      return false;
+    }
+    pos_ += n;
+    return true;
+  }
+  bool U8(uint8_t* v, const std::string& what, std::string* e) { return Read(v, 1, what, e); }
+  bool Be32(uint32_t* v, const std::string& what, std::string* e) {
+    uint8_t b[4];
+    if (!Read(b, 4, what, e)) return false;
+    *v = (uint32_t{b[0]} << 24) | (uint32_t{b[1]} << 16) | (uint32_t{b[2]} << 8) | b[3];
+    return true;
+  }
+  bool Be64(uint64_t* v, const std::string& what, std::string* e) {
+    uint8_t b[8];
+    if (!Read(b, 8, what, e)) return false;
+    *v = 0;
+    for (int i = 0; i < 8; ++i) *v = (*v << 8) | b[i];
+    return true;
+  }
+  bool Name(std::string* name, const std::string& what, std::string* e) {
+    uint8_t len = 0;
+    if (!U8(&len, what + " name length", e)) return false;
+    name->assign(len, '\0');
+    return Read(name->data(), len, what + " name", e);
+  }
+
+ private:
+  int fd_;
+  uint64_t size_;
+  uint64_t pos_;
+};
+
+uint64_t LoadBe64(const uint8_t* p) {
+  uint64_t v = 0;
+  for (int i = 0; i < 8; ++i) v = (v << 8) | p[i];
+  return v;
+}
+
+class Walker {
+ public:
+  Walker(Cursor& c, InspectReport& r) : c_(c), r_(r) {}
+
+  void Run() {
+    std::string& e = r_.problem;
+    if (!c_.Be32(&r_.magic, "the stream header", &e) || !c_.Be32(&r_.version, "the stream header", &e)) return;
+    if (r_.magic != wire::kMagic) {
+      e = "not a migration stream: magic " + Hex(r_.magic) + " (expected 0x5145564d 'QEVM')";
+      return;
+    }
+    if (r_.version != wire::kVersion) {
+      e = "stream version " + std::to_string(r_.version) + " (ferry knows version 3)";
+      return;
+    }
+    r_.header_ok = true;
+    while (true) {
+      const uint64_t at = c_.pos();
+      uint8_t type = 0;
+      if (!c_.U8(&type, "a section type", &e)) return;
+      switch (type) {
+        case wire::kConfiguration: {
+          uint32_t len = 0;
+          if (!c_.Be32(&len, "the configuration section", &e)) return;
+          if (len > 256) {
+            e = "configuration machine name length " + std::to_string(len) + " at offset " + std::to_string(at);
+            return;
+          }
+          r_.machine.assign(len, '\0');
+          if (!c_.Read(r_.machine.data(), len, "the configuration section", &e)) return;
+          r_.has_configuration = true;
+          break;
+        }
+        case wire::kSectionStart:
+        case wire::kSectionFull:
+        case wire::kSectionPart:
+        case wire::kSectionEnd:
+          if (!Section(type, at)) return;
+          break;
+        case wire::kSectionEof:
+          r_.eof_present = true;
+          Vmdesc();
+          r_.stream_end = c_.pos();
+          return;
+        default:
+          e = "unknown section type " + Hex(type) + " at offset " + std::to_string(at);
+          return;
+      }
+    }
+  }
+
+ private:
+  static std::string Hex(uint64_t v) {
+    static const char* d = "0123456789abcdef";
+    std::string s;
+    do {
+      s.insert(s.begin(), d[v & 15]);
+      v >>= 4;
+    } while (v);
+    return "0x" + s;
+  }
+
+  void Vmdesc() {
+    std::string unused;
+    uint8_t type = 0;
+    if (c_.left() == 0) return;
+    if (!c_.U8(&type, "the VM description", &unused)) return;
+    if (type != wire::kVmDescription) {
+      r_.problem = "unexpected byte " + Hex(type) + " after EOF (expected the VM description 0x06)";
+      return;
+    }
+    uint32_t len = 0;
+    if (!c_.Be32(&len, "the VM description length", &r_.problem)) return;
+    if (!c_.Skip(len, "the VM description", &r_.problem)) return;
+    r_.vmdesc_present = true;
+    r_.vmdesc_bytes = len;
+  }
+
+  bool Section(uint8_t type, uint64_t at) {
+    std::string& e = r_.problem;
+    InspectSection s;
+    s.type = type;
+    s.offset = at;
+    if (!c_.Be32(&s.id, "a section header", &e)) return false;
+    if (type == wire::kSectionStart || type == wire::kSectionFull) {
+      if (!c_.Name(&s.idstr, "a section header", &e) || !c_.Be32(&s.instance, "a section header", &e) ||
+          !c_.Be32(&s.version, "a section header", &e)) {
+        return false;
+      }
+      if (ids_.count(s.id) && ids_[s.id] != s.idstr) {
+        e = "section id " + std::to_string(s.id) + " names '" + s.idstr + "' but was '" + ids_[s.id] + "' before";
+        return false;
+      }
+      ids_[s.id] = s.idstr;
+    } else {
+      auto it = ids_.find(s.id);
+      if (it == ids_.end()) {
+        e = "section at offset " + std::to_string(at) + " continues unknown section id " + std::to_string(s.id);
+        return false;
+      }
+      s.idstr = it->second;
+    }
+    r_.sections.push_back(s);
+    InspectSection& sec = r_.sections.back();
+    bool ok = false;
+    if (sec.idstr == "ram") {
+      ok = Ram(sec);
+      if (ok && type == wire::kSectionEnd) r_.ram_end = true;
+    } else if (sec.idstr == wire::kVerifyIdstr) {
+      ok = Verify();
+      if (ok) r_.verify_present = true;
+    } else if (sec.idstr == "timer") {
+      ok = c_.Skip(24, "section 'timer'", &e);
+    } else if (sec.idstr == "globalstate") {
+      uint32_t size = 0;
+      ok = c_.Be32(&size, "section 'globalstate'", &e) && c_.Skip(100, "section 'globalstate'", &e);
+    } else {
+      e = "section '" + sec.idstr + "' at offset " + std::to_string(at) +
+          ": its contents are unknown to inspect, cannot walk past it";
+      return false;
+    }
+    if (!ok) return false;
+    return Footer(sec);
+  }
+
+  bool Footer(const InspectSection& s) {
+    std::string& e = r_.problem;
+    uint8_t b = 0;
+    if (!c_.U8(&b, "the footer of section '" + s.idstr + "'", &e)) return false;
+    if (b != wire::kFooter) {
+      e = "section '" + s.idstr + "' (offset " + std::to_string(s.offset) + ") ends with " + Hex(b) +
+          " at offset " + std::to_string(c_.pos() - 1) + ", not its footer 0x7e";
+      return false;
+    }
+    uint32_t id = 0;
+    if (!c_.Be32(&id, "the footer of section '" + s.idstr + "'", &e)) return false;
+    if (id != s.id) {
+      e = "footer at offset " + std::to_string(c_.pos() - 5) + " closes section id " + std::to_string(id) +
+          ", expected " + std::to_string(s.id);
+      return false;
+    }
+    return true;
+  }
+
+  bool Ram(InspectSection& s) {
+    std::string& e = r_.problem;
+    // CONTINUE refers to the previous record's block, across sections too
+    // (QEMU does not name the block again at a section start).
+    std::optional<size_t>& current = current_block_;
+    while (true) {
+      const uint64_t at = c_.pos();
+      uint64_t v = 0;
+      if (!c_.Be64(&v, "a RAM record", &e)) return false;
+      const uint64_t flags = v & wire::kRamFlagMask;
+      const uint64_t addr = v & ~wire::kRamFlagMask;
+      const uint64_t kind = flags & ~wire::kRamContinue;
+      const std::string where = " at offset " + std::to_string(at);
+      if (kind == wire::kRamEos) return true;
+      if (kind == wire::kRamMemSize) {
+        if (r_.ram_setup) {
+          e = "a second RAM block list" + where;
+          return false;
+        }
+        if (!BlockList(addr)) return false;
+        r_.ram_setup = true;
+        continue;
+      }
+      if (kind == wire::kRamMultifdFlush) continue;
+      if (kind != wire::kRamPage && kind != wire::kRamZero) {
+        e = "RAM record with flags " + Hex(flags) + where + " (not PAGE, ZERO, MEM_SIZE, EOS or MULTIFD_FLUSH)";
+        return false;
+      }
+      if (!r_.ram_setup) {
+        e = "page record before the RAM block list" + where;
+        return false;
+      }
+      if (flags & wire::kRamContinue) {
+        if (!current) {
+          e = "CONTINUE record with no block before it" + where;
+          return false;
+        }
+      } else {
+        std::string name;
+        if (!c_.Name(&name, "a RAM record's block", &e)) return false;
+        current.reset();
+        for (size_t i = 0; i < r_.blocks.size(); ++i) {
+          if (r_.blocks[i].name == name) current = i;
+        }
+        if (!current) {
+          e = "RAM record for unknown block '" + name + "'" + where;
+          return false;
+        }
+      }
+      const InspectBlock& block = r_.blocks[*current];
+      if (addr >= block.size) {
+        e = "page offset " + Hex(addr) + " outside block '" + block.name + "' (" + std::to_string(block.size) +
+            " bytes)" + where;
+        return false;
+      }
+      if (kind == wire::kRamPage) {
+        if (!c_.Skip(kPage, "a page's data", &e)) return false;
+        ++s.page_records;
+      } else {
+        uint8_t fill = 0;
+        if (!c_.U8(&fill, "a zero record", &e)) return false;
+        ++s.zero_records;
+      }
+    }
+  }
+
+  bool BlockList(uint64_t total) {
+    std::string& e = r_.problem;
+    uint64_t sum = 0;
+    while (sum < total) {
+      InspectBlock b;
+      if (!c_.Name(&b.name, "the RAM block list", &e) || !c_.Be64(&b.size, "the RAM block list", &e)) return false;
+      if (b.size == 0 || b.size % kPage != 0 || b.size > total - sum) {
+        e = "RAM block '" + b.name + "' size " + std::to_string(b.size) + " does not fit the announced total " +
+            std::to_string(total);
+        return false;
+      }
+      sum += b.size;
+      if (!MaybeMappedRam(b)) return false;
+      r_.blocks.push_back(std::move(b));
+    }
+    return true;
+  }
+
+  // After a block's entry: a mapped-ram header if the file is mapped-ram.
+  bool MaybeMappedRam(InspectBlock& b) {
+    std::string& e = r_.problem;
+    const uint64_t at = c_.pos();
+    uint8_t h[kMapHeaderSize];
+    std::string unused;
+    bool looks = false;
+    uint64_t bitmap = 0, pages = 0, page_size = 0;
+    uint32_t version = 0;
+    if (c_.left() >= kMapHeaderSize) {
+      c_.Read(h, kMapHeaderSize, "", &unused);
+      c_.Seek(at);
+      version = (uint32_t{h[0]} << 24) | (uint32_t{h[1]} << 16) | (uint32_t{h[2]} << 8) | h[3];
+      page_size = LoadBe64(h + 4);
+      bitmap = LoadBe64(h + 12);
+      pages = LoadBe64(h + 20);
+      looks = version == 1 && page_size == kPage && bitmap >= at + kMapHeaderSize && bitmap < c_.size() &&
+              pages > bitmap && pages <= c_.size();
+    }
+    if (!r_.blocks.empty() && looks != r_.mapped_ram) {
+      e = "block '" + b.name + "' at offset " + std::to_string(at) +
+          (looks ? " has a mapped-ram header but the blocks before it do not"
+                 : " has no mapped-ram header (or one pointing outside the file) though the blocks before it do");
+      return false;
+    }
+    if (!looks) return true;
+    r_.mapped_ram = true;
+    b.mapped_ram = true;
+    b.header_offset = at;
+    b.version = version;
+    b.page_size = page_size;
+    b.bitmap_offset = bitmap;
+    b.pages_offset = pages;
+    const uint64_t npages = b.size / kPage;
+    const uint64_t bitmap_bytes = (npages + 63) / 64 * 8;
+    if (bitmap_bytes > pages - bitmap) {
+      e = "block '" + b.name + "': its bitmap (" + std::to_string(bitmap_bytes) + " bytes at " +
+          std::to_string(bitmap) + ") overlaps its page region at " + std::to_string(pages);
+      return false;
+    }
+    // Count the bits of the bitmap, in bounded chunks.
+    c_.Seek(bitmap);
+    std::vector<uint8_t> chunk;
+    uint64_t left = bitmap_bytes, bit_base = 0;
+    while (left > 0) {
+      const size_t n = static_cast<size_t>(std::min<uint64_t>(left, 1 << 20));
+      chunk.resize(n);
+      if (!c_.Read(chunk.data(), n, "block '" + b.name + "''s bitmap", &e)) return false;
+      for (size_t i = 0; i + 8 <= n; i += 8) {
+        uint64_t w = 0;
+        for (int k = 7; k >= 0; --k) w = (w << 8) | chunk[i + k];  // little-endian words
+        if (bit_base + 64 > npages) {
+          const uint64_t valid = npages > bit_base ? npages - bit_base : 0;
+          if (valid < 64 && (w >> valid) != 0) {
+            e = "block '" + b.name + "''s bitmap has bits set beyond its " + std::to_string(npages) + " pages";
+            return false;
+          }
+        }
+        b.pages_present += static_cast<uint64_t>(std::popcount(w));
+        bit_base += 64;
+      }
+      left -= n;
+    }
+    if (b.size > c_.size() - pages) {
+      e = "block '" + b.name + "': page region " + std::to_string(pages) + ".." + std::to_string(pages + b.size) +
+          " ends past the end of the file (" + std::to_string(c_.size()) + " bytes)";
+      return false;
+    }
+    c_.Seek(pages + b.size);
+    return true;
+  }
+
+  bool Verify() {
+    std::string& e = r_.problem;
+    uint32_t count = 0;
+    if (!c_.Be32(&count, "the verification section", &e)) return false;
+    if (count > 4096) {
+      e = "verification section lists " + std::to_string(count) + " blocks";
+      return false;
+    }
+    for (uint32_t i = 0; i < count; ++i) {
+      std::string name;
+      uint64_t size = 0;
+      if (!c_.Name(&name, "the verification section", &e) || !c_.Be64(&size, "the verification section", &e)) {
+        return false;
+      }
+      if (!c_.Skip(size / kPage * 8, "the verification section's page hashes", &e)) return false;
+    }
+    return c_.Skip(16, "the verification section's digest", &e);
+  }
+
+  Cursor& c_;
+  InspectReport& r_;
+  std::map<uint32_t, std::string> ids_;
+  std::optional<size_t> current_block_;
+};
+
+}  // namespace
+
+std::string InspectReport::Missing() const {
+  if (!header_ok) return problem.empty() ? "no stream header" : problem;
+  // The first inconsistency says it all: nothing after it can be trusted.
+  if (!problem.empty()) return problem + " (the walk stopped at offset " + std::to_string(stream_end) + ")";
+  std::string what;
+  auto add = [&](const std::string& s) {
+    if (!what.empty()) what += "; ";
+    what += s;
+  };
+  if (!ram_setup) add("no RAM block list");
+  if (!ram_end) add("no final RAM section (the save did not reach the switch-over)");
+  if (!eof_present) add("no EOF marker");
+  else if (!vmdesc_present) add("no VM description after EOF");
+  return what;
+}
+
+std::string InspectReport::Verdict() const {
+  std::string m = Missing();
+  return m.empty() ? "complete" : "INCOMPLETE: " + m;
+}
+
+Result<InspectReport> InspectFile(const std::string& path, uint64_t offset) {
+  UniqueFd fd(open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd.valid()) return ErrnoStatus("open " + path);
+  struct stat st;
+  if (fstat(fd.get(), &st) != 0) return ErrnoStatus("stat " + path);
+  if (!S_ISREG(st.st_mode)) return Status::InvalidArgument(path + " is not a regular file");
+  InspectReport r;
+  r.path = path;
+  r.offset = offset;
+  r.file_size = static_cast<uint64_t>(st.st_size);
+  if (offset > r.file_size) {
+    return Status::InvalidArgument(path + " is " + std::to_string(r.file_size) + " bytes, shorter than offset " +
+                                   std::to_string(offset));
+  }
+  Cursor c(fd.get(), r.file_size, offset);
+  Walker w(c, r);
+  w.Run();
+  if (r.stream_end == 0) r.stream_end = c.pos();
+  return r;
+}
+
+}  // namespace ferry

@@ -1,0 +1,76 @@
+// Walks a migration stream stored in a file without loading any memory:
+// header, configuration, every section with its byte offset, the RAM block
+// list, PAGE/ZERO record counts (page data skipped), mapped-ram block headers
+// and their bitmaps, the verification section, EOF and the VM description.
+// Separate from the loaders on purpose: it only reads (bounded, with pread)
+// and stops at the first inconsistency, which it reports in `problem`.
+//
+//   FERRY_ASSIGN_OR_RETURN(InspectReport r, InspectFile("/var/vm.mig", 0));
+//   std::cout << r.Verdict();   // "complete" or "INCOMPLETE: ..."
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "core/status.h"
+
+namespace ferry {
+
+struct InspectSection {
+  uint8_t type = 0;         // wire::kSectionStart, ...
+  uint32_t id = 0;
+  std::string idstr;        // PART/END: taken from the START with the same id
+  uint32_t instance = 0;    // START/FULL only
+  uint32_t version = 0;     // START/FULL only
+  uint64_t offset = 0;      // file offset of the section type byte
+  uint64_t page_records = 0;
+  uint64_t zero_records = 0;
+};
+
+struct InspectBlock {
+  std::string name;
+  uint64_t size = 0;
+  // mapped-ram only.
+  bool mapped_ram = false;
+  uint64_t header_offset = 0;
+  uint32_t version = 0;
+  uint64_t page_size = 0;
+  uint64_t bitmap_offset = 0;
+  uint64_t pages_offset = 0;
+  uint64_t pages_present = 0;  // bits set in the bitmap
+};
+
+struct InspectReport {
+  std::string path;
+  uint64_t offset = 0;      // where the stream starts in the file
+  uint64_t file_size = 0;
+  bool header_ok = false;   // magic QEVM and version 3
+  uint32_t magic = 0;
+  uint32_t version = 0;
+  bool has_configuration = false;
+  std::string machine;
+  std::vector<InspectSection> sections;
+  std::vector<InspectBlock> blocks;
+  bool mapped_ram = false;
+  bool ram_setup = false;   // the block list was read
+  bool ram_end = false;     // the "ram" END section (the last pages, guest paused) was read
+  bool verify_present = false;
+  bool eof_present = false;
+  bool vmdesc_present = false;
+  uint64_t vmdesc_bytes = 0;
+  uint64_t stream_end = 0;  // file offset where the walk stopped
+  std::string problem;      // the first inconsistency found (empty if none)
+
+  bool complete() const { return Missing().empty(); }
+  // What keeps the stream from being complete ("" when complete).
+  std::string Missing() const;
+  // "complete" or "INCOMPLETE: <what is missing>".
+  std::string Verdict() const;
+};
+
+// Fails only when PATH cannot be opened or is not a regular file; everything
+// about its contents goes into the report.
+Result<InspectReport> InspectFile(const std::string& path, uint64_t offset);
+
+}  // namespace ferry
