@@ -4,6 +4,19 @@
 
 namespace ferry {
 
+size_t AdvanceIovecs(std::span<iovec> iov, size_t first, size_t n) {
+  while (first < iov.size() && n >= iov[first].iov_len) {
+    n -= iov[first].iov_len;
+    iov[first].iov_len = 0;
+    ++first;
+  }
+  if (first < iov.size()) {
+    iov[first].iov_base = static_cast<char*>(iov[first].iov_base) + n;
+    iov[first].iov_len -= n;
+  }
+  return first;
+}
+
 Status Channel::ReadExact(void* buf, size_t len) {
   auto* p = static_cast<char*>(buf);
   size_t got = 0;

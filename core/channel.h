@@ -52,6 +52,12 @@ class Channel {
   Status WriteAll(const void* buf, size_t len);
 };
 
+// Steps past `n` bytes that a writev/readv-like call transferred, starting at
+// buffer `first`: fully used buffers (and empty ones) are skipped, a partly
+// used one is advanced in place. Returns the index of the first buffer with
+// bytes left (iov.size() when none).
+size_t AdvanceIovecs(std::span<iovec> iov, size_t first, size_t n);
+
 // A Channel over something with positions (a file): positioned I/O that
 // does not move the stream position, and Seek for the stream itself.
 // Positioned calls may come from several threads at once.

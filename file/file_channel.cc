@@ -65,23 +65,6 @@ constexpr uint64_t kMaxOffset = static_cast<uint64_t>(INT64_MAX);
 // ---------------------------------------------------------------------------
 // Helpers
 
-// Drops leading empty buffers and advances past `n` consumed bytes; returns
-// the index of the first buffer with data left.
-size_t Consume(std::span<iovec> iov, size_t first, size_t n) {
-  while (first < iov.size()) {
-    if (n >= iov[first].iov_len) {
-      n -= iov[first].iov_len;
-      iov[first].iov_len = 0;
-      ++first;
-      continue;
-    }
-    iov[first].iov_base = static_cast<char*>(iov[first].iov_base) + n;
-    iov[first].iov_len -= n;
-    break;
-  }
-  return first;
-}
-
 uint64_t TotalBytes(std::span<const iovec> iov) {
   uint64_t total = 0;
   for (const iovec& v : iov) total += v.iov_len;
@@ -229,7 +212,7 @@ class FileChannelImpl final : public FileChannel {
 
   Status WriteAll(std::span<iovec> iov) override {
     FERRY_RETURN_IF_ERROR(CheckOpen());
-    size_t first = Consume(iov, 0, 0);
+    size_t first = AdvanceIovecs(iov, 0, 0);
     while (first < iov.size()) {
       FERRY_RETURN_IF_ERROR(CheckOpen());
       size_t count = std::min(iov.size() - first, kIovBatch);
@@ -241,7 +224,7 @@ class FileChannelImpl final : public FileChannel {
       if (n == 0) return Status::Io("writing " + path_ + " at offset " + std::to_string(pos_.load()) +
                                     ": the kernel accepted no bytes", EIO);
       pos_.fetch_add(static_cast<uint64_t>(n));
-      first = Consume(iov, first, static_cast<size_t>(n));
+      first = AdvanceIovecs(iov, first, static_cast<size_t>(n));
     }
     return Status::Ok();
   }
@@ -283,7 +266,7 @@ class FileChannelImpl final : public FileChannel {
   Status PwriteAll(std::span<iovec> iov, uint64_t offset) override {
     FERRY_RETURN_IF_ERROR(CheckOpen());
     FERRY_RETURN_IF_ERROR(CheckRange(offset, TotalBytes(iov)));
-    size_t first = Consume(iov, 0, 0);
+    size_t first = AdvanceIovecs(iov, 0, 0);
     while (first < iov.size()) {
       FERRY_RETURN_IF_ERROR(CheckOpen());
       size_t count = std::min(iov.size() - first, kIovBatch);
@@ -295,7 +278,7 @@ class FileChannelImpl final : public FileChannel {
       if (n == 0) return Status::Io("writing " + path_ + " at offset " + std::to_string(offset) +
                                     ": the kernel accepted no bytes", EIO);
       offset += static_cast<uint64_t>(n);
-      first = Consume(iov, first, static_cast<size_t>(n));
+      first = AdvanceIovecs(iov, first, static_cast<size_t>(n));
     }
     return Status::Ok();
   }

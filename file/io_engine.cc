@@ -11,6 +11,8 @@
 // is an aligned place (the kernel does not stop mid-block).
 #include "file/io_engine.h"
 
+#include "core/channel.h"
+
 #include <fcntl.h>
 #include <limits.h>
 #include <liburing.h>
@@ -173,12 +175,7 @@ class SyncEngine final : public IoEngine {
         stats_.bytes += static_cast<uint64_t>(n);
         offset += static_cast<uint64_t>(n);
         // Step over what was transferred.
-        auto left = static_cast<size_t>(n);
-        while (first < iov_.size() && left >= iov_[first].iov_len) left -= iov_[first++].iov_len;
-        if (first < iov_.size()) {
-          iov_[first].iov_base = static_cast<char*>(iov_[first].iov_base) + left;
-          iov_[first].iov_len -= left;
-        }
+        first = AdvanceIovecs(iov_, first, static_cast<size_t>(n));
         continuation = true;
       }
     }

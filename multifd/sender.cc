@@ -731,18 +731,7 @@ Status MultifdSink::ZeroCopySend(Sender& s, std::span<iovec> iov) {
         return ErrnoStatus("write to " + s.channel->Describe(), err);
       }
     }
-    size_t done = static_cast<size_t>(n);
-    while (done > 0) {
-      if (done >= iov[i].iov_len) {
-        done -= iov[i].iov_len;
-        iov[i].iov_len = 0;
-        ++i;
-      } else {
-        iov[i].iov_base = static_cast<uint8_t*>(iov[i].iov_base) + done;
-        iov[i].iov_len -= done;
-        done = 0;
-      }
-    }
+    i = AdvanceIovecs(iov, i, static_cast<size_t>(n));
   }
 }
 

@@ -482,19 +482,7 @@ Status FdChannel::WriteAll(std::span<iovec> iov) {
       // Only possible for odd descriptors (a full device); never loop on it.
       return Status::Io("write to " + description_ + " made no progress", EIO);
     }
-    // Advance past what was written.
-    size_t done = static_cast<size_t>(n);
-    while (done > 0) {
-      if (done >= iov[i].iov_len) {
-        done -= iov[i].iov_len;
-        iov[i].iov_len = 0;
-        ++i;
-      } else {
-        iov[i].iov_base = static_cast<char*>(iov[i].iov_base) + done;
-        iov[i].iov_len -= done;
-        done = 0;
-      }
-    }
+    i = AdvanceIovecs(iov, i, static_cast<size_t>(n));
   }
 }
 
