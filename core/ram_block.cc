@@ -41,6 +41,20 @@ uint64_t DirtyBitmap::FindNextSet(uint64_t from) const {
   }
 }
 
+uint64_t DirtyBitmap::FindNextClear(uint64_t from) const {
+  if (from >= bits_) return bits_;
+  uint64_t w = from >> 6;
+  uint64_t word = ~words_[w] & (~0ull << (from & 63));
+  while (true) {
+    if (word) {
+      uint64_t i = (w << 6) + std::countr_zero(word);
+      return i < bits_ ? i : bits_;
+    }
+    if (++w >= words_.size()) return bits_;
+    word = ~words_[w];
+  }
+}
+
 Status RamBlockList::Add(std::string name, uint8_t* host, uint64_t used_length) {
   if (name.empty() || name.size() > 255) {
     return Status::InvalidArgument("RAM block name must be 1-255 bytes, got '" + name + "'");

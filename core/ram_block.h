@@ -46,6 +46,8 @@ class DirtyBitmap {
   uint64_t Count() const;
   // Index of the first set bit at or after `from`, or size() if none.
   uint64_t FindNextSet(uint64_t from) const;
+  // Index of the first clear bit at or after `from`, or size() if none.
+  uint64_t FindNextClear(uint64_t from) const;
   const std::vector<uint64_t>& words() const { return words_; }
   std::vector<uint64_t>& words() { return words_; }
 

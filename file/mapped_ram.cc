@@ -150,7 +150,7 @@ IoEngineOptions EngineOptions(int fd, const FileOptions& o, std::vector<iovec> r
   e.fd = fd;
   e.queue_depth = o.queue_depth;
   e.max_request = size_t{kMaxRunPages} * kPageSize;
-  e.regions = std::move(regions);
+  if (o.register_buffers) e.regions = std::move(regions);
   e.allow_uring = o.allow_uring;
   return e;
 }
@@ -202,10 +202,11 @@ class MappedRamSink final : public PageSink {
       return Status::Internal("mapped-ram: the header of block '" + block.name + "' ended at " +
                               Hex(file_.position()) + ", expected " + Hex(h.bitmap_offset));
     }
+    const bool reserved = Reserve(block, h);
     // The main stream goes on after the block's page region.
     FERRY_RETURN_IF_ERROR(file_.Seek(h.pages_offset + block.used_length)
                               .WithContext("mapped-ram: moving past the pages of block '" + block.name + "'"));
-    blocks_.push_back(BlockState{&block, h, DirtyBitmap(block.pages())});
+    blocks_.push_back(BlockState{&block, h, DirtyBitmap(block.pages()), reserved});
     return Status::Ok();
   }
 
@@ -254,6 +255,7 @@ class MappedRamSink final : public PageSink {
   Status OnComplete() override {
     FERRY_RETURN_IF_ERROR(Barrier());
     for (BlockState& b : blocks_) {
+      if (b.reserved) GiveBackAbsent(b);
       std::vector<uint64_t> words = b.present.words();
       WordsToFile(words);
       iovec iov{words.data(), BitmapBytes(b.block->pages())};
@@ -298,6 +300,7 @@ class MappedRamSink final : public PageSink {
     RamBlock* block;
     Header header;
     DirtyBitmap present;  // set: the page's data is in the file
+    bool reserved = false;  // the page region was fallocate()d
   };
   // Pages contiguous in guest memory and in the file.
   struct Run {
@@ -339,6 +342,57 @@ class MappedRamSink final : public PageSink {
     if (error_.ok()) error_ = std::move(s);
     work_cv_.notify_all();
     done_cv_.notify_all();
+  }
+
+  bool WantReserve() const {
+    switch (options_.preallocate) {
+      case FileOptions::Preallocate::kOn: return true;
+      case FileOptions::Preallocate::kOff: return false;
+      case FileOptions::Preallocate::kAuto: break;
+    }
+    return options_.direct_io;
+  }
+
+  // fallocate()s the page region of a block (extending the file over it, so
+  // page writes never extend it either). false, with a note, where the
+  // filesystem refuses; the pages then go into holes.
+  bool Reserve(const RamBlock& block, const Header& h) {
+    if (!WantReserve() || block.used_length == 0) return false;
+    const int fd = writers_[0]->fd.get();
+    const auto off = static_cast<off_t>(h.pages_offset);
+    const auto len = static_cast<off_t>(block.used_length);
+    if (::fallocate(fd, 0, off, len) == 0) return true;
+    const int err = errno;
+    // A refused reservation may have kept part of the space: give it back,
+    // so a nearly full disk still takes the pages that do need space.
+    if (err == ENOSPC || err == EDQUOT) (void)::fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off, len);
+    note_("mapped-ram: could not reserve " + std::to_string(block.used_length >> 20) + " MiB for the pages of '" +
+          block.name + "' in " + file_.path() + " (" + std::strerror(err) + "); writing them into holes");
+    return false;
+  }
+
+  // Returns the space of long runs of absent pages (never written, or
+  // written in an earlier round and zero since) to the filesystem. Only
+  // after the last barrier: no write is in flight. Failing only costs disk
+  // space, so it is a note, not an error.
+  void GiveBackAbsent(const BlockState& b) {
+    const int fd = writers_[0]->fd.get();
+    const uint64_t pages = b.block->pages();
+    uint64_t i = b.present.FindNextClear(0);
+    while (i < pages) {
+      uint64_t j = b.present.FindNextSet(i);
+      if (j > pages) j = pages;
+      if (j - i >= kMinPunchPages) {
+        const auto off = static_cast<off_t>(b.header.pages_offset + i * kPageSize);
+        const auto len = static_cast<off_t>((j - i) * kPageSize);
+        if (::fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off, len) != 0) {
+          note_(std::string("mapped-ram: could not release the space of absent pages in ") + file_.path() + " (" +
+                std::strerror(errno) + "); the file keeps it");
+          return;
+        }
+      }
+      i = j < pages ? b.present.FindNextClear(j) : pages;
+    }
   }
 
   // Hands the current run to the engine or the writer threads.

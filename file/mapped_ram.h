@@ -38,6 +38,11 @@ namespace ferry::mapped_ram {
 inline constexpr uint32_t kVersion = 1;
 inline constexpr size_t kHeaderSize = 28;
 inline constexpr uint64_t kFileOffsetAlignment = 1 << 20;
+// A preallocated save (FileOptions::preallocate) gives back the space of
+// runs of at least this many absent pages at completion; shorter gaps keep
+// their (zero-reading) blocks: one syscall per gap would cost more than the
+// space is worth.
+inline constexpr uint64_t kMinPunchPages = 16;
 
 struct Header {
   uint32_t version = kVersion;
@@ -59,7 +64,25 @@ struct FileOptions {
   uint32_t channels = 0;       // 0: pages written by the migration thread; N: N writer/reader threads
   unsigned queue_depth = 16;   // io_uring requests in flight per thread
   bool allow_uring = true;
-  std::function<void(std::string_view)> note;  // one-line notices (io_uring fallback)
+  // Register the guest's memory with io_uring as fixed buffers. Off by
+  // default: registering pins (and so faults in) every page of every block,
+  // including the never-touched zero pages of a sparse guest, which costs
+  // more than the per-request pinning it saves (docs/design-notes.md has the
+  // numbers), doubles the destination's RSS, and on a source tracked with
+  // userfaultfd write-protection makes the whole guest look dirtied once.
+  bool register_buffers = false;
+  // Source only: reserve each block's page region with fallocate() before
+  // writing pages, then give the space of long runs of absent pages back
+  // (FALLOC_FL_PUNCH_HOLE) at completion. Writes into reserved space are
+  // overwrites, which the filesystem (ext4, xfs) serves under a shared lock
+  // without punting them to kernel workers; into holes they are
+  // allocating writes, serialised and several times more CPU per GiB.
+  // While the save runs the file takes the guest's whole RAM size on disk.
+  // kAuto: with direct_io. A filesystem that refuses (no space, not
+  // supported) is noted and the save goes on into holes.
+  enum class Preallocate { kAuto, kOn, kOff };
+  Preallocate preallocate = Preallocate::kAuto;
+  std::function<void(std::string_view)> note;  // one-line notices (io_uring fallback, preallocation refused)
   // Destination only: the guest memory starts all zeros (a new mapping), so
   // pages whose bit is clear need no write. false: such pages are zeroed
   // where they are not already.

@@ -181,6 +181,22 @@ TEST(DirtyBitmapTest, SetAllOnOddSizeAndClearAll) {
   EXPECT_EQ(bm.FindNextSet(0), 131u);
 }
 
+TEST(DirtyBitmapTest, FindNextClear) {
+  DirtyBitmap bm(300);
+  EXPECT_EQ(bm.FindNextClear(0), 0u);
+  bm.SetAll();
+  EXPECT_EQ(bm.FindNextClear(0), 300u);  // the spare bits of the last word do not count
+  bm.Clear(5);
+  bm.Clear(64);
+  bm.Clear(250);
+  EXPECT_EQ(bm.FindNextClear(0), 5u);
+  EXPECT_EQ(bm.FindNextClear(5), 5u);
+  EXPECT_EQ(bm.FindNextClear(6), 64u);
+  EXPECT_EQ(bm.FindNextClear(65), 250u);  // skips the full words 2 and 3
+  EXPECT_EQ(bm.FindNextClear(251), 300u);
+  EXPECT_EQ(bm.FindNextClear(1000), 300u);
+}
+
 TEST(DirtyBitmapTest, FindNextSet) {
   DirtyBitmap bm(300);
   EXPECT_EQ(bm.FindNextSet(0), 300u);

@@ -148,6 +148,24 @@ uint64_t NonZeroPages(const Guest& g) {
   return n;
 }
 
+// Zero pages in runs of zero pages shorter than `min_run` (per block): the
+// space a preallocated save keeps for them.
+uint64_t ShortGapPages(const Guest& g, uint64_t min_run) {
+  uint64_t n = 0;
+  for (const RamBlock& b : g.blocks) {
+    uint64_t run = 0;
+    for (uint64_t i = 0; i <= b.pages(); ++i) {
+      if (i < b.pages() && PageIsZero(b.page(i))) {
+        ++run;
+        continue;
+      }
+      if (run < min_run) n += run;
+      run = 0;
+    }
+  }
+  return n;
+}
+
 // Compares two guests block by block; names the first differing page.
 ::testing::AssertionResult SameMemory(const Guest& a, const Guest& b) {
   if (a.blocks.size() != b.blocks.size()) return ::testing::AssertionFailure() << "block counts differ";
@@ -452,13 +470,16 @@ TEST_P(MappedRamRoundTrip, SaveThenLoad) {
     // the destination instead.
   }
 
-  // The file holds the non-zero pages and little else.
+  // The file holds the non-zero pages and little else. With direct-io the
+  // page regions were preallocated: short gaps between data keep their
+  // space, long runs of zero pages were given back.
   const struct stat st = StatOf(path);
   const uint64_t ram = src.blocks.total_bytes();
   EXPECT_LE(static_cast<uint64_t>(st.st_size), ram + 4 * kMiB);
   const uint64_t allocated = static_cast<uint64_t>(st.st_blocks) * 512;
-  EXPECT_GE(allocated, nonzero * kPageSize);
-  EXPECT_LE(allocated, nonzero * kPageSize + 2 * kMiB);
+  const uint64_t kept = c.direct ? ShortGapPages(src, mapped_ram::kMinPunchPages) : 0;
+  EXPECT_GE(allocated, (nonzero + kept) * kPageSize);
+  EXPECT_LE(allocated, (nonzero + kept) * kPageSize + 2 * kMiB);
 
   Guest dst(specs);
   LoadResult loaded = Load(path, dst, Opts(c.channels, c.direct));
@@ -532,6 +553,62 @@ TEST(MappedRam, PwritevEngineRoundTrip) {
     o.allow_uring = false;
     SaveResult saved = SaveMapped(path, src, o);
     ASSERT_TRUE(saved.status.ok()) << saved.status.ToString();
+    Guest dst(specs);
+    LoadResult loaded = Load(path, dst, o);
+    ASSERT_TRUE(loaded.status.ok()) << loaded.status.ToString();
+    EXPECT_TRUE(loaded.stats.verified);
+    EXPECT_TRUE(SameMemory(src, dst));
+  }
+}
+
+// Preallocation: reserved page regions, long zero runs given back at
+// completion, short gaps kept; off: the file is exactly as sparse as the
+// guest. Registered buffers (off by default) still round-trip.
+TEST(MappedRam, PreallocationKeepsOnlyShortGaps) {
+  ScratchDir dir;
+  ASSERT_TRUE(dir.ok());
+  const std::vector<BlockSpec> specs = {{"pc.ram", 16 * kMiB}, {"rom", 7 * kPageSize}};
+  Guest src(specs);
+  // 1 MiB of data, 1 MiB of zeros, ...; inside each data MiB one isolated
+  // zero page and a gap of 8 zero pages (both shorter than kMinPunchPages).
+  std::mt19937_64 rng(99);
+  RamBlock& ram = src.blocks[0];
+  for (uint64_t p = 0; p < ram.pages(); ++p) {
+    const uint64_t in_mib = p % 256;
+    const bool data_mib = (p / 256) % 2 == 0;
+    if (!data_mib || in_mib == 17 || (in_mib >= 100 && in_mib < 108)) continue;
+    for (size_t i = 0; i < kPageSize; i += 8) {
+      const uint64_t v = rng() | 1;
+      std::memcpy(ram.page(p) + i, &v, 8);
+    }
+  }
+  std::memset(src.blocks[1].host, 0x5a, src.blocks[1].used_length);
+  const uint64_t nonzero = NonZeroPages(src);
+  const uint64_t kept = ShortGapPages(src, mapped_ram::kMinPunchPages);
+  ASSERT_EQ(kept, 8u * 9);  // 8 data MiB x (1 + 8) pages
+  const std::string path = dir.Path("vm.mig");
+
+  struct Case {
+    const char* name;
+    FileOptions::Preallocate mode;
+    bool direct;
+    bool register_buffers;
+    bool expect_reserved;
+  };
+  for (const Case& c : {Case{"auto+direct", FileOptions::Preallocate::kAuto, true, false, true},
+                        Case{"auto", FileOptions::Preallocate::kAuto, false, false, false},
+                        Case{"on", FileOptions::Preallocate::kOn, false, true, true},
+                        Case{"off+direct", FileOptions::Preallocate::kOff, true, true, false}}) {
+    SCOPED_TRACE(c.name);
+    FileOptions o = Opts(2, c.direct);
+    o.preallocate = c.mode;
+    o.register_buffers = c.register_buffers;
+    SaveResult saved = SaveMapped(path, src, o);
+    ASSERT_TRUE(saved.status.ok()) << saved.status.ToString();
+    const uint64_t allocated = static_cast<uint64_t>(StatOf(path).st_blocks) * 512;
+    const uint64_t expected = (nonzero + (c.expect_reserved ? kept : 0)) * kPageSize;
+    EXPECT_GE(allocated, expected);
+    EXPECT_LE(allocated, expected + 2 * kMiB);
     Guest dst(specs);
     LoadResult loaded = Load(path, dst, o);
     ASSERT_TRUE(loaded.status.ok()) << loaded.status.ToString();
