@@ -394,12 +394,12 @@ class UringEngine final : public IoEngine {
         Prepare(slot);
         return;
       }
-      Fail(TransferError(r.op, fd_, r.offset, -res));
+      Fail(TransferError(r.op, fd_, r.offset, -res), r.offset);
       Release(slot);
       return;
     }
     if (res == 0) {
-      Fail(r.op == Op::kRead ? EndOfFile(fd_, r.offset, r.start, r.end) : NoProgress(r.op, fd_, r.offset));
+      Fail(r.op == Op::kRead ? EndOfFile(fd_, r.offset, r.start, r.end) : NoProgress(r.op, fd_, r.offset), r.offset);
       Release(slot);
       return;
     }
@@ -422,8 +422,15 @@ class UringEngine final : public IoEngine {
     --in_flight_;
   }
 
-  void Fail(Status st) {
-    if (error_.ok()) error_ = std::move(st);
+  // The error to report: the first one, except that among failed transfers
+  // the one at the lowest file offset wins. Completions arrive in any
+  // order, and on a full disk every request after the first that did not
+  // fit fails too; the lowest names where the file stops being complete.
+  void Fail(Status st, uint64_t offset = UINT64_MAX) {
+    if (error_.ok() || (offset < error_offset_ && error_offset_ != UINT64_MAX)) {
+      error_ = std::move(st);
+      error_offset_ = offset;
+    }
   }
 
   int fd_;
@@ -439,6 +446,7 @@ class UringEngine final : public IoEngine {
   Request pending_;
   bool has_pending_ = false;
   Status error_;
+  uint64_t error_offset_ = UINT64_MAX;  // of the transfer error_ is about; UINT64_MAX: not a transfer error
   Stats stats_;
 };
 

@@ -858,6 +858,23 @@ TEST_P(DiskFullTest, EngineReportsDiskFull) {
     EXPECT_TRUE(Contains(st.message(), "disk full writing " + path + " at offset ")) << st.message();
     EXPECT_TRUE(Contains(st.message(), "No space left on device")) << st.message();
     EXPECT_EQ(drained.code(), Code::kIo) << "Drain keeps reporting the first error";
+    // The offset named is where the file stops holding what was written:
+    // every byte before it arrived, the page at it did not.
+    const std::string msg = st.message();
+    const size_t at = msg.find(" at offset ");
+    ASSERT_NE(at, std::string::npos) << msg;
+    const uint64_t failed = std::stoull(msg.substr(at + 11));
+    ASSERT_LT(failed, kBytes) << msg;
+    EXPECT_EQ(failed % kPage, 0u) << msg;
+    UniqueFd check(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+    ASSERT_TRUE(check.valid());
+    std::vector<uint8_t> back(failed + kPage);
+    const ssize_t got = ::pread(check.get(), back.data(), back.size(), 0);
+    ASSERT_GE(got, static_cast<ssize_t>(failed)) << msg;
+    EXPECT_EQ(std::memcmp(back.data(), src.data(), failed), 0) << "a page before " << failed << " is missing: " << msg;
+    if (got == static_cast<ssize_t>(back.size())) {
+      EXPECT_NE(std::memcmp(back.data() + failed, src.data() + failed, kPage), 0) << msg;
+    }
   }
   fd.Reset();  // before the unmount
 }
