@@ -331,7 +331,11 @@ int RunSend(const SendOpts& o) {
   MigrationStats st = source->Stats();
   if (to_file && st.state == MigrationState::kCompleted) {
     // The save counts only once the data is on stable storage.
+    const auto sync_start = std::chrono::steady_clock::now();
     Status fin = file->Finish();
+    st.file_sync_ms = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                                std::chrono::steady_clock::now() - sync_start)
+                                                .count());
     if (!fin.ok()) {
       result = fin.WithContext("flushing " + uri->path);
       st.state = MigrationState::kFailed;

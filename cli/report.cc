@@ -29,7 +29,8 @@ std::string InspectText(const InspectReport& r, bool json) {
     if (r.has_configuration) j["machine"] = r.machine;
     j["sections"] = nlohmann::json::array();
     for (const InspectSection& s : r.sections) {
-      nlohmann::json o = {{"type", SectionTypeName(s.type)}, {"id", s.id}, {"idstr", s.idstr}, {"offset", s.offset}};
+      nlohmann::json o = {{"type", SectionTypeName(s.type)}, {"id", s.id},     {"idstr", s.idstr},
+                          {"offset", s.offset},              {"size", s.size}};
       if (s.type == 1 || s.type == 4) {
         o["instance"] = s.instance;
         o["version"] = s.version;
@@ -37,6 +38,10 @@ std::string InspectText(const InspectReport& r, bool json) {
       if (s.idstr == "ram") {
         o["pages"] = s.page_records;
         o["zeros"] = s.zero_records;
+      }
+      if (s.from_vmdesc) {
+        o["walked-by-vmdesc"] = true;
+        o["subsections"] = s.subsections;
       }
       j["sections"].push_back(o);
     }
@@ -54,6 +59,10 @@ std::string InspectText(const InspectReport& r, bool json) {
     j["verify"] = r.verify_present;
     j["eof"] = r.eof_present;
     j["vmdesc"] = r.vmdesc_present;
+    if (r.vmdesc_present) {
+      j["vmdesc-offset"] = r.vmdesc_offset;
+      j["vmdesc-bytes"] = r.vmdesc_bytes;
+    }
     j["complete"] = r.complete();
     j["verdict"] = r.Verdict();
     if (!r.problem.empty()) j["problem"] = r.problem;
@@ -74,7 +83,13 @@ std::string InspectText(const InspectReport& r, bool json) {
       l += " instance " + std::to_string(s.instance) + " version " + std::to_string(s.version);
     }
     l += " at " + std::to_string(s.offset);
+    if (s.size != 0) l += ", " + std::to_string(s.size) + " bytes";
     if (s.idstr == "ram") l += ": " + std::to_string(s.page_records) + " PAGE, " + std::to_string(s.zero_records) + " ZERO";
+    if (s.from_vmdesc) {
+      l += " (walked by the VM description";
+      if (s.subsections != 0) l += ", " + std::to_string(s.subsections) + " subsection" + (s.subsections > 1 ? "s" : "");
+      l += ")";
+    }
     line(l);
   }
   for (const InspectBlock& b : r.blocks) {
@@ -90,7 +105,10 @@ std::string InspectText(const InspectReport& r, bool json) {
   line(std::string("layout: ") + (r.mapped_ram ? "mapped-ram" : "plain stream"));
   line(std::string("verification section: ") + (r.verify_present ? "present" : "absent"));
   line(std::string("EOF: ") + (r.eof_present ? "present" : "absent") +
-       ", VM description: " + (r.vmdesc_present ? "present (" + std::to_string(r.vmdesc_bytes) + " bytes)" : "absent"));
+       ", VM description: " +
+       (r.vmdesc_present ? "present (" + std::to_string(r.vmdesc_bytes) + " bytes at " +
+                               std::to_string(r.vmdesc_offset) + ")"
+                         : "absent"));
   line(r.Verdict());
   return out;
 }
@@ -126,6 +144,7 @@ nlohmann::json StatsJson(const MigrationStats& s, bool multifd) {
     }
     j["multifd"] = {{"channels", channels}, {"zero-pages", s.multifd_zero_pages}};
   }
+  if (s.file_sync_ms) j["sync-time"] = s.file_sync_ms;
   if (!s.error.empty()) j["error"] = s.error;
   return j;
 }
@@ -151,6 +170,11 @@ std::string Summary(const std::string& role, const MigrationStats& s, const std:
            (unsigned long long)s.downtime_ms);
   out += buf;
   if (!s.error.empty()) out += "  error: " + s.error + "\n";
+  if (s.file_sync_ms) {
+    snprintf(buf, sizeof(buf), "  then %llu ms flushing the file to stable storage\n",
+             (unsigned long long)s.file_sync_ms);
+    out += buf;
+  }
   snprintf(buf, sizeof(buf), "  RAM %s: %llu pages sent in full (%s), %llu zero pages; %s on the wire\n",
            FormatBytes(s.ram.total).c_str(), (unsigned long long)s.ram.normal,
            FormatBytes(s.ram.normal_bytes).c_str(), (unsigned long long)s.ram.duplicate,
@@ -164,10 +188,20 @@ std::string Summary(const std::string& role, const MigrationStats& s, const std:
   }
   if (!s.multifd_channels.empty()) {
     uint64_t packets = 0;
-    for (const ChannelStats& c : s.multifd_channels) packets += c.packets;
-    snprintf(buf, sizeof(buf), "  multifd: %zu channels, %s in %llu packets, %llu zero pages listed in packets\n",
-             s.multifd_channels.size(), FormatBytes(s.multifd_bytes).c_str(), (unsigned long long)packets,
-             (unsigned long long)s.multifd_zero_pages);
+    uint64_t bytes = 0;
+    for (const ChannelStats& c : s.multifd_channels) {
+      packets += c.packets;
+      bytes += c.bytes;
+    }
+    if (s.multifd_bytes == 0 && bytes > 0) {
+      // mapped-ram file threads: page data at fixed offsets, no packets.
+      snprintf(buf, sizeof(buf), "  file threads: %zu, %s of pages in %llu requests\n", s.multifd_channels.size(),
+               FormatBytes(bytes).c_str(), (unsigned long long)packets);
+    } else {
+      snprintf(buf, sizeof(buf), "  multifd: %zu channels, %s in %llu packets, %llu zero pages listed in packets\n",
+               s.multifd_channels.size(), FormatBytes(s.multifd_bytes).c_str(), (unsigned long long)packets,
+               (unsigned long long)s.multifd_zero_pages);
+    }
     out += buf;
   }
   if (s.state == MigrationState::kCompleted) {

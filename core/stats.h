@@ -56,6 +56,9 @@ struct MigrationStats {
   uint64_t multifd_bytes = 0;
   uint64_t multifd_zero_pages = 0;  // zero pages found by the sender threads
   std::vector<ChannelStats> multifd_channels;
+  // Saves into a file: milliseconds flushing it to stable storage after
+  // the migration completed (not part of total_time_ms).
+  uint64_t file_sync_ms = 0;
   std::string error;     // set when failed/cancelled
   bool verified = false; // destination: digest matched; source: destination said so
 };

@@ -183,6 +183,13 @@ class MappedRamSink final : public PageSink {
     // The migration thread's own engine: nothing may stay in flight once the
     // sink is gone.
     if (!threaded_ && !writers_.empty() && writers_[0]->engine) (void)writers_[0]->engine->Drain();
+    // Space of absent pages goes back only now, once the guest runs again:
+    // it takes a syscall per run and is not needed to make the file valid.
+    if (completed_) {
+      for (const BlockState& b : blocks_) {
+        if (b.reserved) GiveBackAbsent(b);
+      }
+    }
   }
 
   Status OnBlockListed(RamBlock& block) override {
@@ -255,13 +262,13 @@ class MappedRamSink final : public PageSink {
   Status OnComplete() override {
     FERRY_RETURN_IF_ERROR(Barrier());
     for (BlockState& b : blocks_) {
-      if (b.reserved) GiveBackAbsent(b);
       std::vector<uint64_t> words = b.present.words();
       WordsToFile(words);
       iovec iov{words.data(), BitmapBytes(b.block->pages())};
       FERRY_RETURN_IF_ERROR(file_.PwriteAll(std::span<iovec>(&iov, 1), b.header.bitmap_offset)
                                 .WithContext("mapped-ram: writing the bitmap of block '" + b.block->name + "'"));
     }
+    completed_ = true;
     return w_.status();
   }
 
@@ -373,8 +380,8 @@ class MappedRamSink final : public PageSink {
 
   // Returns the space of long runs of absent pages (never written, or
   // written in an earlier round and zero since) to the filesystem. Only
-  // after the last barrier: no write is in flight. Failing only costs disk
-  // space, so it is a note, not an error.
+  // once the writers are gone: no write is in flight. Failing only costs
+  // disk space, so it is a note, not an error.
   void GiveBackAbsent(const BlockState& b) {
     const int fd = writers_[0]->fd.get();
     const uint64_t pages = b.block->pages();
@@ -524,6 +531,7 @@ class MappedRamSink final : public PageSink {
   std::vector<iovec> regions_;      // fixed once the writers start
   Run run_;                         // migration thread
   uint64_t accounted_ = 0;          // migration thread
+  bool completed_ = false;          // migration thread: every bitmap is written
   // One per writer thread, or the migration thread's own (channels == 0).
   // Fixed size from construction, so FillStats may read the counters from
   // any thread.
