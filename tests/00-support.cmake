@@ -5,6 +5,7 @@ find_package(nlohmann_json 3 REQUIRED)
 
 add_library(ferry_test_support STATIC
   support/process.cc
+  support/qemu.cc
   support/qmp.cc
 )
 target_link_libraries(ferry_test_support PUBLIC ferry_core nlohmann_json::nlohmann_json GTest::gtest)

@@ -8,24 +8,17 @@
 //
 // Set FERRY_QEMU to use another QEMU binary, FERRY_KEEP_TMP=1 to keep the
 // temp dirs (streams, dumps, logs) for a post-mortem.
-#include <sys/stat.h>
-
-#include <cctype>
 #include <chrono>
 #include <cstdio>
-#include <cstdlib>
-#include <filesystem>
-#include <memory>
 #include <regex>
 #include <string>
-#include <thread>
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
 #include "tests/support/ferry_cli.h"
 #include "tests/support/process.h"
-#include "tests/support/qmp.h"
+#include "tests/support/qemu.h"
 
 namespace ferry::test {
 namespace {
@@ -36,124 +29,13 @@ using std::chrono::seconds;
 constexpr uint64_t kGuestRam = 256ULL << 20;
 constexpr auto kMigrationTimeout = seconds(180);
 constexpr auto kExitTimeout = seconds(60);
-// QEMU 7.2 defaults max-bandwidth to 32 MiB/s; lift it so 256 MiB moves fast.
-constexpr uint64_t kQemuMaxBandwidth = 10ULL << 30;
 
-PatternSpec GuestPattern() {
-  PatternSpec s;
-  s.size = kGuestRam;
-  s.seed = 0x5eed0256;
-  s.random_pct = 50;
-  s.zero_pct = 25;
-  s.text_pct = 25;
-  return s;
-}
-
-struct Qemu {
-  Process proc;
-  std::unique_ptr<QmpClient> qmp;
-};
-
-struct QemuOptions {
-  bool load_pattern = false;  // -device loader with the pattern file
-  std::string incoming;       // -incoming URI, if any
-};
-
-// True if some process has `pid` as its parent (scans /proc/*/stat).
-bool HasChildren(pid_t pid) {
-  std::error_code ec;
-  for (const auto& e : std::filesystem::directory_iterator("/proc", ec)) {
-    const std::string name = e.path().filename().string();
-    if (name.empty() || !std::isdigit(static_cast<unsigned char>(name[0]))) continue;
-    const std::string stat = ReadFileOrEmpty(e.path().string() + "/stat");
-    const size_t paren = stat.rfind(')');  // "pid (comm) state ppid ..."
-    if (paren == std::string::npos) continue;
-    char state = 0;
-    long ppid = 0;
-    if (std::sscanf(stat.c_str() + paren + 1, " %c %ld", &state, &ppid) == 2 && ppid == pid) {
-      return true;
-    }
-  }
-  return false;
-}
-
-// Waits until `pid` has no child processes (QEMU's exec: helper is gone), so
-// a stream QEMU wrote through `exec:cat > F` is complete on disk.
-void WaitForNoChildren(pid_t pid, Clock::duration timeout) {
-  const auto deadline = Clock::now() + timeout;
-  while (HasChildren(pid) && Clock::now() < deadline) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-}
-
-class InteropTest : public ::testing::Test {
+class InteropTest : public QemuTest {
  protected:
   static void SetUpTestSuite() {
-    const char* env = std::getenv("FERRY_QEMU");
-    qemu_bin_ = FindProgram(env != nullptr && *env != '\0' ? env : "qemu-system-x86_64");
-    if (qemu_bin_.empty()) return;
-    suite_dir_ = new TempDir("ferry-interop-suite");
-    pattern_ = suite_dir_->Path("pattern.bin");
-    pattern_status_ = WritePatternFile(pattern_, GuestPattern());
-  }
-
-  static void TearDownTestSuite() {
-    delete suite_dir_;
-    suite_dir_ = nullptr;
-  }
-
-  void SetUp() override {
-    if (qemu_bin_.empty()) {
-      GTEST_SKIP() << "qemu-system-x86_64 not found in PATH (install Debian's qemu-system-x86, "
-                      "or set FERRY_QEMU); the interop suite needs a real QEMU";
-    }
-    ASSERT_TRUE(pattern_status_.ok()) << "writing the pattern file: " << pattern_status_.ToString();
-    dir_ = std::make_unique<TempDir>("ferry-interop");
-  }
-
-  std::string P(std::string_view name) const { return dir_->Path(name); }
-
-  void StartQemu(const std::string& name, const QemuOptions& o, Qemu* q) {
-    const std::string sock = P("qmp-" + name + ".sock");
-    std::vector<std::string> argv = {qemu_bin_, "-M", "none", "-m", "256M", "-accel", "tcg",
-                                     "-nodefaults", "-display", "none", "-S"};
-    if (o.load_pattern) {
-      argv.insert(argv.end(), {"-device", "loader,file=" + pattern_ + ",addr=0,force-raw=on"});
-    }
-    argv.insert(argv.end(), {"-qmp", "unix:" + sock + ",server=on,wait=off"});
-    if (!o.incoming.empty()) argv.insert(argv.end(), {"-incoming", o.incoming});
-    SpawnOptions so;
-    so.stdout_path = P("qemu-" + name + ".out");
-    so.stderr_path = P("qemu-" + name + ".err");
-    Result<Process> p = Process::Spawn(std::move(argv), std::move(so));
-    ASSERT_TRUE(p.ok()) << p.status().ToString();
-    q->proc = std::move(*p);
-    Result<std::unique_ptr<QmpClient>> c = QmpClient::Connect(sock, seconds(30), &q->proc);
-    ASSERT_TRUE(c.ok()) << "QEMU '" << name << "': " << c.status().ToString();
-    q->qmp = std::move(*c);
-    Result<json> r = q->qmp->Execute(
-        "migrate-set-parameters", {{"max-bandwidth", kQemuMaxBandwidth}, {"downtime-limit", 2000}});
-    ASSERT_TRUE(r.ok()) << r.status().ToString() << "\n" << q->proc.Report();
-  }
-
-  void Migrate(Qemu& q, const std::string& uri) {
-    Result<json> r = q.qmp->Execute("migrate", {{"uri", uri}});
-    ASSERT_TRUE(r.ok()) << r.status().ToString() << "\n" << q.proc.Report();
-  }
-
-  // Waits for QEMU's side of the migration to end, expecting `want`.
-  void ExpectMigrationStatus(Qemu& q, const std::string& want, const Process* peer = nullptr) {
-    Result<json> info = q.qmp->WaitForMigration(kMigrationTimeout);
-    ASSERT_TRUE(info.ok()) << info.status().ToString() << "\n" << q.proc.Report()
-                           << (peer ? peer->Report() : std::string());
-    EXPECT_EQ((*info)["status"], want) << "query-migrate: " << info->dump(2) << "\n"
-                                       << q.proc.Report() << (peer ? peer->Report() : std::string());
-  }
-
-  void Pmemsave(Qemu& q, const std::string& file) {
-    Result<json> r = q.qmp->Execute(
-        "pmemsave", {{"val", 0}, {"size", kGuestRam}, {"filename", file}}, seconds(120));
-    ASSERT_TRUE(r.ok()) << r.status().ToString() << "\n" << q.proc.Report();
+    SetUpQemuSuite({.name = "interop",
+                    .guest = {.size = kGuestRam, .seed = 0x5eed0256},
+                    .migration_timeout = kMigrationTimeout});
   }
 
   // ferry's --json object must say completed.
@@ -181,8 +63,8 @@ class InteropTest : public ::testing::Test {
     ASSERT_TRUE(uri.ok()) << uri.status().message();
     ASSERT_TRUE(uri->starts_with(uri_prefix)) << "ready file holds '" << *uri << "'";
 
-    ASSERT_NO_FATAL_FAILURE(Migrate(src, *uri));
-    ExpectMigrationStatus(src, "completed", &*recv);
+    ASSERT_TRUE(src.Migrate(*uri));
+    EXPECT_TRUE(MigrationEnds(src, "completed", &*recv));
     ASSERT_TRUE(ExitsWithCode(*recv, 0, kExitTimeout)) << "QEMU side:\n" << src.proc.Report();
     ExpectJsonCompleted(*recv);
     EXPECT_TRUE(FilesEqual(out, pattern_)) << recv->Report();
@@ -200,24 +82,11 @@ class InteropTest : public ::testing::Test {
     ASSERT_TRUE(ExitsWithCode(*send, 0, kMigrationTimeout)) << "QEMU side:\n" << dst.proc.Report();
     ExpectJsonCompleted(*send);
 
-    ASSERT_NO_FATAL_FAILURE(ExpectMigrationStatus(dst, "completed", &*send));
-    const std::string dump = P("dst-memory.bin");
-    ASSERT_NO_FATAL_FAILURE(Pmemsave(dst, dump));
-    EXPECT_TRUE(FilesEqual(dump, pattern_)) << send->Report() << dst.proc.Report();
+    ASSERT_TRUE(MigrationEnds(dst, "completed", &*send));
+    ASSERT_NO_FATAL_FAILURE(ExpectGuestMemoryIsPattern(dst, P("dst-memory.bin"), &*send));
     EXPECT_TRUE(FilesEqual(copy, pattern_)) << "ferry send modified its --memory-file";
   }
-
-  static std::string qemu_bin_;
-  static TempDir* suite_dir_;
-  static std::string pattern_;
-  static Status pattern_status_;
-  std::unique_ptr<TempDir> dir_;
 };
-
-std::string InteropTest::qemu_bin_;
-TempDir* InteropTest::suite_dir_ = nullptr;
-std::string InteropTest::pattern_;
-Status InteropTest::pattern_status_;
 
 // Harness check that needs no ferry: QEMU -> file -> QEMU, memory compared
 // with the pattern on both sides. If this fails, the harness or QEMU is at
@@ -226,20 +95,16 @@ TEST_F(InteropTest, QemuToQemuFileSanity) {
   Qemu src;
   ASSERT_NO_FATAL_FAILURE(StartQemu("src", {.load_pattern = true}, &src));
   const std::string src_dump = P("src-memory.bin");
-  ASSERT_NO_FATAL_FAILURE(Pmemsave(src, src_dump));
+  ASSERT_TRUE(Pmemsave(src, src_dump));
   ASSERT_TRUE(FilesEqual(src_dump, pattern_)) << "the loader device did not load the pattern";
 
   const std::string stream = P("stream.bin");
-  ASSERT_NO_FATAL_FAILURE(Migrate(src, "exec:cat > " + stream));
-  ASSERT_NO_FATAL_FAILURE(ExpectMigrationStatus(src, "completed"));
-  WaitForNoChildren(src.proc.pid(), seconds(10));
+  ASSERT_NO_FATAL_FAILURE(MigrateToFile(src, stream));
 
   Qemu dst;
   ASSERT_NO_FATAL_FAILURE(StartQemu("dst", {.incoming = "exec:cat " + stream}, &dst));
-  ASSERT_NO_FATAL_FAILURE(ExpectMigrationStatus(dst, "completed"));
-  const std::string dst_dump = P("dst-memory.bin");
-  ASSERT_NO_FATAL_FAILURE(Pmemsave(dst, dst_dump));
-  EXPECT_TRUE(FilesEqual(dst_dump, pattern_));
+  ASSERT_TRUE(MigrationEnds(dst, "completed"));
+  ASSERT_NO_FATAL_FAILURE(ExpectGuestMemoryIsPattern(dst, P("dst-memory.bin")));
 }
 
 TEST_F(InteropTest, QemuToFerryTcp) { QemuToFerry("tcp:127.0.0.1:0", "tcp:127.0.0.1:"); }
@@ -266,9 +131,7 @@ TEST_F(InteropTest, QemuToFerryThroughFile) {
   Qemu src;
   ASSERT_NO_FATAL_FAILURE(StartQemu("src", {.load_pattern = true}, &src));
   const std::string stream = P("qemu-stream.bin");
-  ASSERT_NO_FATAL_FAILURE(Migrate(src, "exec:cat > " + stream));
-  ASSERT_NO_FATAL_FAILURE(ExpectMigrationStatus(src, "completed"));
-  WaitForNoChildren(src.proc.pid(), seconds(10));
+  ASSERT_NO_FATAL_FAILURE(MigrateToFile(src, stream));
 
   const std::string out = P("received.bin");
   Result<Process> recv =
@@ -294,10 +157,8 @@ TEST_F(InteropTest, FerryToQemuThroughFile) {
 
   Qemu dst;
   ASSERT_NO_FATAL_FAILURE(StartQemu("dst", {.incoming = "exec:cat " + stream}, &dst));
-  ASSERT_NO_FATAL_FAILURE(ExpectMigrationStatus(dst, "completed", &*send));
-  const std::string dump = P("dst-memory.bin");
-  ASSERT_NO_FATAL_FAILURE(Pmemsave(dst, dump));
-  EXPECT_TRUE(FilesEqual(dump, pattern_)) << send->Report() << dst.proc.Report();
+  ASSERT_TRUE(MigrationEnds(dst, "completed", &*send));
+  ASSERT_NO_FATAL_FAILURE(ExpectGuestMemoryIsPattern(dst, P("dst-memory.bin"), &*send));
 }
 
 // True if `text` mentions `bytes` as a number of bytes, in hex, or as a size
@@ -324,7 +185,7 @@ TEST_F(InteropTest, RamSizeMismatchIsRejected) {
   ASSERT_TRUE(recv.ok()) << recv.status().ToString();
   Result<std::string> uri = WaitForFile(ready, kReadyTimeout, &*recv);
   ASSERT_TRUE(uri.ok()) << uri.status().message();
-  ASSERT_NO_FATAL_FAILURE(Migrate(src, *uri));
+  ASSERT_TRUE(src.Migrate(*uri));
 
   ASSERT_TRUE(ExitsWithFailure(*recv, kExitTimeout)) << "QEMU side:\n" << src.proc.Report();
   const std::string err = recv->Stderr();
@@ -337,7 +198,7 @@ TEST_F(InteropTest, RamSizeMismatchIsRejected) {
   if (Result<json> j = FerryJson(*recv); j.ok()) {
     EXPECT_NE(j->value("status", std::string()), "completed") << recv->Report();
   }
-  ExpectMigrationStatus(src, "failed", &*recv);
+  EXPECT_TRUE(MigrationEnds(src, "failed", &*recv));
 }
 
 }  // namespace
