@@ -2,38 +2,86 @@
 
 #include <xxhash.h>
 
+#include <algorithm>
 #include <cinttypes>
 #include <cstdio>
 #include <cstring>
+#include <thread>
+#include <vector>
 
 #include "core/wire.h"
+#include "core/zero_page.h"
 
 namespace ferry {
 namespace {
 
-constexpr size_t kBatch = 512;
+// Pages hashed per step: their hashes (512 KiB) are sent or compared before
+// the next step starts.
+constexpr uint64_t kStepPages = 64 * 1024;
+// Below this many pages a step is hashed on the calling thread.
+constexpr uint64_t kMinPagesPerThread = 4096;
 
 void PutBe64(uint8_t* out, uint64_t v) {
   v = __builtin_bswap64(v);
   std::memcpy(out, &v, 8);
 }
 
+uint64_t ZeroPageHash() {
+  static const uint64_t h = [] {
+    std::vector<uint8_t> zero(kPageSize, 0);
+    return XXH3_64bits(zero.data(), kPageSize);
+  }();
+  return h;
+}
+
+// XXH3-64 of pages [first, first+count) of `b` into out[0..count). Zero pages
+// (the untouched part of most guests) are recognised by a scan that is much
+// cheaper than hashing. Hashing all of a guest's RAM is most of the cost of
+// verification and runs while the guest is paused, so the pages are split
+// over up to hardware_concurrency threads.
+void HashPages(const RamBlock& b, uint64_t first, uint64_t count, uint64_t* out) {
+  const uint64_t zero_hash = ZeroPageHash();
+  auto run = [&](uint64_t from, uint64_t to) {
+    for (uint64_t i = from; i < to; ++i) {
+      const uint8_t* page = b.page(first + i);
+      out[i] = IsZeroPage(page) ? zero_hash : XXH3_64bits(page, kPageSize);
+    }
+  };
+  const uint64_t hw = std::max(1u, std::thread::hardware_concurrency());
+  const uint64_t threads = std::min<uint64_t>({hw, 8, count / kMinPagesPerThread});
+  if (threads <= 1) {
+    run(0, count);
+    return;
+  }
+  std::vector<std::thread> pool;
+  const uint64_t per = (count + threads - 1) / threads;
+  for (uint64_t t = 1; t < threads; ++t) {
+    const uint64_t from = std::min(count, t * per);
+    const uint64_t to = std::min(count, from + per);
+    pool.emplace_back(run, from, to);
+  }
+  run(0, std::min(count, per));
+  for (auto& th : pool) th.join();
+}
+
 }  // namespace
 
 void WriteVerifyPayload(StreamWriter& w, const RamBlockList& blocks) {
   w.PutBe32(static_cast<uint32_t>(blocks.size()));
-  uint8_t batch[kBatch * 8];
+  std::vector<uint64_t> hashes(kStepPages);
+  std::vector<uint8_t> raw(kStepPages * 8);
   for (const RamBlock& b : blocks) {
     w.PutName(b.name);
     w.PutBe64(b.used_length);
     XXH3_state_t* st = XXH3_createState();
     XXH3_128bits_reset(st);
     const uint64_t pages = b.pages();
-    for (uint64_t i = 0; i < pages; i += kBatch) {
-      const uint64_t n = std::min<uint64_t>(kBatch, pages - i);
-      for (uint64_t j = 0; j < n; ++j) PutBe64(&batch[j * 8], XXH3_64bits(b.page(i + j), kPageSize));
-      XXH3_128bits_update(st, batch, n * 8);
-      w.PutBytes(batch, n * 8);
+    for (uint64_t i = 0; i < pages; i += kStepPages) {
+      const uint64_t n = std::min(kStepPages, pages - i);
+      HashPages(b, i, n, hashes.data());
+      for (uint64_t j = 0; j < n; ++j) PutBe64(&raw[j * 8], hashes[j]);
+      XXH3_128bits_update(st, raw.data(), n * 8);
+      w.PutBytes(raw.data(), n * 8);
     }
     XXH128_hash_t d = XXH3_128bits_digest(st);
     XXH3_freeState(st);
@@ -58,7 +106,8 @@ Status VerifyLoader::Load(StreamReader& r, uint32_t version) {
   }
   std::string first_diff;
   uint64_t differing = 0;
-  uint8_t batch[kBatch * 8];
+  std::vector<uint64_t> mine(kStepPages);
+  std::vector<uint8_t> raw(kStepPages * 8);
   for (uint32_t k = 0; k < count; ++k) {
     std::string name = r.GetName();
     uint64_t length = r.GetBe64();
@@ -71,19 +120,20 @@ Status VerifyLoader::Load(StreamReader& r, uint32_t version) {
     XXH3_state_t* st = XXH3_createState();
     XXH3_128bits_reset(st);
     const uint64_t pages = b->pages();
-    for (uint64_t i = 0; i < pages; i += kBatch) {
-      const uint64_t n = std::min<uint64_t>(kBatch, pages - i);
-      r.GetBytes(batch, n * 8);
+    for (uint64_t i = 0; i < pages; i += kStepPages) {
+      const uint64_t n = std::min(kStepPages, pages - i);
+      r.GetBytes(raw.data(), n * 8);
       if (!r.status().ok()) {
         XXH3_freeState(st);
         return r.status();
       }
-      XXH3_128bits_update(st, batch, n * 8);
+      XXH3_128bits_update(st, raw.data(), n * 8);
+      HashPages(*b, i, n, mine.data());
       for (uint64_t j = 0; j < n; ++j) {
         uint64_t theirs;
-        std::memcpy(&theirs, &batch[j * 8], 8);
+        std::memcpy(&theirs, &raw[j * 8], 8);
         theirs = __builtin_bswap64(theirs);
-        if (XXH3_64bits(b->page(i + j), kPageSize) != theirs) {
+        if (mine[j] != theirs) {
           if (differing++ == 0) {
             char buf[64];
             snprintf(buf, sizeof(buf), "%" PRIu64 " (offset 0x%" PRIx64 ")", i + j, (i + j) << kPageShift);

@@ -12,6 +12,7 @@
 #include "core/ram_saver.h"
 #include "core/stream.h"
 #include "core/uri.h"
+#include "core/verify.h"
 #include "core/wire.h"
 #include "tests/memory_channel.h"
 
@@ -437,6 +438,47 @@ TEST(BadInput, CorruptedPageIsCaughtByVerification) {
   ASSERT_FALSE(res.status.ok());
   EXPECT_EQ(res.status.code(), Code::kMismatch);
   EXPECT_NE(res.status.message().find("block 'ram' page 5 "), std::string::npos) << res.status.message();
+}
+
+// The verification section over a block of more pages than one hashing
+// step (64 Ki pages) and enough to be split over threads: equal memory
+// verifies; pages that differ in the first and second step, in different
+// threads' shares, are all counted and the first is named.
+TEST(Verify, LargeBlockNamesTheFirstDifferingPage) {
+  const uint64_t pages = 70000;  // untouched pages stay unallocated
+  TestRam src(pages * kPageSize), dst(pages * kPageSize);
+  for (uint64_t p : std::initializer_list<uint64_t>{1, 5000, 40000, 66000, pages - 1}) {
+    std::memset(src.mem + p * kPageSize, static_cast<int>(p % 251 + 1), kPageSize);
+    std::memset(dst.mem + p * kPageSize, static_cast<int>(p % 251 + 1), kPageSize);
+  }
+  RamBlockList sb, db;
+  ASSERT_TRUE(sb.Add("pc.ram", src.mem, src.size).ok());
+  ASSERT_TRUE(db.Add("pc.ram", dst.mem, dst.size).ok());
+  MemoryChannel out;
+  {
+    StreamWriter w(&out);
+    WriteVerifyPayload(w, sb);
+    ASSERT_TRUE(w.Flush().ok());
+  }
+  MemoryChannel ch(out.out());
+  {
+    StreamReader r(&ch);
+    VerifyLoader v(db);
+    Status st = v.Load(r, wire::kVerifyVersion);
+    ASSERT_TRUE(st.ok()) << st.ToString();
+    EXPECT_TRUE(v.verified());
+  }
+  dst.mem[66000 * kPageSize + 17] ^= 1;  // second step
+  dst.mem[3 * kPageSize] = 9;             // a zero page no longer zero
+  dst.mem[40000 * kPageSize] ^= 0x80;     // another thread's share
+  ch.Rewind();
+  StreamReader r(&ch);
+  VerifyLoader v(db);
+  Status st = v.Load(r, wire::kVerifyVersion);
+  ASSERT_EQ(st.code(), Code::kMismatch) << st.ToString();
+  EXPECT_FALSE(v.verified());
+  EXPECT_NE(st.message().find("in 3 page(s)"), std::string::npos) << st.message();
+  EXPECT_NE(st.message().find("block 'pc.ram' page 3 "), std::string::npos) << st.message();
 }
 
 TEST(BadInput, TruncatedAnywhereNeverLoads) {
