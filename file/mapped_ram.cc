@@ -27,9 +27,12 @@ namespace {
 
 // Longest run of pages handed to the I/O engine as one request (1 MiB).
 constexpr uint32_t kMaxRunPages = 256;
-// Runs waiting for the writer threads, per thread: enough to keep every
-// thread busy while the migration thread collects the next run.
-constexpr size_t kQueuedRunsPerWriter = 8;
+// Runs waiting for the writer threads (each at most 1 MiB of guest memory,
+// queued by reference). Deep on purpose: while the writers work through
+// the queue, the migration thread scans ahead, so a long stretch of zero
+// pages (nothing to write) is scanned while earlier data is still being
+// written instead of after it.
+constexpr size_t kMaxQueuedRuns = 512;
 // Reader threads take the pages of a block in chunks of at least this many.
 constexpr uint64_t kMinChunkPages = 1024;
 
@@ -425,7 +428,7 @@ class MappedRamSink final : public PageSink {
       return;
     }
     std::unique_lock<std::mutex> lock(mu_);
-    const size_t cap = kQueuedRunsPerWriter * writers_.size();
+    const size_t cap = kMaxQueuedRuns;
     done_cv_.wait(lock, [&] { return queue_.size() < cap || !error_.ok() || aborted(); });
     Status s = ErrorLocked();
     if (!s.ok()) {
