@@ -552,7 +552,7 @@ constexpr const char* kParamHelp =
     "unlimited), multifd-channels (1-255, default 2), zero-page-detection (none|legacy|multifd, default "
     "multifd), multifd-compression (none|zstd), multifd-zstd-level (0-20, default 1), "
     "multifd-flush-after-each-section (on|off, default off; on for QEMU 7.2), direct-io (on|off: page data through "
-    "O_DIRECT; needs mapped-ram)";
+    "O_DIRECT; save reserves the file's page regions up front and frees long zero runs at the end; needs mapped-ram)";
 
 void AddSendOptions(CLI::App* s, SendOpts& send) {
   s->add_option("--ram", send.ram, "Size of the synthetic guest's RAM, e.g. 4G (default 1G)");
