@@ -241,23 +241,36 @@ class MappedRamSink final : public PageSink {
 
   void Page(RamBlock& block, uint64_t page_index, bool zero) override {
     BlockState& b = StateFor(block);
+    uint8_t* mem = block.page(page_index);
+    const uint64_t offset = b.header.pages_offset + page_index * kPageSize;
+    // Does this page continue the open run (after its pending gap), in
+    // memory and in the file?
+    const uint64_t span = uint64_t{run_.pages} + run_.gap;
+    const bool continues = run_.pages > 0 && span < kMaxRunPages && run_.mem + span * kPageSize == mem &&
+                           run_.offset + span * kPageSize == offset;
     if (zero) {
       // Whatever an earlier round wrote to its place is ignored from now on.
       b.present.Clear(page_index);
+      // In a reserved region a short gap of zero pages keeps its blocks
+      // anyway (shorter than kMinPunchPages), so writing it along with the
+      // data around it costs no space and turns many small requests into
+      // one. Its bit stays clear: a loader never reads it.
+      if (continues && b.reserved && run_.gap + 1 < kMinPunchPages) {
+        ++run_.gap;
+      } else {
+        FlushRun();
+      }
       return;
     }
     b.present.Set(page_index);
     accounted_ += kPageSize;
-    uint8_t* mem = block.page(page_index);
-    const uint64_t offset = b.header.pages_offset + page_index * kPageSize;
-    const uint64_t run_bytes = uint64_t{run_.pages} * kPageSize;
-    if (run_.pages > 0 && run_.pages < kMaxRunPages && run_.mem + run_bytes == mem &&
-        run_.offset + run_bytes == offset) {
-      ++run_.pages;
+    if (continues) {
+      run_.pages += run_.gap + 1;
+      run_.gap = 0;
       return;
     }
     FlushRun();
-    run_ = Run{mem, offset, 1};
+    run_ = Run{mem, offset, 1, 0};
   }
 
   Status OnRoundEnd() override { return Barrier(); }
@@ -316,7 +329,8 @@ class MappedRamSink final : public PageSink {
   struct Run {
     uint8_t* mem = nullptr;
     uint64_t offset = 0;
-    uint32_t pages = 0;
+    uint32_t pages = 0;  // to write: data pages and the short zero gaps between them
+    uint32_t gap = 0;    // zero pages after them, written only if more data follows
   };
   struct Writer {
     UniqueFd fd;
@@ -410,6 +424,7 @@ class MappedRamSink final : public PageSink {
     if (run_.pages == 0) return;
     const Run r = run_;
     run_.pages = 0;
+    run_.gap = 0;
     if (!w_.status().ok()) return;
     if (!threaded_) {
       if (aborted()) {

@@ -562,8 +562,9 @@ TEST(MappedRam, PwritevEngineRoundTrip) {
 }
 
 // Preallocation: reserved page regions, long zero runs given back at
-// completion, short gaps kept; off: the file is exactly as sparse as the
-// guest. Registered buffers (off by default) still round-trip.
+// completion, short gaps kept (and written with the data around them); off:
+// the file is exactly as sparse as the guest. Registered buffers (off by
+// default) still round-trip.
 TEST(MappedRam, PreallocationKeepsOnlyShortGaps) {
   ScratchDir dir;
   ASSERT_TRUE(dir.ok());
@@ -605,6 +606,11 @@ TEST(MappedRam, PreallocationKeepsOnlyShortGaps) {
     o.register_buffers = c.register_buffers;
     SaveResult saved = SaveMapped(path, src, o);
     ASSERT_TRUE(saved.status.ok()) << saved.status.ToString();
+    // Requests: in reserved space the short gaps are written with the data
+    // around them, so each data MiB is one request; otherwise three.
+    uint64_t requests = 0;
+    for (const auto& ch : saved.stats.multifd_channels) requests += ch.packets;
+    EXPECT_EQ(requests, c.expect_reserved ? 8u + 1 : 8u * 3 + 1);
     const uint64_t allocated = static_cast<uint64_t>(StatOf(path).st_blocks) * 512;
     const uint64_t expected = (nonzero + (c.expect_reserved ? kept : 0)) * kPageSize;
     EXPECT_GE(allocated, expected);
