@@ -16,6 +16,7 @@
 #include <set>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "core/wire.h"
@@ -696,25 +697,47 @@ class MappedRamReceiver final : public PageReceiver {
     return Status::Ok();
   }
 
-  // Reads the pages whose bit is set in [first, end) of block b.
+  // Reads the pages whose bit is set in [first, end) of block b. Short gaps
+  // of clear bits between them (as a reserved save writes them) are read
+  // along, so that a finely mixed guest takes few large requests instead of
+  // many small ones, and zeroed afterwards: whatever the file holds there
+  // is not the guest's.
   Status LoadRange(IoEngine& io, Reader& rd, const RamBlock& b, const Header& h, const DirtyBitmap& present,
                    uint64_t first, uint64_t end) {
+    std::vector<std::pair<uint64_t, uint64_t>> gaps;  // [from, to): read along, zeroed after the reads
     uint64_t i = present.FindNextSet(first);
     while (i < end) {
       if (aborted()) return Status::Cancelled("mapped-ram: load cancelled");
       uint64_t j = i + 1;
-      while (j < end && j - i < kMaxRunPages && present.Test(j)) ++j;
+      uint64_t gap_pages = 0;
+      while (j < end && j - i < kMaxRunPages) {
+        if (present.Test(j)) {
+          ++j;
+          continue;
+        }
+        const uint64_t next = present.FindNextSet(j);
+        if (next >= end || next - j >= kMinPunchPages || next + 1 - i > kMaxRunPages) break;
+        gaps.emplace_back(j, next);
+        gap_pages += next - j;
+        j = next;
+      }
       FERRY_RETURN_IF_ERROR(io.Read(b.page(i), (j - i) * kPageSize, h.pages_offset + i * kPageSize));
-      rd.pages.fetch_add(j - i, std::memory_order_relaxed);
+      rd.pages.fetch_add(j - i - gap_pages, std::memory_order_relaxed);
       rd.requests.fetch_add(1, std::memory_order_relaxed);
       i = j < end ? present.FindNextSet(j) : end;
+    }
+    FERRY_RETURN_IF_ERROR(io.Drain());
+    for (const auto& [from, to] : gaps) {
+      for (uint64_t p = from; p < to; ++p) {
+        if (!IsZeroPage(b.page(p))) std::memset(b.page(p), 0, kPageSize);
+      }
     }
     if (!options_.fresh_memory) {
       for (uint64_t p = first; p < end; ++p) {
         if (!present.Test(p) && !IsZeroPage(b.page(p))) std::memset(b.page(p), 0, kPageSize);
       }
     }
-    return io.Drain();
+    return Status::Ok();
   }
 
   Status LoadWith(Reader& rd, const RamBlock& b, const Header& h, const DirtyBitmap& present,
