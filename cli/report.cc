@@ -66,7 +66,8 @@ std::string InspectText(const InspectReport& r, bool json) {
     j["complete"] = r.complete();
     j["verdict"] = r.Verdict();
     if (!r.problem.empty()) j["problem"] = r.problem;
-    return j.dump() + "\n";
+    // Names come from the file and need not be UTF-8: replace, do not throw.
+    return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
   }
   std::string out;
   auto line = [&](const std::string& s) { out += s + "\n"; };
@@ -144,6 +145,12 @@ nlohmann::json StatsJson(const MigrationStats& s, bool multifd) {
     }
     j["multifd"] = {{"channels", channels}, {"zero-pages", s.multifd_zero_pages}};
   }
+  if (s.zero_copy.enabled) {
+    j["zero-copy"] = {{"sends", s.zero_copy.sends},
+                      {"completed", s.zero_copy.completed},
+                      {"copied", s.zero_copy.copied},
+                      {"fallbacks", s.zero_copy.fallbacks}};
+  }
   if (s.file_sync_ms) j["sync-time"] = s.file_sync_ms;
   if (!s.error.empty()) j["error"] = s.error;
   return j;
@@ -202,6 +209,13 @@ std::string Summary(const std::string& role, const MigrationStats& s, const std:
                s.multifd_channels.size(), FormatBytes(s.multifd_bytes).c_str(), (unsigned long long)packets,
                (unsigned long long)s.multifd_zero_pages);
     }
+    out += buf;
+  }
+  if (s.zero_copy.enabled) {
+    snprintf(buf, sizeof(buf),
+             "  zero-copy: %llu sends, %llu completed, %llu copied by the kernel anyway, %llu fell back to a copy\n",
+             (unsigned long long)s.zero_copy.sends, (unsigned long long)s.zero_copy.completed,
+             (unsigned long long)s.zero_copy.copied, (unsigned long long)s.zero_copy.fallbacks);
     out += buf;
   }
   if (s.state == MigrationState::kCompleted) {

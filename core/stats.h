@@ -44,6 +44,15 @@ struct ChannelStats {
   uint64_t packets = 0;  // packets, SYNC packets included
 };
 
+// MSG_ZEROCOPY on the multifd channels (zero-copy-send), summed over them.
+struct ZeroCopyStats {
+  bool enabled = false;
+  uint64_t sends = 0;      // sendmsg(MSG_ZEROCOPY) calls the kernel numbered
+  uint64_t completed = 0;  // of those, completions reaped from the error queue
+  uint64_t copied = 0;     // completions where the kernel copied after all (e.g. loopback)
+  uint64_t fallbacks = 0;  // sends done with a plain copy after ENOBUFS
+};
+
 struct MigrationStats {
   MigrationState state = MigrationState::kNone;
   uint64_t total_time_ms = 0;
@@ -56,6 +65,7 @@ struct MigrationStats {
   uint64_t multifd_bytes = 0;
   uint64_t multifd_zero_pages = 0;  // zero pages found by the sender threads
   std::vector<ChannelStats> multifd_channels;
+  ZeroCopyStats zero_copy;
   // Saves into a file: milliseconds flushing it to stable storage after
   // the migration completed (not part of total_time_ms).
   uint64_t file_sync_ms = 0;

@@ -37,7 +37,6 @@
 
 #include "core/wire.h"
 #include "multifd/multifd.h"
-#include "multifd/sender_internal.h"
 #include "multifd/zero_detect.h"
 #include "multifd/zstd_codec.h"
 
@@ -132,7 +131,7 @@ class ZeroCopyLedger {
 
   void NoteFallback() { fallbacks_.fetch_add(1, std::memory_order_relaxed); }
 
-  void AddTo(internal::ZeroCopyReport& r) const {
+  void AddTo(ZeroCopyStats& r) const {
     r.sends += sends_.load(std::memory_order_relaxed);
     r.completed += completed_.load(std::memory_order_relaxed);
     r.copied += copied_.load(std::memory_order_relaxed);
@@ -166,8 +165,6 @@ class MultifdSink final : public PageSink {
   uint64_t accounted_bytes() const override;
   void Abort() override;
   void FillStats(MigrationStats& stats) const override;
-
-  internal::ZeroCopyReport zero_copy_report() const;
 
  private:
   struct Sender {
@@ -549,13 +546,9 @@ void MultifdSink::FillStats(MigrationStats& stats) const {
   stats.ram.normal -= moved;
   stats.ram.duplicate += moved;
   stats.ram.normal_bytes = stats.ram.normal * kPageSize;
-}
-
-internal::ZeroCopyReport MultifdSink::zero_copy_report() const {
-  internal::ZeroCopyReport r;
-  r.enabled = zero_copy_;
-  for (const auto& s : senders_) s->zc.AddTo(r);
-  return r;
+  stats.zero_copy = ZeroCopyStats{};
+  stats.zero_copy.enabled = zero_copy_;
+  for (const auto& sp : senders_) sp->zc.AddTo(stats.zero_copy);
 }
 
 // --- sender threads ----------------------------------------------------------
@@ -818,15 +811,5 @@ Result<std::unique_ptr<PageSink>> MultifdSinkFactory::Make(StreamWriter& main) {
 bool MultifdSinkFactory::saver_detects_zero() const {
   return params_.zero_page_detection == MigrationParams::ZeroPageDetection::kLegacy;
 }
-
-namespace internal {
-
-std::optional<ZeroCopyReport> ZeroCopyCounters(const PageSink& sink) {
-  const auto* m = dynamic_cast<const MultifdSink*>(&sink);
-  if (!m) return std::nullopt;
-  return m->zero_copy_report();
-}
-
-}  // namespace internal
 
 }  // namespace ferry::multifd

@@ -446,6 +446,16 @@ TEST_F(MultifdCliTest, ZeroCopySendMigrates) {
   json rj;
   ASSERT_NO_FATAL_FAILURE(GetJson(recv, &rj));
   EXPECT_EQ(rj.value("verified", false), true) << recv.Report();
+  // The sender reports its MSG_ZEROCOPY bookkeeping: every send numbered by
+  // the kernel completed by the end (on loopback they are all copied).
+  json sj;
+  ASSERT_NO_FATAL_FAILURE(GetJson(send, &sj));
+  ASSERT_TRUE(sj.contains("zero-copy")) << send.Report();
+  const json& zc = sj["zero-copy"];
+  EXPECT_GT(zc.value("sends", 0u), 0u) << zc.dump();
+  EXPECT_EQ(zc.value("completed", 0u), zc.value("sends", 1u)) << zc.dump();
+  EXPECT_LE(zc.value("copied", 0u), zc.value("completed", 0u)) << zc.dump();
+  EXPECT_FALSE(rj.contains("zero-copy")) << "only the sender uses MSG_ZEROCOPY";
 }
 
 TEST_F(MultifdCliTest, BadOptionsAreUsageErrors) {

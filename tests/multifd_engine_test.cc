@@ -41,7 +41,6 @@
 #include "core/wire.h"
 #include "multifd/multifd.h"
 #include "multifd/packet.h"
-#include "multifd/sender_internal.h"
 #include "multifd/zstd_codec.h"
 #include "socket/socket.h"
 #include "tests/memory_channel.h"
@@ -848,8 +847,8 @@ struct DestMemory {
 // (MigrationSource drops its sink at the end of Run).
 class RecordingSink final : public PageSink {
  public:
-  RecordingSink(std::unique_ptr<PageSink> inner, MigrationStats* stats, internal::ZeroCopyReport* zc)
-      : inner_(std::move(inner)), stats_(stats), zc_(zc) {}
+  RecordingSink(std::unique_ptr<PageSink> inner, MigrationStats* stats)
+      : inner_(std::move(inner)), stats_(stats) {}
   ~RecordingSink() override {
     inner_.reset();  // threads joined; counters final
   }
@@ -872,11 +871,9 @@ class RecordingSink final : public PageSink {
     MigrationStats s;
     inner_->FillStats(s);
     *stats_ = s;
-    if (auto z = internal::ZeroCopyCounters(*inner_)) *zc_ = *z;
   }
   std::unique_ptr<PageSink> inner_;
   MigrationStats* stats_;
-  internal::ZeroCopyReport* zc_;
 };
 
 class RecordingFactory final : public PageSinkFactory {
@@ -884,12 +881,11 @@ class RecordingFactory final : public PageSinkFactory {
   RecordingFactory(const MigrationParams& p, std::vector<ChannelPtr> channels) : inner_(p, std::move(channels)) {}
   Result<std::unique_ptr<PageSink>> Make(StreamWriter& main) override {
     FERRY_ASSIGN_OR_RETURN(std::unique_ptr<PageSink> s, inner_.Make(main));
-    return std::unique_ptr<PageSink>(std::make_unique<RecordingSink>(std::move(s), &stats, &zero_copy));
+    return std::unique_ptr<PageSink>(std::make_unique<RecordingSink>(std::move(s), &stats));
   }
   bool saver_detects_zero() const override { return inner_.saver_detects_zero(); }
 
   MigrationStats stats;  // the sink's counters at its last section end
-  internal::ZeroCopyReport zero_copy;
 
  private:
   MultifdSinkFactory inner_;
@@ -939,7 +935,7 @@ Result<Links> TcpLinks(uint32_t n) {
 struct Outcome {
   Status src, dst;
   MigrationStats src_stats, dst_stats, sink_stats;
-  internal::ZeroCopyReport zero_copy;
+  ZeroCopyStats zero_copy;
 };
 
 std::unique_ptr<DirtyTracker> Tracker() {
@@ -980,7 +976,7 @@ Outcome Migrate(TestGuest& guest, DestMemory& dest, const MigrationParams& p, Li
   out.src_stats = src.Stats();
   out.dst_stats = dst.Stats();
   out.sink_stats = factory.stats;
-  out.zero_copy = factory.zero_copy;
+  out.zero_copy = factory.stats.zero_copy;
   return out;
 }
 
