@@ -54,8 +54,11 @@ class UsageError(Exception):
     pass
 
 
+LOG_TAG = "e2e"   # file_bench.py sets its own
+
+
 def log(msg):
-    print(f"[e2e] {msg}", file=sys.stderr, flush=True)
+    print(f"[{LOG_TAG}] {msg}", file=sys.stderr, flush=True)
 
 
 def parse_size(text):
@@ -1336,18 +1339,23 @@ def main(argv=None):
     return 1 if res["errors"] else 0
 
 
-if __name__ == "__main__":
+def run_main(main_fn, prog):
+    """Runs main_fn() with the benchmarks' signal handling, exit codes and
+    cleanup (every child stopped; files removed unless --keep-files)."""
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored
     signal.signal(signal.SIGTERM, _signal_to_interrupt)
     signal.signal(signal.SIGHUP, _signal_to_interrupt)
     rc = 130
     try:
-        rc = main()
+        rc = main_fn()
     except UsageError as e:
-        print(f"e2e.py: {e}", file=sys.stderr)
+        print(f"{prog}: {e}", file=sys.stderr)
         rc = 2
+    except BenchError as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        rc = 1
     except KeyboardInterrupt:
-        print("\ne2e.py: interrupted, cleaning up", file=sys.stderr)
+        print(f"\n{prog}: interrupted, cleaning up", file=sys.stderr)
         rc = 130
     finally:
         # Ignore further signals while tearing down.
@@ -1358,3 +1366,7 @@ if __name__ == "__main__":
             keep = {f for f in RES.files if not f.endswith(".tmp")}
         RES.cleanup(keep=keep)
     sys.exit(rc)
+
+
+if __name__ == "__main__":
+    run_main(main, "e2e.py")

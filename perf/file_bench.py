@@ -38,7 +38,6 @@ import datetime
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -49,6 +48,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import e2e  # noqa: E402  (shared helpers: pattern file, QMP, process control)
 from e2e import GIB, MIB, RES, BenchError, UsageError, log  # noqa: E402
 
+e2e.LOG_TAG = "file"
 FIO_BS = "1M"
 FIO_DEPTH = 8
 
@@ -422,22 +422,4 @@ def report(res, variants, size):
 
 
 if __name__ == "__main__":
-    signal.signal(signal.SIGTERM, e2e._signal_to_interrupt)
-    rc = 130
-    try:
-        rc = main()
-    except UsageError as e:
-        print(f"file_bench.py: {e}", file=sys.stderr)
-        rc = 2
-    except BenchError as e:
-        print(f"file_bench.py: {e}", file=sys.stderr)
-        rc = 1
-    except KeyboardInterrupt:
-        print("\nfile_bench.py: interrupted, cleaning up", file=sys.stderr)
-        rc = 130
-    finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        keep = set(RES.files) if "--keep-files" in sys.argv[1:] else set()
-        RES.cleanup(keep=keep)
-    sys.exit(rc)
+    e2e.run_main(main, "file_bench.py")
