@@ -9,7 +9,10 @@
 #include <cerrno>
 #include <map>
 #include <optional>
+#include <utility>
 #include <vector>
+
+#include <nlohmann/json.hpp>
 
 #include "core/unique_fd.h"
 #include "core/wire.h"
@@ -19,6 +22,12 @@ namespace {
 
 constexpr uint64_t kPage = 4096;
 constexpr size_t kMapHeaderSize = 28;
+// The VM description is searched for in at most this much JSON at the end of
+// the file; descriptions nest structs and subsections at most this deep.
+constexpr uint64_t kVmdescMaxBytes = 16 << 20;
+constexpr int kVmdescMaxDepth = 64;
+
+using Json = nlohmann::json;
 
 // Bounded reads at a cursor; every failure sets `error` and returns false.
 class Cursor {
@@ -90,6 +99,56 @@ uint64_t LoadBe64(const uint8_t* p) {
   return v;
 }
 
+uint32_t LoadBe32(const uint8_t* p) {
+  return (uint32_t{p[0]} << 24) | (uint32_t{p[1]} << 16) | (uint32_t{p[2]} << 8) | p[3];
+}
+
+// At most `max` bytes of `s` with every byte outside printable ASCII as \xNN
+// (parser messages quote the bytes they stopped at).
+std::string Printable(const std::string& s, size_t max) {
+  static const char* d = "0123456789abcdef";
+  std::string out;
+  for (size_t i = 0; i < s.size() && i < max; ++i) {
+    const auto c = static_cast<uint8_t>(s[i]);
+    if (c >= 0x20 && c < 0x7f) {
+      out += static_cast<char>(c);
+    } else {
+      out += "\\x";
+      out += d[c >> 4];
+      out += d[c & 15];
+    }
+  }
+  if (s.size() > max) out += "...";
+  return out;
+}
+
+// A member that is a non-negative integer, if there is one.
+std::optional<uint64_t> UnsignedMember(const Json& o, const char* key) {
+  if (!o.is_object()) return std::nullopt;
+  auto it = o.find(key);
+  if (it == o.end() || !it->is_number_unsigned()) return std::nullopt;
+  return it->get<uint64_t>();
+}
+
+// A member that is a string, or "" (a description's names are never empty).
+std::string StringMember(const Json& o, const char* key) {
+  if (!o.is_object()) return "";
+  auto it = o.find(key);
+  if (it == o.end() || !it->is_string()) return "";
+  return it->get<std::string>();
+}
+
+// The VM description (QEMU_VM_VMDESCRIPTION after EOF), found from the end of
+// the file and parsed the first time a section needs it.
+struct VmDescription {
+  bool tried = false;
+  std::string error;    // why it cannot be used; "" when it can
+  uint64_t offset = 0;  // file offset of its 0x06 byte
+  Json doc;
+  // (idstr, instance id) -> the device's entry in doc["devices"].
+  std::map<std::pair<std::string, uint32_t>, const Json*> devices;
+};
+
 class Walker {
  public:
   Walker(Cursor& c, InspectReport& r) : c_(c), r_(r) {}
@@ -156,6 +215,7 @@ class Walker {
     std::string unused;
     uint8_t type = 0;
     if (c_.left() == 0) return;
+    const uint64_t at = c_.pos();
     if (!c_.U8(&type, "the VM description", &unused)) return;
     if (type != wire::kVmDescription) {
       r_.problem = "unexpected byte " + Hex(type) + " after EOF (expected the VM description 0x06)";
@@ -165,7 +225,12 @@ class Walker {
     if (!c_.Be32(&len, "the VM description length", &r_.problem)) return;
     if (!c_.Skip(len, "the VM description", &r_.problem)) return;
     r_.vmdesc_present = true;
+    r_.vmdesc_offset = at;
     r_.vmdesc_bytes = len;
+    if (vd_.tried && vd_.error.empty() && vd_.offset != at) {
+      r_.problem = "the VM description after EOF is at offset " + std::to_string(at) +
+                   ", but the one the device sections were walked with is at offset " + std::to_string(vd_.offset);
+    }
   }
 
   bool Section(uint8_t type, uint64_t at) {
@@ -207,12 +272,207 @@ class Walker {
       uint32_t size = 0;
       ok = c_.Be32(&size, "section 'globalstate'", &e) && c_.Skip(100, "section 'globalstate'", &e);
     } else {
-      e = "section '" + sec.idstr + "' at offset " + std::to_string(at) +
-          ": its contents are unknown to inspect, cannot walk past it";
-      return false;
+      ok = Described(sec);
     }
-    if (!ok) return false;
-    return Footer(sec);
+    if (!ok || !Footer(sec)) return false;
+    sec.size = c_.pos() - sec.offset;
+    return true;
+  }
+
+  // ---- Sections walked with the VM description ----------------------------
+
+  // Finds the VM description at the end of the file: a 0x06 byte followed
+  // by a be32 length that reaches exactly the end of the file and a '{'.
+  // Valid JSON holds no raw 0x06 byte, so the first match scanning backwards
+  // from the end is the real one.
+  void LocateVmdesc() {
+    vd_.tried = true;
+    const uint64_t start = r_.offset + 8;  // after the stream header
+    const uint64_t end = c_.size();
+    const std::string none = "no VM description (0x06, be32 length, at most " + std::to_string(kVmdescMaxBytes) +
+                             " bytes of JSON) ends the file";
+    if (end < start + 6) {
+      vd_.error = none;
+      return;
+    }
+    const uint64_t span = std::min<uint64_t>(end - start, kVmdescMaxBytes + 5);
+    std::string tail(static_cast<size_t>(span), '\0');
+    Cursor t = c_;
+    t.Seek(end - span);
+    std::string err;
+    if (!t.Read(tail.data(), tail.size(), "the end of the file", &err)) {
+      vd_.error = err;
+      return;
+    }
+    const auto* b = reinterpret_cast<const uint8_t*>(tail.data());
+    std::optional<size_t> found;
+    for (size_t p = tail.size() - 6;; --p) {
+      if (b[p] == wire::kVmDescription && b[p + 5] == '{' && LoadBe32(b + p + 1) == tail.size() - p - 5) {
+        found = p;
+        break;
+      }
+      if (p == 0) break;
+    }
+    if (!found) {
+      vd_.error = none;
+      return;
+    }
+    vd_.offset = end - span + *found;
+    const std::string where = "the VM description at offset " + std::to_string(vd_.offset);
+    try {
+      vd_.doc = Json::parse(tail.begin() + static_cast<std::ptrdiff_t>(*found + 5), tail.end());
+    } catch (const std::exception& ex) {
+      vd_.error = where + " is not valid JSON (" + Printable(ex.what(), 200) + ")";
+      return;
+    }
+    auto devs = vd_.doc.is_object() ? vd_.doc.find("devices") : vd_.doc.end();
+    if (!vd_.doc.is_object() || devs == vd_.doc.end() || !devs->is_array()) {
+      vd_.error = where + " has no \"devices\" list";
+      return;
+    }
+    for (const Json& d : *devs) {
+      const std::string name = StringMember(d, "name");
+      const std::optional<uint64_t> instance = UnsignedMember(d, "instance_id");
+      if (name.empty() || !instance || *instance > UINT32_MAX) continue;
+      vd_.devices.emplace(std::make_pair(name, static_cast<uint32_t>(*instance)), &d);
+    }
+  }
+
+  // Sets the problem for an unknown section that cannot be walked; false.
+  bool CannotWalk(const InspectSection& s, const std::string& why) {
+    r_.problem = "section '" + s.idstr + "' at offset " + std::to_string(s.offset) + ": " + why +
+                 ", cannot walk past it";
+    return false;
+  }
+
+  // A device section inspect has no built-in knowledge of: its state is
+  // skipped by the sizes in its VM description entry.
+  bool Described(InspectSection& s) {
+    const std::string unknown = "its contents are unknown to inspect and ";
+    if (s.type != wire::kSectionFull) {
+      return CannotWalk(s, unknown + "the VM description only describes full (0x04) device sections");
+    }
+    if (!vd_.tried) LocateVmdesc();
+    if (!vd_.error.empty()) return CannotWalk(s, unknown + vd_.error);
+    auto it = vd_.devices.find({s.idstr, s.instance});
+    if (it == vd_.devices.end()) {
+      return CannotWalk(s, unknown + "the VM description at offset " + std::to_string(vd_.offset) +
+                               " does not list it with instance id " + std::to_string(s.instance));
+    }
+    const Json& dev = *it->second;
+    const std::optional<uint64_t> version = UnsignedMember(dev, "version");
+    if (version && *version != s.version) {
+      return CannotWalk(s, "the section has version " + std::to_string(s.version) +
+                               " but the VM description describes version " + std::to_string(*version));
+    }
+    auto fields = dev.find("fields");
+    if (fields == dev.end() || !fields->is_array()) {
+      return CannotWalk(s, unknown + "the VM description lists it without its fields");
+    }
+    // Device state ends before the EOF byte in front of the VM description.
+    const uint64_t limit = vd_.offset > 0 ? vd_.offset - 1 : 0;
+    try {
+      if (!WalkVmsd(dev, s, s.idstr, 0, limit)) return false;
+    } catch (const std::exception& ex) {
+      return CannotWalk(s, "its VM description entry is malformed (" + Printable(ex.what(), 200) + ")");
+    }
+    // A subsection the description does not know would otherwise be
+    // reported as a bad footer: name it.
+    const uint64_t at = c_.pos();
+    std::string unused, name;
+    uint8_t b = 0;
+    if (c_.U8(&b, "", &unused) && b == wire::kSubsection && c_.Name(&name, "", &unused)) {
+      return CannotWalk(s, "subsection '" + name + "' at offset " + std::to_string(at) +
+                               " is not in the VM description (or a size before it is wrong)");
+    }
+    c_.Seek(at);
+    s.from_vmdesc = true;
+    return true;
+  }
+
+  // Walks one VMState description (a device, a struct or a subsection) from
+  // the cursor: its fields by their sizes, then its subsections, each one
+  // present only if the stream names it next. Nothing may reach past
+  // `limit`. `path` names the description in messages ("cpu.env/cpu/xsave").
+  bool WalkVmsd(const Json& desc, InspectSection& s, const std::string& path, int depth, uint64_t limit) {
+    if (depth > kVmdescMaxDepth) {
+      return CannotWalk(s, "the VM description nests '" + path + "' deeper than " + std::to_string(kVmdescMaxDepth) +
+                               " levels");
+    }
+    auto fields = desc.find("fields");
+    if (fields != desc.end() && !fields->is_array()) {
+      return CannotWalk(s, "the VM description's \"fields\" of '" + path + "' is not a list");
+    }
+    if (fields != desc.end()) {
+      for (const Json& f : *fields) {
+        std::string name = StringMember(f, "name");
+        if (name.empty()) name = "?";
+        const std::string fpath = path + "." + name;
+        const std::optional<uint64_t> size = UnsignedMember(f, "size");
+        uint64_t count = 1;  // a compressed array: the entry describes its first element
+        if (f.is_object() && f.contains("array_len")) {
+          const std::optional<uint64_t> n = UnsignedMember(f, "array_len");
+          if (!n) return CannotWalk(s, "the VM description gives field '" + fpath + "' an array_len that is not a count");
+          count = *n;
+        }
+        if (count == 0) continue;
+        auto st = f.is_object() ? f.find("struct") : f.end();
+        uint64_t element = 0;
+        if (f.is_object() && st != f.end() && st->is_object()) {
+          // A struct: its own description says what its first element holds;
+          // its size, when given, must be what that walk covered.
+          const uint64_t from = c_.pos();
+          if (!WalkVmsd(*st, s, fpath, depth + 1, limit)) return false;
+          element = c_.pos() - from;
+          if (size && element != *size) {
+            return CannotWalk(s, "struct field '" + fpath + "' at offset " + std::to_string(from) + " takes " +
+                                     std::to_string(element) + " bytes by its description but its size is " +
+                                     std::to_string(*size));
+          }
+          --count;
+        } else if (size) {
+          element = *size;
+        } else {
+          return CannotWalk(s, "the VM description gives no size for field '" + fpath + "'");
+        }
+        const uint64_t room = limit > c_.pos() ? limit - c_.pos() : 0;
+        if (count != 0 && element > room / count) {
+          return CannotWalk(s, "field '" + fpath + "' (" + (count > 1 ? std::to_string(count) + " x " : "") +
+                                   std::to_string(element) + " bytes at offset " + std::to_string(c_.pos()) +
+                                   ") runs past the end of the device state at offset " + std::to_string(limit) +
+                                   ", where the VM description begins");
+        }
+        c_.Seek(c_.pos() + element * count);
+      }
+    }
+    auto subs = desc.find("subsections");
+    if (subs == desc.end()) return true;
+    if (!subs->is_array()) return CannotWalk(s, "the VM description's \"subsections\" of '" + path + "' is not a list");
+    for (const Json& sub : *subs) {
+      const std::string name = StringMember(sub, "vmsd_name");
+      if (name.empty()) return CannotWalk(s, "the VM description lists a subsection of '" + path + "' without a vmsd_name");
+      // Present only if the stream names it here: 0x05, u8 length, name, be32 version.
+      const uint64_t at = c_.pos();
+      std::string unused, got;
+      uint8_t b = 0;
+      const bool present = at + 2 + name.size() + 4 <= limit && c_.U8(&b, "", &unused) &&
+                           b == wire::kSubsection && c_.Name(&got, "", &unused) && got == name;
+      if (!present) {
+        c_.Seek(at);
+        continue;
+      }
+      uint32_t version = 0;
+      if (!c_.Be32(&version, "subsection '" + name + "'", &r_.problem)) return false;
+      const std::optional<uint64_t> want = UnsignedMember(sub, "version");
+      if (want && *want != version) {
+        return CannotWalk(s, "subsection '" + name + "' at offset " + std::to_string(at) + " has version " +
+                                 std::to_string(version) + " but the VM description describes version " +
+                                 std::to_string(*want));
+      }
+      ++s.subsections;
+      if (!WalkVmsd(sub, s, path + "/" + name, depth + 1, limit)) return false;
+    }
+    return true;
   }
 
   bool Footer(const InspectSection& s) {
@@ -413,6 +673,7 @@ class Walker {
   InspectReport& r_;
   std::map<uint32_t, std::string> ids_;
   std::optional<size_t> current_block_;
+  VmDescription vd_;
 };
 
 }  // namespace

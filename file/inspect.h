@@ -2,6 +2,10 @@
 // header, configuration, every section with its byte offset, the RAM block
 // list, PAGE/ZERO record counts (page data skipped), mapped-ram block headers
 // and their bitmaps, the verification section, EOF and the VM description.
+// Device sections it has no built-in knowledge of (everything a QEMU pc/q35
+// machine saves) are walked with the VM description QEMU puts after EOF: it
+// is found from the end of the file, and its per-field sizes and subsection
+// names say how many bytes each device's state takes.
 // Separate from the loaders on purpose: it only reads (bounded, with pread)
 // and stops at the first inconsistency, which it reports in `problem`.
 //
@@ -24,8 +28,14 @@ struct InspectSection {
   uint32_t instance = 0;    // START/FULL only
   uint32_t version = 0;     // START/FULL only
   uint64_t offset = 0;      // file offset of the section type byte
+  // Bytes from the section type byte to the next section's type byte (footer
+  // and, for mapped-ram, the page regions included); 0 if the walk stopped
+  // inside this section.
+  uint64_t size = 0;
   uint64_t page_records = 0;
   uint64_t zero_records = 0;
+  bool from_vmdesc = false;   // walked with the VM description's field sizes
+  uint32_t subsections = 0;   // subsections found in it (nested ones too)
 };
 
 struct InspectBlock {
@@ -58,6 +68,7 @@ struct InspectReport {
   bool verify_present = false;
   bool eof_present = false;
   bool vmdesc_present = false;
+  uint64_t vmdesc_offset = 0;  // file offset of the 0x06 byte (when present)
   uint64_t vmdesc_bytes = 0;
   uint64_t stream_end = 0;  // file offset where the walk stopped
   std::string problem;      // the first inconsistency found (empty if none)
