@@ -28,6 +28,7 @@
 
 #include "core/ram_block.h"
 #include "core/status.h"
+#include "core/uuid.h"
 
 namespace ferry::multifd {
 
@@ -47,7 +48,7 @@ inline constexpr uint32_t kCompressionZlib = 1u << kCompressionShift;  // not su
 inline constexpr uint32_t kCompressionZstd = 2u << kCompressionShift;
 inline constexpr uint32_t kKnownFlags = kFlagSync | kCompressionMask;
 
-using Uuid = std::array<uint8_t, 16>;
+using Uuid = ferry::Uuid;
 
 struct InitPacket {
   Uuid uuid{};
