@@ -134,13 +134,13 @@ struct RecvOpts : CommonOpts {
 // validated as a whole. Every failure is a usage error.
 struct Config {
   MigrationParams params;
-  multifd::Uuid uuid{};
+  multifd::Uuid uuid{};  // params.uuid, or all zeros (QEMU without -uuid)
   uint32_t multifd_channels() const { return params.multifd ? params.multifd_channels : 0; }
 };
 
 Result<Config> ParseConfig(const CommonOpts& o, const Uri& uri) {
   Config c;
-  if (!o.qemu_compat.empty()) c.params.SetQemuCompat(o.qemu_compat);
+  if (!o.qemu_compat.empty()) FERRY_RETURN_IF_ERROR(c.params.SetQemuCompat(o.qemu_compat));
   for (const std::string& p : o.params) {
     size_t eq = p.find('=');
     if (eq == std::string::npos) return Status::InvalidArgument("-p needs NAME=VALUE, got '" + p + "'");
@@ -152,12 +152,13 @@ Result<Config> ParseConfig(const CommonOpts& o, const Uri& uri) {
     if (v != "on" && v != "off") return Status::InvalidArgument("-c needs CAPABILITY=on|off, got '" + cap + "'");
     FERRY_RETURN_IF_ERROR(c.params.SetCapability(cap.substr(0, eq), v == "on"));
   }
-  FERRY_RETURN_IF_ERROR(c.params.Validate());
   if (!o.uuid.empty()) {
-    Result<multifd::Uuid> u = multifd::ParseUuid(o.uuid);
+    Result<Uuid> u = ParseUuid(o.uuid);
     if (!u.ok()) return u.status().WithContext("--uuid");
+    c.params.uuid = *u;
     c.uuid = *u;
   }
+  FERRY_RETURN_IF_ERROR(c.params.Validate());
   if (uri.kind == Uri::Kind::kFile) {
     if (c.params.multifd && !c.params.mapped_ram) {
       return Status::InvalidArgument("multifd to a file needs -c mapped-ram=on (then multifd-channels is the "
@@ -401,11 +402,15 @@ int RunRecv(const RecvOpts& o) {
   const bool multifd = params.multifd;
   DestinationOptions opts;
   opts.expect_verify = params.verify;
-  if (!o.qemu_compat.empty()) {
-    opts.machine = o.qemu_compat;
+  opts.machine = params.machine;
+  opts.mapped_ram = params.mapped_ram;
+  opts.uuid = params.uuid;
+  opts.note = [](std::string_view line) { Note(line); };
+  if (params.qemu_compat) {
     opts.expect_verify = false;
     opts.send_verdict = false;
     opts.qemu_devices = true;
+    opts.qemu_version = params.qemu_version;
   }
   DestinationMemory memory(o.memory_file, o.prealloc);
   RamBlockList blocks;
@@ -569,12 +574,15 @@ void AddSendOptions(CLI::App* s, SendOpts& send) {
   s->add_option("-c,--capability", send.caps,
                 "Capability NAME=on|off: verify (ferry's digest check, default on), multifd (pages over "
                 "multifd-channels extra connections; with mapped-ram: file threads), zero-copy-send (MSG_ZEROCOPY on the "
-                "multifd channels; not with compression), mapped-ram (fixed page places in a file; file targets only)");
+                "multifd channels; not with compression), mapped-ram (fixed page places in a file; file targets only), "
+                "validate-uuid (put --uuid in the stream; the destination refuses another uuid)");
   s->add_option("--uuid", send.uuid,
-                "With multifd: the destination's uuid, put in every channel's init packet (QEMU's -uuid; "
-                "default all zeros)");
+                "The VM's uuid (QEMU's -uuid): put in every multifd channel's init packet and, with validate-uuid, "
+                "in the stream (default all zeros)");
   s->add_option("--qemu-compat", send.qemu_compat,
-                "The destination is QEMU with machine type MACHINE (e.g. none): one block 'ram', no ferry extensions");
+                "MACHINE[,version=7.2|10.0]: the destination is QEMU (default: a current one, 10.0) with machine "
+                "type MACHINE (e.g. none): one block 'ram', no ferry extensions; version=7.2 also sets that "
+                "generation's multifd behaviour (flush after each section, zero pages in the main stream)");
   s->add_option("--connect-timeout", send.connect_timeout, "Seconds to keep retrying the connection")
       ->capture_default_str();
   s->add_option("--dirty-tracker", send.tracker, "best (default), uffd-wp, bitmap or all-once (guest must be idle)");
@@ -586,16 +594,19 @@ void AddRecvOptions(CLI::App* r, RecvOpts& recv) {
   r->add_option("--ram", recv.ram, "Expected RAM size (default: as the stream announces)");
   r->add_option("--memory-file", recv.memory_file, "Write the received RAM into this file (created or truncated)");
   r->add_option("--qemu-compat", recv.qemu_compat,
-                "The source is QEMU with machine type MACHINE (e.g. none): no verification section expected");
+                "MACHINE[,version=7.2|10.0]: the source is QEMU (default: a current one, 10.0) with machine type "
+                "MACHINE (e.g. none): no verification section expected, QEMU's own device sections and commands "
+                "accepted; version=7.2 also sets that generation's multifd behaviour");
   r->add_option("-p,--parameter", recv.params,
                 std::string(kParamHelp) + ". The multifd ones must match the source's.");
   r->add_option("-c,--capability", recv.caps,
                 "Capability NAME=on|off: verify (require the source's verification section; default on, off with "
                 "--qemu-compat), multifd (accept multifd-channels extra connections; must match the source), mapped-ram "
-                "(the file has QEMU's mapped-ram layout)");
+                "(the file has QEMU's mapped-ram layout; must match the source, which says so in the stream), validate-uuid "
+                "(accepted; a uuid in the stream is always checked against --uuid)");
   r->add_option("--uuid", recv.uuid,
-                "With multifd: this destination's uuid; channels announcing another one are refused (default all "
-                "zeros, like QEMU without -uuid)");
+                "This destination's uuid (QEMU's -uuid): multifd channels announcing another one are refused, and so "
+                "is a stream whose configuration carries another one (default all zeros, like QEMU without -uuid)");
   r->add_flag("--prealloc", recv.prealloc,
               "Fault in the destination memory before the migration starts (with --ram: before listening)");
   r->add_option("--ready-file", recv.ready_file, "Once listening, write the bound URI (with the real port) here");

@@ -2,6 +2,7 @@
 #include <cstring>
 #include <map>
 
+#include "core/configuration.h"
 #include "core/migration.h"
 #include "core/stream.h"
 #include "core/verify.h"
@@ -143,6 +144,12 @@ Status MigrationDestination::Run(Channel& channel) {
     iovec iov[2] = {{hdr, sizeof(hdr)}, {msg.data(), msg.size()}};
     (void)channel.WriteAll(std::span<iovec>(iov, 2));
   }
+  if (return_path_ && s.code() != Code::kClosed && s.code() != Code::kCancelled) {
+    // QEMU's source waits for this before it calls the migration done.
+    const uint32_t failed = __builtin_bswap32(s.ok() ? 0 : 1);
+    Status shut = SendReturnPath(channel, wire::kRpShut, &failed, sizeof(failed));
+    if (s.ok() && !shut.ok()) s = shut.WithContext("telling the source on the return path that the load completed");
+  }
   std::lock_guard<std::mutex> lock(mu_);
   channel_ = nullptr;
   stats_.total_time_ms = MsSince(start_);
@@ -194,18 +201,12 @@ Status MigrationDestination::RunInner(Channel& channel) {
   if (first != wire::kConfiguration) {
     return Status::Protocol("configuration section missing: found section type " + Hex(first) + " after the header");
   }
-  const uint32_t len = r.GetBe32();
-  FERRY_RETURN_IF_ERROR(r.status());
-  if (len > 255) return Status::Protocol("configuration machine name of " + std::to_string(len) + " bytes");
-  std::string machine(len, '\0');
-  r.GetBytes(machine.data(), len);
-  FERRY_RETURN_IF_ERROR(r.status());
-  if (machine != options_.machine) {
-    return Status::Mismatch("machine type mismatch: the stream is for '" + machine + "', this destination is '" +
-                            options_.machine + "'" +
-                            (options_.machine == "ferry" ? " (use --qemu-compat " + machine + " for a QEMU peer)" : ""));
-  }
-  FERRY_RETURN_IF_ERROR(NoSubsection(r, "the configuration section"));
+  FERRY_ASSIGN_OR_RETURN(Configuration config, ReadConfiguration(r));
+  Configuration local;
+  local.machine = options_.machine;
+  if (options_.mapped_ram) local.capabilities.push_back("mapped-ram");
+  local.uuid = options_.uuid;
+  FERRY_RETURN_IF_ERROR(CheckConfiguration(config, local, options_.note));
 
   std::map<uint32_t, OpenSection> open;
   uint64_t sections = 0;
@@ -255,8 +256,8 @@ Status MigrationDestination::RunInner(Channel& channel) {
         break;
       }
       case wire::kCommand:
-        return Status::Unsupported("command section (return path / postcopy) at stream offset " + std::to_string(at) +
-                                   " is not supported");
+        FERRY_RETURN_IF_ERROR(HandleCommand(r, channel, at));
+        continue;
       default:
         return Status::Protocol("unknown section type " + Hex(type) + " at stream offset " + std::to_string(at));
     }
@@ -311,6 +312,70 @@ Status MigrationDestination::RunInner(Channel& channel) {
   std::lock_guard<std::mutex> lock(mu_);
   stats_.verified = options_.expect_verify && verify.verified();
   return Status::Ok();
+}
+
+Status MigrationDestination::SendReturnPath(Channel& channel, uint16_t type, const void* data, uint16_t len) {
+  uint16_t hdr[2] = {__builtin_bswap16(type), __builtin_bswap16(len)};
+  iovec iov[2] = {{hdr, sizeof(hdr)}, {const_cast<void*>(data), len}};
+  return channel.WriteAll(std::span<iovec>(iov, len ? 2 : 1));
+}
+
+Status MigrationDestination::HandleCommand(StreamReader& r, Channel& channel, uint64_t at) {
+  using wire::Command;
+  const uint16_t cmd = r.GetBe16();
+  const uint16_t len = r.GetBe16();
+  FERRY_RETURN_IF_ERROR(r.status().WithContext("reading the command section at stream offset " + std::to_string(at)));
+  const std::string where = " (command section at stream offset " + std::to_string(at) + ")";
+  // Fixed payload lengths; -1 = variable.
+  static constexpr int kLength[wire::kCommandCount] = {-1, 0, 4, -1, 0, 0, -1, 4, 0, 0, -1, 0};
+  if (cmd == 0 || cmd >= wire::kCommandCount) {
+    return Status::Protocol("unknown command " + std::to_string(cmd) + " with " + std::to_string(len) +
+                            " bytes of payload" + where);
+  }
+  if (kLength[cmd] >= 0 && kLength[cmd] != len) {
+    return Status::Protocol("command " + std::to_string(cmd) + " has " + std::to_string(len) +
+                            " bytes of payload, expected " + std::to_string(kLength[cmd]) + where);
+  }
+  switch (static_cast<Command>(cmd)) {
+    case Command::kOpenReturnPath:
+      if (!options_.qemu_devices) {
+        return Status::Protocol("the source asked for QEMU's return path" + where +
+                                "; a ferry source never does (is the source QEMU? then use --qemu-compat)");
+      }
+      return_path_ = true;
+      // ferry has no device that needs time before the switchover: approve it
+      // now (QEMU's switchover-ack capability waits for this; without it the
+      // message is ignored). QEMU 7.2 predates the message.
+      if (options_.qemu_version != MigrationParams::QemuVersion::k7_2) {
+        return SendReturnPath(channel, wire::kRpSwitchoverAck, nullptr, 0)
+            .WithContext("answering on the return path");
+      }
+      return Status::Ok();
+    case Command::kPing: {
+      const uint32_t value = r.GetBe32();
+      FERRY_RETURN_IF_ERROR(r.status());
+      if (!return_path_) return Status::Protocol("the source sent PING without opening the return path" + where);
+      const uint32_t be = __builtin_bswap32(value);
+      return SendReturnPath(channel, wire::kRpPong, &be, sizeof(be)).WithContext("answering PING on the return path");
+    }
+    case Command::kSwitchoverStart:
+      return Status::Ok();  // the source has paused its guest; nothing to prepare here
+    case Command::kEnableColo:
+      return Status::Unsupported("the source enabled COLO (x-colo)" + where + ": ferry does not support COLO");
+    case Command::kPostcopyAdvise:
+    case Command::kPostcopyListen:
+    case Command::kPostcopyRun:
+    case Command::kPostcopyRamDiscard:
+    case Command::kPackaged:
+    case Command::kPostcopyResume:
+    case Command::kRecvBitmap:
+      return Status::Unsupported("the source uses postcopy (command " + std::to_string(cmd) + ")" + where +
+                                 ": ferry does not support postcopy; turn the postcopy-ram capability off on the "
+                                 "source");
+    case Command::kInvalid:
+      break;
+  }
+  return Status::Internal("unhandled command " + std::to_string(cmd));
 }
 
 }  // namespace ferry

@@ -19,7 +19,10 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <functional>
 #include <memory>
+#include <optional>
+#include <string_view>
 #include <mutex>
 #include <vector>
 
@@ -89,6 +92,13 @@ class MigrationSource {
 
 struct DestinationOptions {
   std::string machine = "ferry";  // expected configuration machine name
+  bool mapped_ram = false;        // the mapped-ram capability is on here (the stream must say the same)
+  std::optional<Uuid> uuid;       // this VM's uuid: a uuid in the stream must match it
+  // The QEMU generation on the other end (with qemu_devices): which
+  // return-path messages it understands.
+  MigrationParams::QemuVersion qemu_version = MigrationParams::QemuVersion::k10_0;
+  // One-line notes for the user (things accepted but worth knowing); may be empty.
+  std::function<void(std::string_view)> note;
   bool expect_verify = true;      // require ferry's verification section
   bool send_verdict = true;       // answer the source with a verdict (two-way channel)
   bool qemu_devices = false;      // accept QEMU 7.2's "timer" and "globalstate"
@@ -109,6 +119,10 @@ class MigrationDestination {
 
  private:
   Status RunInner(Channel& channel);
+  // A command section (QEMU_VM_COMMAND) after its type byte.
+  Status HandleCommand(StreamReader& r, Channel& channel, uint64_t at);
+  // Writes one return-path message (be16 type, be16 length, payload).
+  Status SendReturnPath(Channel& channel, uint16_t type, const void* data, uint16_t len);
   void UpdateStats(uint64_t bytes);
 
   DestinationOptions options_;
@@ -122,6 +136,7 @@ class MigrationDestination {
   Channel* channel_ = nullptr;
   MigrationStats stats_;
   Status receiver_error_;  // guarded by mu_: first multifd receiver failure
+  bool return_path_ = false;  // the source opened QEMU's return path (migration thread only)
   std::chrono::steady_clock::time_point start_;
 };
 

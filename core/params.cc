@@ -111,10 +111,17 @@ Status MigrationParams::Validate() const {
     return Status::InvalidArgument("zero-copy-send cannot be combined with multifd-compression (compressed "
                                    "buffers are copied anyway)");
   }
-  if (multifd && zero_page_detection == ZeroPageDetection::kMultifd && multifd_flush_after_each_section &&
-      qemu_compat) {
-    return Status::InvalidArgument("QEMU 7.2 (multifd-flush-after-each-section=on) cannot take zero pages in "
-                                   "multifd packets: use -p zero-page-detection=legacy");
+  if (multifd && zero_page_detection == ZeroPageDetection::kMultifd && qemu_compat &&
+      qemu_version == QemuVersion::k7_2) {
+    return Status::InvalidArgument("QEMU 7.2 cannot take zero pages in multifd packets (its packets have no "
+                                   "zero_pages field): use -p zero-page-detection=legacy");
+  }
+  if (validate_uuid && !uuid) {
+    return Status::InvalidArgument("validate-uuid needs the VM's uuid (--uuid UUID) to put in the stream");
+  }
+  if (mapped_ram && qemu_compat && qemu_version == QemuVersion::k7_2) {
+    return Status::InvalidArgument("QEMU 7.2 has no mapped-ram (it arrived in QEMU 9.0): use --qemu-compat "
+                                   "MACHINE,version=10.0 or a plain stream");
   }
   if (direct_io && !mapped_ram) return Status::InvalidArgument("direct-io needs the mapped-ram capability");
   if (mapped_ram && zero_copy_send) {
@@ -136,6 +143,10 @@ Status MigrationParams::SetCapability(std::string_view name, bool on) {
     mapped_ram = on;
     return Status::Ok();
   }
+  if (name == "validate-uuid") {
+    validate_uuid = on;
+    return Status::Ok();
+  }
   if (name == "verify") {
     if (on && qemu_compat) return Status::InvalidArgument("capability 'verify' cannot be used with --qemu-compat");
     verify = on;
@@ -144,7 +155,7 @@ Status MigrationParams::SetCapability(std::string_view name, bool on) {
   static constexpr std::string_view kQemuCaps[] = {
       "xbzrle", "rdma-pin-all", "auto-converge", "zero-blocks", "compress", "events", "postcopy-ram",
       "x-colo", "release-ram", "return-path", "pause-before-switchover", "dirty-bitmaps",
-      "postcopy-blocktime", "late-block-activate", "x-ignore-shared", "validate-uuid", "background-snapshot",
+      "postcopy-blocktime", "late-block-activate", "x-ignore-shared", "background-snapshot",
       "postcopy-preempt", "switchover-ack", "dirty-limit"};
   for (std::string_view c : kQemuCaps) {
     if (name == c) {
@@ -155,10 +166,33 @@ Status MigrationParams::SetCapability(std::string_view name, bool on) {
   return Status::InvalidArgument("unknown capability '" + std::string(name) + "'");
 }
 
-void MigrationParams::SetQemuCompat(std::string machine_name) {
+Status MigrationParams::SetQemuCompat(std::string_view spec) {
+  const size_t comma = spec.find(',');
+  const std::string_view machine_name = spec.substr(0, comma);
+  if (machine_name.empty()) {
+    return Status::InvalidArgument("--qemu-compat needs the machine type QEMU runs (e.g. none, pc-i440fx-10.0), got '" +
+                                   std::string(spec) + "'");
+  }
+  QemuVersion v = QemuVersion::k10_0;
+  if (comma != std::string_view::npos) {
+    const std::string_view opt = spec.substr(comma + 1);
+    if (opt == "version=7.2") {
+      v = QemuVersion::k7_2;
+    } else if (opt == "version=10.0") {
+      v = QemuVersion::k10_0;
+    } else {
+      return Status::InvalidArgument("--qemu-compat takes MACHINE[,version=7.2|10.0], got '" + std::string(spec) + "'");
+    }
+  }
   qemu_compat = true;
   verify = false;
-  machine = std::move(machine_name);
+  machine = std::string(machine_name);
+  qemu_version = v;
+  if (v == QemuVersion::k7_2) {
+    multifd_flush_after_each_section = true;
+    zero_page_detection = ZeroPageDetection::kLegacy;
+  }
+  return Status::Ok();
 }
 
 }  // namespace ferry

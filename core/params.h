@@ -7,10 +7,12 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 
 #include "core/status.h"
+#include "core/uuid.h"
 
 namespace ferry {
 
@@ -34,8 +36,14 @@ struct MigrationParams {
   bool zero_copy_send = false;  // "zero-copy-send": MSG_ZEROCOPY on multifd channels
   bool mapped_ram = false;      // "mapped-ram": fixed page places in a file (file: targets only); with
                                 // multifd, multifd-channels file threads and no multifd sockets
+  bool validate_uuid = false;   // "validate-uuid": the configuration section carries the uuid; the
+                                // destination refuses another one
   // File parameter.
   bool direct_io = false;       // "direct-io": page data through O_DIRECT (needs mapped-ram)
+
+  // The VM's uuid (QEMU's -uuid; ferry's --uuid): announced by multifd
+  // channels and, with validate-uuid, in the configuration section.
+  std::optional<Uuid> uuid;
 
   // Checks combinations that cannot work together (call once, after all
   // Set* calls).
@@ -44,12 +52,20 @@ struct MigrationParams {
   // Stream shape.
   std::string machine = "ferry";  // configuration section machine name
   bool qemu_compat = false;       // peer is QEMU: no ferry extensions
+  // Which QEMU generation the peer is, where the wire differs (multifd
+  // barriers and zero pages, return-path messages): 7.2 (Debian 12) or
+  // 10.0 (current; the default).
+  enum class QemuVersion { k7_2, k10_0 };
+  QemuVersion qemu_version = QemuVersion::k10_0;
 
   // Parses "-p NAME=VALUE" style names.
   Status SetParameter(std::string_view name, std::string_view value);
   Status SetCapability(std::string_view name, bool on);
-  // Makes the settings QEMU-compatible for machine `machine`.
-  void SetQemuCompat(std::string machine_name);
+  // Makes the settings QEMU-compatible: "MACHINE[,version=7.2|10.0]". For
+  // 7.2 it also sets that generation's multifd behaviour (a barrier at every
+  // section end, zero pages in the main stream); -p given afterwards still
+  // overrides. Call before SetParameter/SetCapability.
+  Status SetQemuCompat(std::string_view spec);
 };
 
 // Parses "4G", "256M", "4096", "1.5G" (powers of 1024).

@@ -1,6 +1,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "core/configuration.h"
 #include "core/migration.h"
 #include "core/ram_saver.h"
 #include "core/stream.h"
@@ -183,9 +184,7 @@ Status MigrationSource::RunInner(Channel& channel, bool await_verdict) {
 
   w.PutBe32(wire::kMagic);
   w.PutBe32(wire::kVersion);
-  w.Put8(wire::kConfiguration);
-  w.PutBe32(static_cast<uint32_t>(params_.machine.size()));
-  w.PutBytes(params_.machine.data(), params_.machine.size());
+  WriteConfiguration(w, ConfigurationFor(params_));
 
   // Section ids start at 1: QEMU's loader matches PART/END sections against
   // ids it recorded, and every section it has not seen yet reads as id 0.

@@ -20,8 +20,31 @@ inline constexpr uint8_t kSectionFull = 0x04;   // like START
 inline constexpr uint8_t kSubsection = 0x05;    // inside device state: u8 len, name, be32 version
 inline constexpr uint8_t kVmDescription = 0x06; // after EOF: be32 length, JSON
 inline constexpr uint8_t kConfiguration = 0x07; // be32 length, machine name
-inline constexpr uint8_t kCommand = 0x08;       // return path / postcopy commands
+inline constexpr uint8_t kCommand = 0x08;       // be16 command, be16 length, payload (below)
 inline constexpr uint8_t kFooter = 0x7e;        // closes every section: be32 id
+
+// Commands (QEMU_VM_COMMAND sections), QEMU 10's numbering. Length -1:
+// variable.
+enum class Command : uint16_t {
+  kInvalid = 0,
+  kOpenReturnPath = 1,      // len 0: the destination answers on the same connection
+  kPing = 2,                // len 4: be32, answered by PONG on the return path
+  kPostcopyAdvise = 3,      // postcopy (refused)
+  kPostcopyListen = 4,
+  kPostcopyRun = 5,
+  kPostcopyRamDiscard = 6,
+  kPackaged = 7,            // len 4: a postcopy package follows
+  kEnableColo = 8,          // len 0: COLO (refused)
+  kPostcopyResume = 9,
+  kRecvBitmap = 10,
+  kSwitchoverStart = 11,    // len 0: QEMU >= 10 has paused its guest (nothing to do)
+};
+inline constexpr uint16_t kCommandCount = 12;
+
+// Return-path messages (destination -> source): be16 type, be16 length, data.
+inline constexpr uint16_t kRpShut = 1;            // be32: 0 = loaded, 1 = failed
+inline constexpr uint16_t kRpPong = 2;            // be32: the PING's value
+inline constexpr uint16_t kRpSwitchoverAck = 7;   // len 0 (QEMU >= 8.1)
 
 // "ram" section, version 4. A record is be64 (offset | flags); the offset is
 // page aligned, so the flags live in the low 12 bits.

@@ -468,8 +468,11 @@ TEST_F(MultifdCliTest, BadOptionsAreUsageErrors) {
       {"recv", "tcp:127.0.0.1:0", "-p", "multifd-channels=0"},
       {"recv", "tcp:127.0.0.1:0", "-p", "multifd-compression=zlib"},
       {"recv", "tcp:127.0.0.1:0", "-c", "verify=maybe"},
-      {"recv", "tcp:127.0.0.1:0", "--qemu-compat", "none", "-c", "multifd=on", "-p",
-       "multifd-flush-after-each-section=on", "-p", "zero-page-detection=multifd"},
+      {"recv", "tcp:127.0.0.1:0", "--qemu-compat", "none,version=7.2", "-c", "multifd=on", "-p",
+       "zero-page-detection=multifd"},
+      {"recv", "tcp:127.0.0.1:0", "--qemu-compat", "none,version=9.1"},
+      {"recv", "tcp:127.0.0.1:0", "--qemu-compat", ",version=10.0"},
+      {"send", "tcp:127.0.0.1:1", "--ram", "1M", "-c", "validate-uuid=on"},  // needs --uuid
   };
   for (size_t i = 0; i < cases.size(); ++i) {
     Result<Process> p = StartFerry(*dir_, "bad" + std::to_string(i), cases[i]);
