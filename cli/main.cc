@@ -326,7 +326,7 @@ int RunSend(const SendOpts& o) {
   Status result;
   {
     Progress progress([&] { return source->Stats(); }, "send");
-    result = source->Run(channel, /*await_verdict=*/params.verify && two_way);
+    result = source->Run(channel, /*await_confirmation=*/two_way);
   }
   guest.StopWriter();
   MigrationStats st = source->Stats();

@@ -55,15 +55,18 @@ class MigrationSource {
                   std::vector<DeviceHandler*> devices = {}, PageSinkFactory* sink_factory = nullptr);
   ~MigrationSource();
 
-  // Migrates over `channel`. `await_verdict`: after the stream, wait for the
-  // ferry destination's verdict on the same connection (needs verify and a
-  // two-way channel).
-  Status Run(Channel& channel, bool await_verdict);
+  // Migrates over `channel`. `await_confirmation`: the channel is two-way;
+  // after the stream, wait for the destination to confirm the load — a ferry
+  // destination's verdict (with verify), or a QEMU destination's SHUT on the
+  // return path that the source opens (with qemu_compat).
+  Status Run(Channel& channel, bool await_confirmation);
   void Cancel();
   MigrationStats Stats() const;
 
  private:
-  Status RunInner(Channel& channel, bool await_verdict);
+  Status RunInner(Channel& channel, bool await_confirmation);
+  // Reads QEMU's return-path messages until SHUT.
+  Status AwaitQemuShut(Channel& channel);
   Status Throttle(uint64_t* budget);
   void Publish(MigrationState state);
   bool cancelled() const { return cancel_.load(std::memory_order_acquire); }

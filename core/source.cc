@@ -117,7 +117,7 @@ Status MigrationSource::Throttle(uint64_t* budget) {
   }
 }
 
-Status MigrationSource::Run(Channel& channel, bool await_verdict) {
+Status MigrationSource::Run(Channel& channel, bool await_confirmation) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (stats_.state != MigrationState::kNone) return Status::Internal("a MigrationSource runs once");
@@ -130,7 +130,7 @@ Status MigrationSource::Run(Channel& channel, bool await_verdict) {
     start_ = Clock::now();
     stats_.state = MigrationState::kSetup;
   }
-  Status s = RunInner(channel, await_verdict);
+  Status s = RunInner(channel, await_confirmation);
   tracker_.Stop();
   std::lock_guard<std::mutex> lock(mu_);
   channel_ = nullptr;
@@ -149,7 +149,7 @@ Status MigrationSource::Run(Channel& channel, bool await_verdict) {
   return s;
 }
 
-Status MigrationSource::RunInner(Channel& channel, bool await_verdict) {
+Status MigrationSource::RunInner(Channel& channel, bool await_confirmation) {
   StreamWriter w(&channel);
   std::unique_ptr<PageSink> sink;
   bool saver_zero = true;
@@ -185,6 +185,14 @@ Status MigrationSource::RunInner(Channel& channel, bool await_verdict) {
   w.PutBe32(wire::kMagic);
   w.PutBe32(wire::kVersion);
   WriteConfiguration(w, ConfigurationFor(params_));
+  const bool qemu_return_path = params_.qemu_compat && await_confirmation;
+  if (qemu_return_path) {
+    // QEMU answers on the same connection from now on; its SHUT at the end
+    // is the confirmation that it loaded everything.
+    w.Put8(wire::kCommand);
+    w.PutBe16(static_cast<uint16_t>(wire::Command::kOpenReturnPath));
+    w.PutBe16(0);
+  }
 
   // Section ids start at 1: QEMU's loader matches PART/END sections against
   // ids it recorded, and every section it has not seen yet reads as id 0.
@@ -312,7 +320,8 @@ Status MigrationSource::RunInner(Channel& channel, bool await_verdict) {
   }
   Publish(MigrationState::kDevice);
 
-  if (verify && await_verdict) {
+  if (qemu_return_path) FERRY_RETURN_IF_ERROR(AwaitQemuShut(channel));
+  if (verify && await_confirmation) {
     // The destination answers once it has loaded and checked everything.
     uint32_t hdr[3];
     Status rs = channel.ReadExact(hdr, sizeof(hdr));
@@ -334,6 +343,37 @@ Status MigrationSource::RunInner(Channel& channel, bool await_verdict) {
   // The guest now lives on the destination: it stays paused here.
   resumer.armed = false;
   return Status::Ok();
+}
+
+Status MigrationSource::AwaitQemuShut(Channel& channel) {
+  while (true) {
+    uint16_t hdr[2];
+    Status rs = channel.ReadExact(hdr, sizeof(hdr));
+    if (!rs.ok()) {
+      return Status::Closed("QEMU closed the connection without confirming that it loaded the migration (" +
+                            rs.message() + "); see QEMU's own error output");
+    }
+    const uint16_t type = __builtin_bswap16(hdr[0]), len = __builtin_bswap16(hdr[1]);
+    uint8_t data[512];
+    if (len > sizeof(data)) {
+      return Status::Protocol("QEMU's return path sent message " + std::to_string(type) + " of " +
+                              std::to_string(len) + " bytes");
+    }
+    FERRY_RETURN_IF_ERROR(channel.ReadExact(data, len).WithContext("reading QEMU's return path"));
+    if (type == wire::kRpShut) {
+      if (len != 4) return Status::Protocol("QEMU's SHUT message has " + std::to_string(len) + " bytes");
+      uint32_t v;
+      std::memcpy(&v, data, 4);
+      if (v != 0) {
+        return Status::Mismatch("QEMU reports that loading the migration failed (SHUT " +
+                                std::to_string(__builtin_bswap32(v)) + "); see QEMU's own error output");
+      }
+      return Status::Ok();
+    }
+    if (type != wire::kRpPong && type != wire::kRpSwitchoverAck) {
+      return Status::Protocol("unexpected message " + std::to_string(type) + " on QEMU's return path");
+    }
+  }
 }
 
 }  // namespace ferry

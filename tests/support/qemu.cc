@@ -53,6 +53,7 @@ void WaitForNoChildren(pid_t pid, Clock::duration timeout) {
 }
 
 std::string QemuTest::qemu_bin_;
+std::string QemuTest::qemu_version_;
 std::string QemuTest::pattern_;
 QemuSuite QemuTest::suite_;
 TempDir* QemuTest::suite_dir_ = nullptr;
@@ -62,6 +63,15 @@ void QemuTest::SetUpQemuSuite(QemuSuite suite) {
   suite_ = std::move(suite);
   qemu_bin_ = FindQemu();
   if (qemu_bin_.empty()) return;
+  if (FILE* f = popen(("'" + qemu_bin_ + "' --version").c_str(), "r")) {
+    char line[256] = {};
+    if (fgets(line, sizeof(line), f)) {
+      const std::string text(line);
+      const size_t at = text.find("version ");
+      if (at != std::string::npos) qemu_version_ = text.substr(at + 8, text.find_first_of(" \n", at + 8) - at - 8);
+    }
+    pclose(f);
+  }
   suite_dir_ = new TempDir("ferry-" + suite_.name + "-suite");
   pattern_ = suite_dir_->Path("pattern.bin");
   pattern_status_ = WritePatternFile(pattern_, suite_.guest);
@@ -92,6 +102,7 @@ void QemuTest::StartQemu(const std::string& name, const QemuOptions& o, Qemu* q)
   }
   argv.insert(argv.end(), {"-qmp", "unix:" + sock + ",server=on,wait=off"});
   if (!o.incoming.empty()) argv.insert(argv.end(), {"-incoming", o.incoming});
+  argv.insert(argv.end(), o.extra_args.begin(), o.extra_args.end());
   SpawnOptions so;
   so.stdout_path = P("qemu-" + name + ".out");
   so.stderr_path = P("qemu-" + name + ".err");

@@ -68,6 +68,7 @@ struct Qemu {
 struct QemuOptions {
   bool load_pattern = false;  // -device loader with the suite's pattern file
   std::string incoming;       // -incoming URI ("defer" too), if any
+  std::vector<std::string> extra_args;  // more command-line arguments (e.g. -uuid U)
   // Capabilities turned on with migrate-set-capabilities (none: not sent).
   std::vector<std::string> capabilities;
   // Sent with migrate-set-parameters once QMP is up (after the capabilities).
@@ -91,6 +92,9 @@ class QemuTest : public ::testing::Test {
   static void TearDownTestSuite();
   // Skips the test when QEMU is not installed; makes the test's temp dir.
   void SetUp() override;
+
+  // True when the QEMU under test is 7.2 (Debian 12's), by its --version.
+  static bool QemuIs72() { return qemu_version_.rfind("7.2", 0) == 0; }
 
   // A path in the test's temp dir.
   std::string P(std::string_view name) const { return dir_->Path(name); }
@@ -117,6 +121,7 @@ class QemuTest : public ::testing::Test {
   void ExpectGuestMemoryIsPattern(Qemu& q, const std::string& dump, const Process* peer = nullptr);
 
   static std::string qemu_bin_;
+  static std::string qemu_version_;  // "7.2.x", "10.0.2", ... from --version
   static std::string pattern_;  // the guest's memory as the suite's pattern file
   std::unique_ptr<TempDir> dir_;
 
