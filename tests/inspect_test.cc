@@ -16,7 +16,9 @@
 #include <chrono>
 #include <cstdint>
 #include <cstdlib>
+#include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -80,6 +82,17 @@ class StreamBuilder {
   StreamBuilder& Vmdesc(const std::string& text) {
     return U8(wire::kVmDescription).Be32(static_cast<uint32_t>(text.size())).Bytes(text);
   }
+  // 0x08, be16 command, be16 payload length, payload.
+  StreamBuilder& Command(uint16_t cmd, const std::string& payload) {
+    return U8(wire::kCommand).Be16(cmd).Be16(static_cast<uint16_t>(payload.size())).Bytes(payload);
+  }
+  // Configuration subsections, right after the machine name.
+  StreamBuilder& Capabilities(const std::vector<std::string>& caps) {
+    Subsection("configuration/capabilities", 1).Be32(static_cast<uint32_t>(caps.size()));
+    for (const std::string& c : caps) Name(c);
+    return *this;
+  }
+  StreamBuilder& Uuid(const std::string& bytes16) { return Subsection("configuration/uuid", 1).Bytes(bytes16); }
 
  private:
   std::string b_;
@@ -94,16 +107,25 @@ struct Layout {
   uint64_t vmdesc = 0;
 };
 
+struct RamOptions {
+  // x-ignore-shared: the block entry carries the block's guest address.
+  std::optional<uint64_t> block_addr;
+  // Called between the START and the END section (QEMU 10 puts its
+  // SWITCHOVER_START command there); it notes what it adds in the layout.
+  std::function<void(StreamBuilder&, Layout&)> before_end;
+};
+
 // The RAM part of a stream: START (block list), END (one page, one zero
 // page), so that the stream is complete as far as RAM goes.
-void AddRam(StreamBuilder& s, Layout& l) {
+void AddRam(StreamBuilder& s, Layout& l, const RamOptions& o = {}) {
   l.section_offsets.push_back(s.size());
   s.SectionHeader(wire::kSectionStart, 0, "ram", 0, wire::kRamSectionVersion)
       .Be64(kBlockSize | wire::kRamMemSize)
       .Name("pc.ram")
-      .Be64(kBlockSize)
-      .Be64(wire::kRamEos)
-      .Footer(0);
+      .Be64(kBlockSize);
+  if (o.block_addr) s.Be64(*o.block_addr);
+  s.Be64(wire::kRamEos).Footer(0);
+  if (o.before_end) o.before_end(s, l);
   l.section_offsets.push_back(s.size());
   s.U8(wire::kSectionEnd)
       .Be32(0)
@@ -495,6 +517,429 @@ TEST_F(InspectVmdescTest, DamagedFilesNeverCrash) {
       if (r.complete()) {
         EXPECT_EQ(r.sections.size(), 6u) << "byte " << pos;
       }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// QEMU 10 shapes: command sections (0x08) and configuration subsections.
+
+using InspectQemu10ShapesTest = InspectVmdescTest;
+
+std::string Be16Bytes(uint16_t v) { return StreamBuilder().Be16(v).bytes(); }
+std::string Be32Bytes(uint32_t v) { return StreamBuilder().Be32(v).bytes(); }
+std::string Be64Bytes(uint64_t v) { return StreamBuilder().Be64(v).bytes(); }
+
+const std::string kUuidBytes("\x12\x34\x56\x78\x9a\xbc\xde\xf0\x12\x34\x56\x78\x9a\xbc\xde\xf0", 16);
+constexpr const char* kUuidText = "12345678-9abc-def0-1234-56789abcdef0";
+
+struct Qemu10Stream {
+  // Configuration subsections, after the machine name.
+  std::function<void(StreamBuilder&)> configuration;
+  RamOptions ram;
+  std::string vmdesc = Vmdesc(json::array()).dump();
+};
+
+// header, configuration, ram START, [before_end], ram END, "timer", EOF,
+// VM description. Layout: every section and command in order.
+StreamBuilder BuildQemu10(const Qemu10Stream& o, Layout& l) {
+  StreamBuilder s;
+  s.Header().Configuration("pc-i440fx-10.0");
+  if (o.configuration) o.configuration(s);
+  AddRam(s, l, o.ram);
+  l.section_offsets.push_back(s.size());
+  s.SectionHeader(wire::kSectionFull, 1, "timer", 0, 2).Fill(24, 0).Footer(1);
+  l.eof = s.size();
+  s.Eof();
+  l.vmdesc = s.size();
+  s.Vmdesc(o.vmdesc);
+  return s;
+}
+
+// RamOptions that put `commands` (number, payload) before the ram END.
+RamOptions CommandsBeforeEnd(std::vector<std::pair<uint16_t, std::string>> commands) {
+  RamOptions o;
+  o.before_end = [commands](StreamBuilder& s, Layout& l) {
+    for (const auto& [cmd, payload] : commands) {
+      l.section_offsets.push_back(s.size());
+      s.Command(cmd, payload);
+    }
+  };
+  return o;
+}
+
+void ExpectSectionsTile(const InspectReport& r, const Layout& l) {
+  ASSERT_EQ(r.sections.size(), l.section_offsets.size());
+  for (size_t i = 0; i < r.sections.size(); ++i) {
+    SCOPED_TRACE("section " + std::to_string(i) + " '" + r.sections[i].idstr + "'");
+    EXPECT_EQ(r.sections[i].offset, l.section_offsets[i]);
+    const uint64_t next = i + 1 < r.sections.size() ? l.section_offsets[i + 1] : l.eof;
+    EXPECT_EQ(r.sections[i].size, next - l.section_offsets[i]);
+  }
+}
+
+TEST_F(InspectQemu10ShapesTest, SwitchoverStartBeforeTheRamEnd) {
+  // What QEMU 10 sends in every precopy stream.
+  Layout l;
+  StreamBuilder s = BuildQemu10({.ram = CommandsBeforeEnd({{11, ""}})}, l);
+  InspectReport r = Inspect(s.bytes());
+  EXPECT_TRUE(r.complete()) << r.Verdict();
+  ExpectSectionsTile(r, l);
+  ASSERT_EQ(r.sections.size(), 4u);
+  const InspectSection& c = r.sections[1];
+  EXPECT_EQ(c.type, wire::kCommand);
+  EXPECT_EQ(c.id, 11u);
+  EXPECT_EQ(c.idstr, "SWITCHOVER_START");
+  EXPECT_EQ(c.command_len, 0u);
+  EXPECT_EQ(c.size, 5u);
+  EXPECT_EQ(r.sections[2].idstr, "ram");
+  EXPECT_EQ(r.sections[2].type, wire::kSectionEnd);
+  EXPECT_TRUE(r.ram_end);
+  EXPECT_TRUE(r.configuration_subsections.empty());
+  EXPECT_FALSE(r.has_capabilities);
+  EXPECT_EQ(r.uuid, "");
+}
+
+TEST_F(InspectQemu10ShapesTest, EveryKnownCommandIsListedByName) {
+  const std::string package = "package bytes, not walked";
+  const std::string discard = std::string("\x00\x06pc.ram", 8) + Be64Bytes(0) + Be64Bytes(4096);
+  const std::vector<std::pair<uint16_t, std::string>> commands = {
+      {1, ""},
+      {2, Be32Bytes(7)},
+      {3, ""},
+      {3, Be64Bytes(4096) + Be64Bytes(4096)},
+      {4, ""},
+      {5, ""},
+      {6, discard},
+      {6, std::string("\x00\x06pc.ram", 8)},
+      {7, Be32Bytes(static_cast<uint32_t>(package.size())) },
+      {8, ""},
+      {9, ""},
+      {10, "\x06pc.ram"},
+      {11, ""},
+  };
+  Layout l;
+  RamOptions ram;
+  ram.before_end = [&](StreamBuilder& s, Layout& lay) {
+    for (const auto& [cmd, payload] : commands) {
+      lay.section_offsets.push_back(s.size());
+      s.Command(cmd, payload);
+      if (cmd == 7) s.Bytes(package);  // PACKAGED: the package follows the command
+    }
+  };
+  StreamBuilder s = BuildQemu10({.ram = ram}, l);
+  InspectReport r = Inspect(s.bytes());
+  EXPECT_TRUE(r.complete()) << r.Verdict();
+  ExpectSectionsTile(r, l);
+  const std::vector<std::string> names = {"OPEN_RETURN_PATH", "PING", "POSTCOPY_ADVISE", "POSTCOPY_ADVISE",
+                                          "POSTCOPY_LISTEN", "POSTCOPY_RUN", "POSTCOPY_RAM_DISCARD",
+                                          "POSTCOPY_RAM_DISCARD", "PACKAGED", "ENABLE_COLO", "POSTCOPY_RESUME",
+                                          "RECV_BITMAP", "SWITCHOVER_START"};
+  ASSERT_EQ(r.sections.size(), 1 + commands.size() + 2);
+  for (size_t i = 0; i < commands.size(); ++i) {
+    const InspectSection& c = r.sections[1 + i];
+    SCOPED_TRACE(names[i]);
+    EXPECT_EQ(c.type, wire::kCommand);
+    EXPECT_EQ(c.id, commands[i].first);
+    EXPECT_EQ(c.idstr, names[i]);
+    EXPECT_EQ(c.command_len, commands[i].second.size());
+    EXPECT_EQ(c.size, 5 + commands[i].second.size() + (commands[i].first == 7 ? package.size() : 0));
+  }
+}
+
+TEST_F(InspectQemu10ShapesTest, UnknownCommandNumber) {
+  for (uint16_t cmd : {uint16_t{0}, uint16_t{12}, uint16_t{0x7e}, uint16_t{0xffff}}) {
+    SCOPED_TRACE(cmd);
+    Layout l;
+    StreamBuilder s = BuildQemu10({.ram = CommandsBeforeEnd({{11, ""}, {cmd, ""}})}, l);
+    InspectReport r = Inspect(s.bytes());
+    EXPECT_FALSE(r.complete());
+    const std::string at = "at offset " + std::to_string(l.section_offsets[2]);
+    EXPECT_NE(r.problem.find("unknown command " + std::to_string(cmd) + " "), std::string::npos) << r.problem;
+    EXPECT_NE(r.problem.find(at), std::string::npos) << r.problem;
+    EXPECT_NE(r.Verdict().find("INCOMPLETE"), std::string::npos);
+    ASSERT_EQ(r.sections.size(), 2u) << "the ram START and the SWITCHOVER_START before it";
+    EXPECT_EQ(r.sections[1].idstr, "SWITCHOVER_START");
+    EXPECT_FALSE(r.ram_end);
+    EXPECT_FALSE(r.eof_present);
+  }
+}
+
+TEST_F(InspectQemu10ShapesTest, CommandWithAPayloadOfTheWrongLength) {
+  struct Case {
+    uint16_t cmd;
+    std::string payload;
+    std::string name;
+  };
+  const std::vector<Case> cases = {
+      {11, Be32Bytes(0), "SWITCHOVER_START"},
+      {1, "x", "OPEN_RETURN_PATH"},
+      {2, "", "PING"},
+      {2, Be64Bytes(1), "PING"},
+      {7, Be16Bytes(1), "PACKAGED"},
+      {4, "xy", "POSTCOPY_LISTEN"},
+      {3, Be64Bytes(4096), "POSTCOPY_ADVISE"},
+      {10, "\x05pc.ram", "RECV_BITMAP"},
+      {10, "", "RECV_BITMAP"},
+      {6, "", "POSTCOPY_RAM_DISCARD"},
+      {6, std::string("\x01\x06pc.ram", 8), "POSTCOPY_RAM_DISCARD"},          // version 1
+      {6, std::string("\x00\x06pc.ram", 8) + Be64Bytes(0), "POSTCOPY_RAM_DISCARD"},  // half a range
+      {6, std::string("\x00\x09pc.ram", 8), "POSTCOPY_RAM_DISCARD"},          // name longer than the payload
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name + " with " + std::to_string(c.payload.size()) + " bytes");
+    Layout l;
+    StreamBuilder s = BuildQemu10({.ram = CommandsBeforeEnd({{c.cmd, c.payload}})}, l);
+    InspectReport r = Inspect(s.bytes());
+    EXPECT_FALSE(r.complete());
+    EXPECT_NE(r.problem.find("command " + c.name + " at offset " + std::to_string(l.section_offsets[1]) +
+                             " is corrupt"),
+              std::string::npos)
+        << r.problem;
+    EXPECT_EQ(r.sections.size(), 1u);
+    EXPECT_FALSE(r.ram_end);
+  }
+}
+
+TEST_F(InspectQemu10ShapesTest, TruncatedCommand) {
+  Layout l;
+  const std::string good = BuildQemu10({.ram = CommandsBeforeEnd({{2, Be32Bytes(9)}, {11, ""}})}, l).bytes();
+  ASSERT_TRUE(Inspect(good).complete());
+  // Cut anywhere from inside PING (9 bytes) to inside SWITCHOVER_START (5 bytes).
+  for (uint64_t cut = l.section_offsets[1] + 1; cut < l.section_offsets[3]; ++cut) {
+    SCOPED_TRACE(cut);
+    InspectReport r = Inspect(good.substr(0, cut));
+    EXPECT_FALSE(r.complete());
+    EXPECT_NE(r.problem.find("file ends at " + std::to_string(cut)), std::string::npos) << r.problem;
+  }
+  // A package that runs past the end of the file.
+  Layout l2;
+  StreamBuilder s = BuildQemu10({.ram = CommandsBeforeEnd({{7, Be32Bytes(1 << 20)}})}, l2);
+  InspectReport r = Inspect(s.bytes());
+  EXPECT_FALSE(r.complete());
+  EXPECT_NE(r.problem.find("the package of command PACKAGED at offset " + std::to_string(l2.section_offsets[1])),
+            std::string::npos)
+      << r.problem;
+}
+
+TEST_F(InspectQemu10ShapesTest, ConfigurationSubsections) {
+  // x-ignore-shared in the capabilities: each block entry carries an address.
+  Layout l;
+  Qemu10Stream o;
+  o.configuration = [](StreamBuilder& s) {
+    s.Subsection("configuration/target-page-bits", 1).Be32(12);
+    s.Capabilities({"x-ignore-shared", "some-other"}).Uuid(kUuidBytes);
+  };
+  o.ram = CommandsBeforeEnd({{11, ""}});
+  o.ram.block_addr = 0x100000000;
+  StreamBuilder s = BuildQemu10(o, l);
+  InspectReport r = Inspect(s.bytes());
+  EXPECT_TRUE(r.complete()) << r.Verdict();
+  ExpectSectionsTile(r, l);
+  EXPECT_EQ(r.machine, "pc-i440fx-10.0");
+  EXPECT_EQ(r.configuration_subsections,
+            (std::vector<std::string>{"configuration/target-page-bits", "configuration/capabilities",
+                                      "configuration/uuid"}));
+  EXPECT_TRUE(r.has_capabilities);
+  EXPECT_EQ(r.capabilities, (std::vector<std::string>{"x-ignore-shared", "some-other"}));
+  EXPECT_EQ(r.uuid, kUuidText);
+  EXPECT_EQ(r.target_page_bits, 12u);
+  ASSERT_EQ(r.blocks.size(), 1u);
+  EXPECT_TRUE(r.blocks[0].has_addr);
+  EXPECT_EQ(r.blocks[0].addr, 0x100000000u);
+  EXPECT_EQ(r.blocks[0].size, kBlockSize);
+
+  // uuid alone (validate-uuid without mapped-ram or x-ignore-shared): no address.
+  Layout l2;
+  o.configuration = [](StreamBuilder& s) { s.Uuid(kUuidBytes); };
+  o.ram.block_addr.reset();
+  r = Inspect(BuildQemu10(o, l2).bytes());
+  EXPECT_TRUE(r.complete()) << r.Verdict();
+  EXPECT_FALSE(r.has_capabilities);
+  EXPECT_EQ(r.uuid, kUuidText);
+  EXPECT_FALSE(r.blocks.at(0).has_addr);
+
+  // An empty capability list is a list too.
+  Layout l3;
+  o.configuration = [](StreamBuilder& s) { s.Capabilities({}); };
+  r = Inspect(BuildQemu10(o, l3).bytes());
+  EXPECT_TRUE(r.complete()) << r.Verdict();
+  EXPECT_TRUE(r.has_capabilities);
+  EXPECT_TRUE(r.capabilities.empty());
+}
+
+// A mapped-ram stream with one block: entry, 28-byte header, bitmap (one
+// word), page region, then the rest of the START section.
+StreamBuilder MappedRamStream(const std::vector<std::string>& caps, Layout& l) {
+  StreamBuilder s;
+  s.Header().Configuration("pc-q35-10.0").Capabilities(caps);
+  l.section_offsets.push_back(s.size());
+  s.SectionHeader(wire::kSectionStart, 0, "ram", 0, wire::kRamSectionVersion)
+      .Be64(kBlockSize | wire::kRamMemSize)
+      .Name("pc.ram")
+      .Be64(kBlockSize);
+  const uint64_t header = s.size();
+  const uint64_t bitmap = header + 28, pages = bitmap + 8;
+  s.Be32(1).Be64(4096).Be64(bitmap).Be64(pages);
+  s.U8(0x05).Fill(7, 0);               // pages 0 and 2 present
+  s.Fill(kBlockSize, 0xcd);
+  s.Be64(wire::kRamEos).Footer(0);
+  l.section_offsets.push_back(s.size());
+  s.Command(11, "");
+  l.section_offsets.push_back(s.size());
+  s.U8(wire::kSectionEnd).Be32(0).Be64(wire::kRamEos).Footer(0);
+  l.eof = s.size();
+  s.Eof();
+  l.vmdesc = s.size();
+  s.Vmdesc(Vmdesc(json::array()).dump());
+  return s;
+}
+
+TEST_F(InspectQemu10ShapesTest, CapabilitiesSayWhetherTheFileIsMappedRam) {
+  Layout l;
+  InspectReport r = Inspect(MappedRamStream({"mapped-ram"}, l).bytes());
+  EXPECT_TRUE(r.complete()) << r.Verdict();
+  ExpectSectionsTile(r, l);
+  EXPECT_TRUE(r.mapped_ram);
+  ASSERT_EQ(r.blocks.size(), 1u);
+  EXPECT_EQ(r.blocks[0].pages_present, 2u);
+
+  // A mapped-ram header the capabilities do not announce.
+  Layout l2;
+  r = Inspect(MappedRamStream({"x-ignore-shared-but-not-here"}, l2).bytes());
+  EXPECT_FALSE(r.complete());
+  EXPECT_NE(r.problem.find("has a mapped-ram header but the configuration's capabilities do not list mapped-ram"),
+            std::string::npos)
+      << r.problem;
+
+  // mapped-ram announced, a plain block list.
+  Layout l3;
+  Qemu10Stream o;
+  o.configuration = [](StreamBuilder& s) { s.Capabilities({"mapped-ram"}); };
+  r = Inspect(BuildQemu10(o, l3).bytes());
+  EXPECT_FALSE(r.complete());
+  EXPECT_NE(r.problem.find("has no mapped-ram header (or one pointing outside the file) though the configuration's "
+                           "capabilities list mapped-ram"),
+            std::string::npos)
+      << r.problem;
+}
+
+TEST_F(InspectQemu10ShapesTest, TruncatedConfigurationSubsection) {
+  Layout l;
+  Qemu10Stream o;
+  o.configuration = [](StreamBuilder& s) { s.Capabilities({"x-ignore-shared"}).Uuid(kUuidBytes); };
+  o.ram.block_addr = 0;
+  const std::string good = BuildQemu10(o, l).bytes();
+  ASSERT_TRUE(Inspect(good).complete());
+  const uint64_t config_end = l.section_offsets[0];
+  const uint64_t machine_end = 8 + 1 + 4 + std::string("pc-i440fx-10.0").size();
+  const uint64_t caps_end = machine_end + 1 + 1 + 26 + 4 + 4 + 1 + 15;
+  for (uint64_t cut = machine_end + 1; cut < config_end; ++cut) {
+    SCOPED_TRACE(cut);
+    InspectReport r = Inspect(good.substr(0, cut));
+    EXPECT_FALSE(r.complete());
+    EXPECT_NE(r.problem.find("file ends at " + std::to_string(cut) + " in the middle of"), std::string::npos)
+        << r.problem;
+    // Between two whole subsections the next byte could be a section's.
+    EXPECT_NE(r.problem.find(cut == caps_end ? "a section type" : "configuration subsection"), std::string::npos)
+        << r.problem;
+    EXPECT_TRUE(r.sections.empty());
+  }
+}
+
+TEST_F(InspectQemu10ShapesTest, UnknownConfigurationSubsection) {
+  const std::string name = "configuration/new-thing";
+  Layout l;
+  Qemu10Stream o;
+  o.configuration = [&](StreamBuilder& s) { s.Uuid(kUuidBytes).Subsection(name, 1).Be32(0xdeadbeef); };
+  const uint64_t at = 8 + 1 + 4 + 14 + (1 + 1 + 18 + 4 + 16);
+  InspectReport r = Inspect(BuildQemu10(o, l).bytes());
+  EXPECT_FALSE(r.complete());
+  EXPECT_NE(r.problem.find("section 'configuration' at offset " + std::to_string(at) + ": subsection '" + name +
+                           "' at offset " + std::to_string(at) + " is unknown to inspect"),
+            std::string::npos)
+      << r.problem;
+  EXPECT_NE(r.problem.find("does not describe it, cannot walk past it"), std::string::npos) << r.problem;
+  EXPECT_EQ(r.uuid, kUuidText) << "the subsection before it was read";
+  EXPECT_TRUE(r.sections.empty());
+
+  // QEMU >= 10 describes its configuration in the VM description: a
+  // subsection described there is walked by its field sizes.
+  json conf = {{"vmsd_name", "configuration"},
+               {"version", 1},
+               {"fields", json::array({Field("len", "uint32", 4), Field("name", "buffer", 14)})},
+               {"subsections", json::array({{{"vmsd_name", name},
+                                             {"version", 1},
+                                             {"fields", json::array({Field("x", "uint32", 4)})}}})}};
+  json desc = Vmdesc(json::array());
+  desc["configuration"] = conf;
+  o.vmdesc = desc.dump();
+  Layout l2;
+  r = Inspect(BuildQemu10(o, l2).bytes());
+  EXPECT_TRUE(r.complete()) << r.Verdict();
+  ExpectSectionsTile(r, l2);
+  EXPECT_EQ(r.configuration_subsections, (std::vector<std::string>{"configuration/uuid", name}));
+
+  // ... unless the description says its size differently.
+  desc["configuration"]["subsections"][0]["fields"][0]["size"] = 2;
+  o.vmdesc = desc.dump();
+  Layout l3;
+  r = Inspect(BuildQemu10(o, l3).bytes());
+  EXPECT_FALSE(r.complete());
+  // ... or describes another version.
+  desc["configuration"]["subsections"][0]["fields"][0]["size"] = 4;
+  desc["configuration"]["subsections"][0]["version"] = 2;
+  o.vmdesc = desc.dump();
+  Layout l4;
+  r = Inspect(BuildQemu10(o, l4).bytes());
+  EXPECT_FALSE(r.complete());
+  EXPECT_NE(r.problem.find("has version 1 but the VM description describes version 2"), std::string::npos)
+      << r.problem;
+}
+
+TEST_F(InspectQemu10ShapesTest, BadConfigurationSubsections) {
+  struct Case {
+    std::function<void(StreamBuilder&)> config;
+    std::string reason;
+  };
+  const std::vector<Case> cases = {
+      {[](StreamBuilder& s) { s.Subsection("configuration/uuid", 2).Bytes(kUuidBytes); }, "has version 2"},
+      {[](StreamBuilder& s) { s.Uuid(kUuidBytes).Uuid(kUuidBytes); }, "is the second one of that name"},
+      {[](StreamBuilder& s) { s.Subsection("configuration/capabilities", 1).Be32(100000); },
+       "lists 100000 capabilities"},
+      {[](StreamBuilder& s) { s.Capabilities({"mapped-ram", ""}); }, "capability 1 has an empty name"},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.reason);
+    Layout l;
+    Qemu10Stream o;
+    o.configuration = c.config;
+    InspectReport r = Inspect(BuildQemu10(o, l).bytes());
+    EXPECT_FALSE(r.complete());
+    EXPECT_NE(r.problem.find("configuration subsection '"), std::string::npos) << r.problem;
+    EXPECT_NE(r.problem.find(c.reason), std::string::npos) << r.problem;
+    EXPECT_TRUE(r.sections.empty());
+  }
+}
+
+// Any byte of the configuration subsections or the commands changed, or the
+// stream cut there: a report, never a crash; a cut stream is never complete.
+TEST_F(InspectQemu10ShapesTest, DamagedFilesNeverCrash) {
+  Layout l;
+  Qemu10Stream o;
+  o.configuration = [](StreamBuilder& s) { s.Capabilities({"x-ignore-shared"}).Uuid(kUuidBytes); };
+  o.ram = CommandsBeforeEnd({{2, Be32Bytes(1)}, {7, Be32Bytes(0)}, {10, "\x01x"}, {11, ""}});
+  o.ram.block_addr = 0;
+  const std::string good = BuildQemu10(o, l).bytes();
+  ASSERT_TRUE(Inspect(good).complete());
+  for (size_t cut = 8; cut < l.eof; ++cut) {
+    EXPECT_FALSE(Inspect(good.substr(0, cut)).complete()) << "cut at " << cut;
+  }
+  for (size_t pos = 8; pos < l.eof; ++pos) {
+    for (uint8_t x : {uint8_t{0x01}, uint8_t{0x80}, uint8_t{0xff}}) {
+      std::string bad = good;
+      bad[pos] = static_cast<char>(bad[pos] ^ x);
+      (void)Inspect(bad);
     }
   }
 }
