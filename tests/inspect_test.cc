@@ -1,5 +1,6 @@
 // `ferry inspect` (InspectFile) walking device sections it has no built-in
-// knowledge of, with the VM description (vmdesc) JSON after EOF.
+// knowledge of, with the VM description (vmdesc) JSON after EOF, and what
+// QEMU 10 adds to a stream: command sections and configuration subsections.
 //
 // Built twice (tests/inspect.cmake):
 //  - FERRY_INSPECT_UNIT: hand-built streams with an unknown device described
@@ -8,8 +9,12 @@
 //    one device) are walked with exact section sizes; a missing vmdesc, a
 //    device missing from it, malformed JSON, sizes past the end, undescribed
 //    subsections, ... each stop the walk with a clear problem, never a crash.
-//  - FERRY_INSPECT_INTEROP: QEMU 7.2 (-M pc and -M q35) migrates into a file
-//    with "exec:cat > F"; `ferry inspect F --json` walks every section of it.
+//    Command sections (known, unknown, wrong length, cut) and configuration
+//    subsections (capabilities, uuid, target-page-bits; cut, unknown, bad).
+//  - FERRY_INSPECT_INTEROP: QEMU ($FERRY_QEMU: 7.2 or 10.0) migrates a pc and
+//    a q35 machine into a file with "exec:cat > F" (plain, validate-uuid,
+//    x-ignore-shared) or "file:F" with mapped-ram (QEMU >= 9 only); `ferry
+//    inspect F --json` walks every section of it.
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -949,31 +954,103 @@ TEST_F(InspectQemu10ShapesTest, DamagedFilesNeverCrash) {
 #if defined(FERRY_INSPECT_INTEROP)
 
 // ---------------------------------------------------------------------------
-// QEMU 7.2 saves a pc / q35 machine into a file; ferry inspect walks it.
+// QEMU saves a pc / q35 machine into a file; ferry inspect walks it. Runs
+// against the QEMU named by $FERRY_QEMU (default qemu-system-x86_64 in PATH,
+// Debian's 7.2), started with -L $FERRY_QEMU_DATADIR when that is set (QEMU
+// 10.0 unpacked outside /usr).
 
-class InspectQemuTest : public ::testing::TestWithParam<std::string> {};
+// How QEMU writes the file.
+enum class Save {
+  kPlain,         // exec:cat > F
+  kUuid,          // exec:cat, -uuid and validate-uuid: the configuration/uuid subsection
+  kIgnoreShared,  // exec:cat, x-ignore-shared: configuration/capabilities, block addresses
+  kMappedRam,     // file:F with mapped-ram (QEMU >= 9.0)
+};
+
+struct SaveCase {
+  std::string machine;
+  Save save;
+};
+
+std::string SaveName(Save s) {
+  switch (s) {
+    case Save::kPlain: return "exec_cat";
+    case Save::kUuid: return "validate_uuid";
+    case Save::kIgnoreShared: return "x_ignore_shared";
+    case Save::kMappedRam: return "mapped_ram_file";
+  }
+  return "?";
+}
+
+constexpr const char* kGuestUuid = "5c0ffee0-1234-4abc-8def-0123456789ab";
+
+std::string Env(const char* name) {
+  const char* v = std::getenv(name);
+  return v != nullptr ? v : "";
+}
+
+class InspectQemuTest : public ::testing::TestWithParam<SaveCase> {};
 
 TEST_P(InspectQemuTest, WalksEveryDeviceSection) {
-  const char* env = std::getenv("FERRY_QEMU");
-  const std::string qemu = FindProgram(env != nullptr && *env != '\0' ? env : "qemu-system-x86_64");
-  if (qemu.empty()) GTEST_SKIP() << "qemu-system-x86_64 not found (set FERRY_QEMU)";
-  const std::string machine = GetParam();
+  const std::string requested = Env("FERRY_QEMU").empty() ? "qemu-system-x86_64" : Env("FERRY_QEMU");
+  const std::string qemu = FindProgram(requested);
+  if (qemu.empty()) GTEST_SKIP() << requested << " not found (set FERRY_QEMU)";
+  const std::string datadir = Env("FERRY_QEMU_DATADIR");
+  const std::string machine = GetParam().machine;
+  const Save save = GetParam().save;
   TempDir dir("ferry-inspect-qemu");
   const std::string sock = dir.Path("qmp.sock"), stream = dir.Path(machine + ".mig");
   SpawnOptions so{.stdout_path = dir.Path("qemu.out"), .stderr_path = dir.Path("qemu.err")};
-  Result<Process> q = Process::Spawn({qemu, "-M", machine, "-nodefaults", "-display", "none", "-m", "64", "-S",
-                                      "-accel", "tcg", "-qmp", "unix:" + sock + ",server=on,wait=off"},
-                                     so);
+  std::vector<std::string> argv{qemu};
+  if (!datadir.empty()) argv.insert(argv.end(), {"-L", datadir});
+  argv.insert(argv.end(), {"-M", machine, "-nodefaults", "-display", "none", "-m", "64", "-S", "-accel", "tcg",
+                           "-qmp", "unix:" + sock + ",server=on,wait=off"});
+  if (save == Save::kUuid) argv.insert(argv.end(), {"-uuid", kGuestUuid});
+  Result<Process> q = Process::Spawn(argv, so);
   ASSERT_TRUE(q.ok()) << q.status().ToString();
   Result<std::unique_ptr<QmpClient>> qmp = QmpClient::Connect(sock, std::chrono::seconds(30), &*q);
   ASSERT_TRUE(qmp.ok()) << qmp.status().ToString();
-  // The file appears under its name only once cat has written all of it.
-  Result<json> r = (*qmp)->Execute("migrate", {{"uri", "exec:cat > " + stream + ".part && mv " + stream + ".part " +
-                                                           stream}});
+  Result<json> version = (*qmp)->Execute("query-version");
+  ASSERT_TRUE(version.ok()) << version.status().ToString();
+  const int major = (*version)["qemu"]["major"].get<int>();
+  const std::string qemu_version =
+      std::to_string(major) + "." + std::to_string((*version)["qemu"]["minor"].get<int>());
+  SCOPED_TRACE("QEMU " + qemu_version + " " + qemu);
+
+  std::vector<std::string> caps;
+  if (save == Save::kUuid) caps = {"validate-uuid"};
+  if (save == Save::kIgnoreShared) caps = {"x-ignore-shared"};
+  if (save == Save::kMappedRam) caps = {"mapped-ram"};
+  if (save == Save::kMappedRam) {
+    Result<json> known = (*qmp)->Execute("query-migrate-capabilities");
+    ASSERT_TRUE(known.ok()) << known.status().ToString();
+    bool has = false;
+    for (const json& c : *known) has = has || c.value("capability", "") == "mapped-ram";
+    if (!has) {
+      (void)(*qmp)->Execute("quit");
+      GTEST_SKIP() << "QEMU " << qemu_version << " has no mapped-ram capability (it came in QEMU 9.0), "
+                   << "so it cannot save a mapped-ram file";
+    }
+  }
+  if (!caps.empty()) {
+    json list = json::array();
+    for (const std::string& c : caps) list.push_back({{"capability", c}, {"state", true}});
+    Result<json> set = (*qmp)->Execute("migrate-set-capabilities", {{"capabilities", list}});
+    ASSERT_TRUE(set.ok()) << set.status().ToString();
+  }
+  // exec:cat: the file appears under its name only once cat has written all
+  // of it. file: QEMU writes it itself; it is whole once QEMU has exited.
+  const std::string uri = save == Save::kMappedRam
+                              ? "file:" + stream
+                              : "exec:cat > " + stream + ".part && mv " + stream + ".part " + stream;
+  Result<json> r = (*qmp)->Execute("migrate", {{"uri", uri}});
   ASSERT_TRUE(r.ok()) << r.status().ToString();
   Result<json> done = (*qmp)->WaitForMigration(std::chrono::seconds(120));
   ASSERT_TRUE(done.ok()) << done.status().ToString() << "\n" << q->Report();
   ASSERT_EQ((*done)["status"], "completed") << done->dump(2);
+  (void)(*qmp)->Execute("quit");
+  Result<ExitStatus> exited = q->Wait(std::chrono::seconds(60));
+  ASSERT_TRUE(exited.ok()) << exited.status().ToString() << "\n" << q->Report();
   ASSERT_TRUE(WaitForNonEmptyFile(stream, std::chrono::seconds(60), nullptr).ok()) << q->Report();
 
   Result<Process> inspect = StartFerry(dir, "inspect", {"inspect", stream, "--json"});
@@ -986,11 +1063,12 @@ TEST_P(InspectQemuTest, WalksEveryDeviceSection) {
   EXPECT_FALSE(j->contains("problem")) << (*j)["problem"];
   EXPECT_EQ((*j)["eof"], true);
   EXPECT_EQ((*j)["vmdesc"], true);
+  EXPECT_EQ((*j)["mapped-ram"], save == Save::kMappedRam);
   EXPECT_NE((*j)["machine"].get<std::string>().find(machine == "pc" ? "i440fx" : "q35"), std::string::npos);
 
   const json& sections = (*j)["sections"];
   ASSERT_TRUE(sections.is_array());
-  size_t devices = 0;
+  size_t devices = 0, switchovers = 0;
   for (size_t i = 0; i < sections.size(); ++i) {
     const json& s = sections[i];
     SCOPED_TRACE(s.dump());
@@ -1001,7 +1079,17 @@ TEST_P(InspectQemuTest, WalksEveryDeviceSection) {
     if (i + 1 < sections.size()) {
       EXPECT_EQ(s["offset"].get<uint64_t>() + s["size"].get<uint64_t>(), sections[i + 1]["offset"].get<uint64_t>());
     }
+    // QEMU >= 10 announces the switch-over with a command (5 bytes) right
+    // before the last RAM section.
+    if (s["idstr"] == "SWITCHOVER_START") {
+      ++switchovers;
+      EXPECT_EQ(s["size"], 5);
+      ASSERT_LT(i + 1, sections.size());
+      EXPECT_EQ(sections[i + 1]["idstr"], "ram");
+      EXPECT_EQ(sections[i + 1]["type"], "end");
+    }
   }
+  EXPECT_EQ(switchovers, major >= 10 ? 1u : 0u);
   EXPECT_GT(devices, 5u) << "device sections walked with the VM description";
   ASSERT_FALSE(sections.empty());
   // The last section before EOF was reached and walked: it ends at the EOF
@@ -1013,7 +1101,7 @@ TEST_P(InspectQemuTest, WalksEveryDeviceSection) {
   ASSERT_TRUE(size.ok());
   EXPECT_EQ((*j)["vmdesc-offset"].get<uint64_t>() + 5 + (*j)["vmdesc-bytes"].get<uint64_t>(), *size);
 
-  // The human output has the same sizes.
+  // The human output has the same sizes and the layout.
   Result<Process> text = StartFerry(dir, "inspect-text", {"inspect", stream});
   ASSERT_TRUE(text.ok());
   EXPECT_TRUE(ExitsWithCode(*text, 0, std::chrono::seconds(60)));
@@ -1022,11 +1110,62 @@ TEST_P(InspectQemuTest, WalksEveryDeviceSection) {
             std::string::npos)
       << text->Stdout();
   EXPECT_NE(text->Stdout().find("(walked by the VM description"), std::string::npos) << text->Stdout();
+  EXPECT_NE(text->Stdout().find(save == Save::kMappedRam ? "\nlayout: mapped-ram\n" : "\nlayout: plain stream\n"),
+            std::string::npos)
+      << text->Stdout();
 
-  (void)(*qmp)->Execute("quit");
+  // What the configuration carried (the report itself: the CLI does not
+  // print the configuration's subsections).
+  Result<InspectReport> rep = InspectFile(stream, 0);
+  ASSERT_TRUE(rep.ok()) << rep.status().ToString();
+  EXPECT_TRUE(rep->complete()) << rep->Verdict();
+  EXPECT_EQ(rep->sections.size(), sections.size());
+  using Names = std::vector<std::string>;
+  switch (save) {
+    case Save::kPlain:
+      EXPECT_EQ(rep->configuration_subsections, Names{});
+      EXPECT_FALSE(rep->has_capabilities);
+      EXPECT_EQ(rep->uuid, "");
+      break;
+    case Save::kUuid:
+      EXPECT_EQ(rep->configuration_subsections, Names{"configuration/uuid"});
+      EXPECT_FALSE(rep->has_capabilities);
+      EXPECT_EQ(rep->uuid, kGuestUuid);
+      break;
+    case Save::kIgnoreShared:
+      EXPECT_EQ(rep->configuration_subsections, Names{"configuration/capabilities"});
+      EXPECT_EQ(rep->capabilities, Names{"x-ignore-shared"});
+      EXPECT_EQ(rep->uuid, "");
+      break;
+    case Save::kMappedRam:
+      EXPECT_EQ(rep->configuration_subsections, Names{"configuration/capabilities"});
+      EXPECT_EQ(rep->capabilities, Names{"mapped-ram"});
+      EXPECT_TRUE(rep->mapped_ram);
+      break;
+  }
+  ASSERT_FALSE(rep->blocks.empty());
+  EXPECT_EQ(rep->blocks[0].name, "pc.ram");
+  EXPECT_EQ(rep->blocks[0].size, 64u << 20);
+  for (const InspectBlock& b : rep->blocks) {
+    SCOPED_TRACE(b.name);
+    EXPECT_EQ(b.has_addr, save == Save::kIgnoreShared);
+    EXPECT_EQ(b.mapped_ram, save == Save::kMappedRam);
+    if (b.mapped_ram) {
+      EXPECT_EQ(b.page_size, 4096u);
+      EXPECT_LE(b.pages_present, b.size / 4096);
+    }
+  }
+  if (save == Save::kIgnoreShared) {
+    EXPECT_EQ(rep->blocks[0].addr, 0u) << "pc.ram is mapped at guest address 0";
+  }
 }
 
-INSTANTIATE_TEST_SUITE_P(Machines, InspectQemuTest, ::testing::Values("pc", "q35"));
+INSTANTIATE_TEST_SUITE_P(
+    Machines, InspectQemuTest,
+    ::testing::Values(SaveCase{"pc", Save::kPlain}, SaveCase{"q35", Save::kPlain}, SaveCase{"pc", Save::kUuid},
+                      SaveCase{"q35", Save::kIgnoreShared}, SaveCase{"pc", Save::kMappedRam},
+                      SaveCase{"q35", Save::kMappedRam}),
+    [](const ::testing::TestParamInfo<SaveCase>& info) { return info.param.machine + "_" + SaveName(info.param.save); });
 
 #endif  // FERRY_INSPECT_INTEROP
 
