@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <bit>
 #include <cerrno>
+#include <iterator>
 #include <map>
 #include <optional>
 #include <utility>
@@ -216,7 +217,7 @@ class Walker {
           r_.machine.assign(len, '\0');
           if (!c_.Read(r_.machine.data(), len, "the configuration section", &e)) return;
           r_.has_configuration = true;
-          if (!ConfigurationSubsections()) return;
+          if (!ConfigurationSubsections(at)) return;
           break;
         }
         case wire::kCommand:
@@ -255,8 +256,9 @@ class Walker {
 
   // After the machine name: any number of subsections (0x05, u8 length,
   // name, be32 version), each of a kind inspect knows. They end where the
-  // next byte is not 0x05, which is never a section type.
-  bool ConfigurationSubsections() {
+  // next byte is not 0x05, which is never a section type. `config_at`: the
+  // offset of the configuration section.
+  bool ConfigurationSubsections(uint64_t config_at) {
     std::string& e = r_.problem;
     while (true) {
       const uint64_t at = c_.pos();
@@ -279,7 +281,7 @@ class Walker {
         return false;
       }
       if (name != kCapabilitiesSubsection && name != kUuidSubsection && name != kPageBitsSubsection) {
-        if (!DescribedConfigurationSubsection(name, version, at)) return false;
+        if (!DescribedConfigurationSubsection(name, version, at, config_at)) return false;
         r_.configuration_subsections.push_back(name);
         continue;
       }
@@ -320,10 +322,11 @@ class Walker {
   // A configuration subsection inspect does not know, walked with the
   // configuration's entry in the VM description (QEMU >= 10 describes the
   // configuration there, next to "devices").
-  bool DescribedConfigurationSubsection(const std::string& name, uint32_t version, uint64_t at) {
+  bool DescribedConfigurationSubsection(const std::string& name, uint32_t version, uint64_t at,
+                                        uint64_t config_at) {
     InspectSection conf;
     conf.idstr = "configuration";
-    conf.offset = at;
+    conf.offset = config_at;
     const std::string unknown = "subsection '" + Printable(name, 64) + "' at offset " + std::to_string(at) +
                                 " is unknown to inspect (it knows '" + kCapabilitiesSubsection + "', '" +
                                 kUuidSubsection + "' and '" + kPageBitsSubsection + "') and ";
