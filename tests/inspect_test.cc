@@ -984,25 +984,20 @@ std::string SaveName(Save s) {
 
 constexpr const char* kGuestUuid = "5c0ffee0-1234-4abc-8def-0123456789ab";
 
-std::string Env(const char* name) {
-  const char* v = std::getenv(name);
-  return v != nullptr ? v : "";
-}
-
 class InspectQemuTest : public ::testing::TestWithParam<SaveCase> {};
 
 TEST_P(InspectQemuTest, WalksEveryDeviceSection) {
-  const std::string requested = Env("FERRY_QEMU").empty() ? "qemu-system-x86_64" : Env("FERRY_QEMU");
-  const std::string qemu = FindProgram(requested);
-  if (qemu.empty()) GTEST_SKIP() << requested << " not found (set FERRY_QEMU)";
-  const std::string datadir = Env("FERRY_QEMU_DATADIR");
+  const char* env = std::getenv("FERRY_QEMU");
+  const std::string qemu = FindProgram(env != nullptr && *env != '\0' ? env : "qemu-system-x86_64");
+  if (qemu.empty()) GTEST_SKIP() << "qemu-system-x86_64 not found (set FERRY_QEMU)";
   const std::string machine = GetParam().machine;
   const Save save = GetParam().save;
   TempDir dir("ferry-inspect-qemu");
   const std::string sock = dir.Path("qmp.sock"), stream = dir.Path(machine + ".mig");
   SpawnOptions so{.stdout_path = dir.Path("qemu.out"), .stderr_path = dir.Path("qemu.err")};
   std::vector<std::string> argv{qemu};
-  if (!datadir.empty()) argv.insert(argv.end(), {"-L", datadir});
+  const char* datadir = std::getenv("FERRY_QEMU_DATADIR");  // -L: firmware of a QEMU unpacked outside /usr
+  if (datadir != nullptr && *datadir != '\0') argv.insert(argv.end(), {"-L", datadir});
   argv.insert(argv.end(), {"-M", machine, "-nodefaults", "-display", "none", "-m", "64", "-S", "-accel", "tcg",
                            "-qmp", "unix:" + sock + ",server=on,wait=off"});
   if (save == Save::kUuid) argv.insert(argv.end(), {"-uuid", kGuestUuid});
@@ -1015,7 +1010,7 @@ TEST_P(InspectQemuTest, WalksEveryDeviceSection) {
   const int major = (*version)["qemu"]["major"].get<int>();
   const std::string qemu_version =
       std::to_string(major) + "." + std::to_string((*version)["qemu"]["minor"].get<int>());
-  SCOPED_TRACE("QEMU " + qemu_version + " " + qemu);
+  SCOPED_TRACE("QEMU " + qemu_version + " " + argv[0]);
 
   std::vector<std::string> caps;
   if (save == Save::kUuid) caps = {"validate-uuid"};
