@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <bit>
 #include <cerrno>
+#include <iterator>
 #include <map>
 #include <optional>
 #include <utility>
@@ -28,6 +29,42 @@ constexpr uint64_t kVmdescMaxBytes = 16 << 20;
 constexpr int kVmdescMaxDepth = 64;
 
 using Json = nlohmann::json;
+
+// Configuration subsections (vmstate subsections of the configuration
+// section, version 1 each):
+//   capabilities:     be32 count, count x (u8 len, name)   with mapped-ram or x-ignore-shared on
+//   uuid:             16 bytes                             with validate-uuid on
+//   target-page-bits: be32                                 targets with variable page sizes
+constexpr const char* kCapabilitiesSubsection = "configuration/capabilities";
+constexpr const char* kUuidSubsection = "configuration/uuid";
+constexpr const char* kPageBitsSubsection = "configuration/target-page-bits";
+// QEMU has a few dozen capabilities; a longer list is corruption.
+constexpr uint32_t kMaxCapabilities = 256;
+
+// Command sections (0x08): be16 command, be16 payload length, payload.
+// QEMU 10's numbering; `len` is the payload length the command takes, -1
+// when it varies (then `shape` says how it is checked).
+enum class PayloadShape { kFixed, kAdvise, kDiscard, kRecvBitmap };
+struct CommandInfo {
+  const char* name;  // nullptr: not a valid command (0 is INVALID)
+  int len;
+  PayloadShape shape;
+};
+constexpr uint16_t kCmdPackaged = 7;  // be32 length of a package that follows the command
+constexpr CommandInfo kCommands[] = {
+    {nullptr, -1, PayloadShape::kFixed},                       // 0 INVALID
+    {"OPEN_RETURN_PATH", 0, PayloadShape::kFixed},             // 1
+    {"PING", 4, PayloadShape::kFixed},                         // 2: be32 value
+    {"POSTCOPY_ADVISE", -1, PayloadShape::kAdvise},            // 3
+    {"POSTCOPY_LISTEN", 0, PayloadShape::kFixed},              // 4
+    {"POSTCOPY_RUN", 0, PayloadShape::kFixed},                 // 5
+    {"POSTCOPY_RAM_DISCARD", -1, PayloadShape::kDiscard},      // 6
+    {"PACKAGED", 4, PayloadShape::kFixed},                     // 7
+    {"ENABLE_COLO", 0, PayloadShape::kFixed},                  // 8
+    {"POSTCOPY_RESUME", 0, PayloadShape::kFixed},              // 9
+    {"RECV_BITMAP", -1, PayloadShape::kRecvBitmap},            // 10
+    {"SWITCHOVER_START", 0, PayloadShape::kFixed},             // 11 (QEMU >= 10)
+};
 
 // Bounded reads at a cursor; every failure sets `error` and returns false.
 class Cursor {
@@ -180,8 +217,12 @@ class Walker {
           r_.machine.assign(len, '\0');
           if (!c_.Read(r_.machine.data(), len, "the configuration section", &e)) return;
           r_.has_configuration = true;
+          if (!ConfigurationSubsections(at)) return;
           break;
         }
+        case wire::kCommand:
+          if (!Command(at)) return;
+          break;
         case wire::kSectionStart:
         case wire::kSectionFull:
         case wire::kSectionPart:
@@ -209,6 +250,194 @@ class Walker {
       v >>= 4;
     } while (v);
     return "0x" + s;
+  }
+
+  // ---- Configuration subsections --------------------------------------
+
+  // After the machine name: any number of subsections (0x05, u8 length,
+  // name, be32 version), each of a kind inspect knows. They end where the
+  // next byte is not 0x05, which is never a section type. `config_at`: the
+  // offset of the configuration section.
+  bool ConfigurationSubsections(uint64_t config_at) {
+    std::string& e = r_.problem;
+    while (true) {
+      const uint64_t at = c_.pos();
+      uint8_t b = 0;
+      std::string unused;
+      if (c_.left() == 0 || !c_.U8(&b, "", &unused) || b != wire::kSubsection) {
+        c_.Seek(at);
+        return true;
+      }
+      std::string name;
+      uint32_t version = 0;
+      if (!c_.Name(&name, "a configuration subsection", &e) ||
+          !c_.Be32(&version, "configuration subsection '" + Printable(name, 64) + "'", &e)) {
+        return false;
+      }
+      const std::string where = "configuration subsection '" + Printable(name, 64) + "' at offset " + std::to_string(at);
+      if (std::find(r_.configuration_subsections.begin(), r_.configuration_subsections.end(), name) !=
+          r_.configuration_subsections.end()) {
+        e = where + " is the second one of that name";
+        return false;
+      }
+      if (name != kCapabilitiesSubsection && name != kUuidSubsection && name != kPageBitsSubsection) {
+        if (!DescribedConfigurationSubsection(name, version, at, config_at)) return false;
+        r_.configuration_subsections.push_back(name);
+        continue;
+      }
+      if (version != 1) {
+        e = where + " has version " + std::to_string(version) + " (inspect knows version 1)";
+        return false;
+      }
+      r_.configuration_subsections.push_back(name);
+      const std::string what = "configuration subsection '" + name + "'";
+      if (name == kCapabilitiesSubsection) {
+        uint32_t count = 0;
+        if (!c_.Be32(&count, what, &e)) return false;
+        if (count > kMaxCapabilities) {
+          e = where + " lists " + std::to_string(count) + " capabilities (at most " +
+              std::to_string(kMaxCapabilities) + " expected)";
+          return false;
+        }
+        for (uint32_t i = 0; i < count; ++i) {
+          std::string cap;
+          if (!c_.Name(&cap, what + "'s capability", &e)) return false;
+          if (cap.empty()) {
+            e = where + ": capability " + std::to_string(i) + " has an empty name";
+            return false;
+          }
+          r_.capabilities.push_back(std::move(cap));
+        }
+        r_.has_capabilities = true;
+      } else if (name == kUuidSubsection) {
+        uint8_t u[16];
+        if (!c_.Read(u, sizeof(u), what, &e)) return false;
+        r_.uuid = FormatUuid(u);
+      } else {
+        if (!c_.Be32(&r_.target_page_bits, what, &e)) return false;
+      }
+    }
+  }
+
+  // A configuration subsection inspect does not know, walked with the
+  // configuration's entry in the VM description (QEMU >= 10 describes the
+  // configuration there, next to "devices").
+  bool DescribedConfigurationSubsection(const std::string& name, uint32_t version, uint64_t at,
+                                        uint64_t config_at) {
+    InspectSection conf;
+    conf.idstr = "configuration";
+    conf.offset = config_at;
+    const std::string unknown = "subsection '" + Printable(name, 64) + "' at offset " + std::to_string(at) +
+                                " is unknown to inspect (it knows '" + kCapabilitiesSubsection + "', '" +
+                                kUuidSubsection + "' and '" + kPageBitsSubsection + "') and ";
+    if (!vd_.tried) LocateVmdesc();
+    if (!vd_.error.empty()) return CannotWalk(conf, unknown + vd_.error);
+    const Json* sub = nullptr;
+    auto cfg = vd_.doc.find("configuration");
+    if (cfg != vd_.doc.end() && cfg->is_object()) {
+      auto subs = cfg->find("subsections");
+      if (subs != cfg->end() && subs->is_array()) {
+        for (const Json& x : *subs) {
+          if (StringMember(x, "vmsd_name") == name) sub = &x;
+        }
+      }
+    }
+    if (sub == nullptr) {
+      return CannotWalk(conf, unknown + "the VM description at offset " + std::to_string(vd_.offset) +
+                                  " does not describe it");
+    }
+    const std::optional<uint64_t> want = UnsignedMember(*sub, "version");
+    if (want && *want != version) {
+      return CannotWalk(conf, "subsection '" + name + "' at offset " + std::to_string(at) + " has version " +
+                                  std::to_string(version) + " but the VM description describes version " +
+                                  std::to_string(*want));
+    }
+    const uint64_t limit = vd_.offset > 0 ? vd_.offset - 1 : 0;
+    try {
+      return WalkVmsd(*sub, conf, name, 1, limit);
+    } catch (const std::exception& ex) {
+      return CannotWalk(conf, "its VM description entry is malformed (" + Printable(ex.what(), 200) + ")");
+    }
+  }
+
+  bool HasCapability(const char* name) const {
+    return std::find(r_.capabilities.begin(), r_.capabilities.end(), name) != r_.capabilities.end();
+  }
+
+  static std::string FormatUuid(const uint8_t* u) {
+    static const char* d = "0123456789abcdef";
+    std::string s;
+    for (int i = 0; i < 16; ++i) {
+      if (i == 4 || i == 6 || i == 8 || i == 10) s += '-';
+      s += d[u[i] >> 4];
+      s += d[u[i] & 15];
+    }
+    return s;
+  }
+
+  // ---- Command sections -----------------------------------------------
+
+  // 0x08, be16 command, be16 payload length, payload. Listed as a section
+  // of type wire::kCommand named after the command. Only commands of a known
+  // number with a payload of the length that command takes pass. The
+  // package after a PACKAGED command (postcopy's bundle of device state) is
+  // skipped by its length, not walked.
+  bool Command(uint64_t at) {
+    std::string& e = r_.problem;
+    uint8_t h[4];
+    if (!c_.Read(h, sizeof(h), "a command section header", &e)) return false;
+    InspectSection s;
+    s.type = wire::kCommand;
+    s.offset = at;
+    s.id = (uint32_t{h[0]} << 8) | h[1];
+    s.command_len = (uint32_t{h[2]} << 8) | h[3];
+    const std::string where = " at offset " + std::to_string(at);
+    const CommandInfo* info = s.id < std::size(kCommands) ? &kCommands[s.id] : nullptr;
+    if (info == nullptr || info->name == nullptr) {
+      e = "unknown command " + std::to_string(s.id) + " (payload " + std::to_string(s.command_len) + " bytes)" + where;
+      return false;
+    }
+    s.idstr = info->name;
+    std::string payload(s.command_len, '\0');
+    if (!c_.Read(payload.data(), payload.size(), "command " + s.idstr + where, &e)) return false;
+    const std::string bad = CommandPayloadProblem(*info, payload);
+    if (!bad.empty()) {
+      e = "command " + s.idstr + where + " is corrupt: " + bad;
+      return false;
+    }
+    if (s.id == kCmdPackaged) {
+      const uint32_t package = LoadBe32(reinterpret_cast<const uint8_t*>(payload.data()));
+      if (!c_.Skip(package, "the package of command PACKAGED" + where, &e)) return false;
+    }
+    s.size = c_.pos() - at;
+    r_.sections.push_back(std::move(s));
+    return true;
+  }
+
+  // What is wrong with a command's payload ("" if nothing).
+  static std::string CommandPayloadProblem(const CommandInfo& info, const std::string& p) {
+    const size_t n = p.size();
+    const std::string got = "payload of " + std::to_string(n) + " bytes";
+    if (info.len >= 0) {
+      return n == static_cast<size_t>(info.len) ? "" : got + ", it takes " + std::to_string(info.len);
+    }
+    const auto* b = reinterpret_cast<const uint8_t*>(p.data());
+    switch (info.shape) {
+      case PayloadShape::kAdvise:  // nothing, or be64 page size, be64 target page size
+        return n == 0 || n == 16 ? "" : got + ", it takes 0 or 16";
+      case PayloadShape::kDiscard: {  // u8 version 0, u8 len, block name, (be64 start, be64 length)*
+        if (n < 2 || b[0] != 0) return got + (n < 2 ? " (too short)" : ", version " + std::to_string(b[0]) + " (not 0)");
+        if (2u + b[1] > n || (n - 2 - b[1]) % 16 != 0) {
+          return got + " does not hold a block name of " + std::to_string(b[1]) + " bytes and whole 16-byte ranges";
+        }
+        return "";
+      }
+      case PayloadShape::kRecvBitmap:  // u8 len, block name
+        return n >= 1 && n == 1u + b[0] ? "" : got + " is not a length byte and a block name of that length";
+      case PayloadShape::kFixed:
+        break;
+    }
+    return "";
   }
 
   void Vmdesc() {
@@ -562,6 +791,7 @@ class Walker {
 
   bool BlockList(uint64_t total) {
     std::string& e = r_.problem;
+    const bool ignore_shared = HasCapability("x-ignore-shared");
     uint64_t sum = 0;
     while (sum < total) {
       InspectBlock b;
@@ -572,6 +802,10 @@ class Walker {
         return false;
       }
       sum += b.size;
+      if (ignore_shared) {
+        if (!c_.Be64(&b.addr, "block '" + b.name + "''s address (x-ignore-shared)", &e)) return false;
+        b.has_addr = true;
+      }
       if (!MaybeMappedRam(b)) return false;
       r_.blocks.push_back(std::move(b));
     }
@@ -596,6 +830,15 @@ class Walker {
       pages = LoadBe64(h + 20);
       looks = version == 1 && page_size == kPage && bitmap >= at + kMapHeaderSize && bitmap < c_.size() &&
               pages > bitmap && pages <= c_.size();
+    }
+    // The configuration's capabilities, when sent, say whether the file is
+    // mapped-ram; without them the first block's entry decides.
+    if (r_.has_capabilities && looks != HasCapability("mapped-ram")) {
+      e = "block '" + b.name + "' at offset " + std::to_string(at) +
+          (looks ? " has a mapped-ram header but the configuration's capabilities do not list mapped-ram"
+                 : " has no mapped-ram header (or one pointing outside the file) though the configuration's "
+                   "capabilities list mapped-ram");
+      return false;
     }
     if (!r_.blocks.empty() && looks != r_.mapped_ram) {
       e = "block '" + b.name + "' at offset " + std::to_string(at) +

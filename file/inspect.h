@@ -1,5 +1,7 @@
 // Walks a migration stream stored in a file without loading any memory:
-// header, configuration, every section with its byte offset, the RAM block
+// header, configuration (machine name and the subsections QEMU adds to it:
+// capabilities, uuid, target page bits), every section with its byte offset,
+// command sections (QEMU >= 10 sends SWITCHOVER_START) by name, the RAM block
 // list, PAGE/ZERO record counts (page data skipped), mapped-ram block headers
 // and their bitmaps, the verification section, EOF and the VM description.
 // Device sections it has no built-in knowledge of (everything a QEMU pc/q35
@@ -21,8 +23,11 @@
 
 namespace ferry {
 
+// A device section, or a command section (type wire::kCommand): then `id`
+// is the command number, `idstr` its name ("SWITCHOVER_START") and
+// `command_len` the length of its payload.
 struct InspectSection {
-  uint8_t type = 0;         // wire::kSectionStart, ...
+  uint8_t type = 0;         // wire::kSectionStart, ..., wire::kCommand
   uint32_t id = 0;
   std::string idstr;        // PART/END: taken from the START with the same id
   uint32_t instance = 0;    // START/FULL only
@@ -36,11 +41,16 @@ struct InspectSection {
   uint64_t zero_records = 0;
   bool from_vmdesc = false;   // walked with the VM description's field sizes
   uint32_t subsections = 0;   // subsections found in it (nested ones too)
+  uint32_t command_len = 0;   // commands only
 };
 
 struct InspectBlock {
   std::string name;
   uint64_t size = 0;
+  // With x-ignore-shared (named in the configuration's capabilities) each
+  // block entry carries the guest address of its memory region.
+  bool has_addr = false;
+  uint64_t addr = 0;
   // mapped-ram only.
   bool mapped_ram = false;
   uint64_t header_offset = 0;
@@ -60,6 +70,13 @@ struct InspectReport {
   uint32_t version = 0;
   bool has_configuration = false;
   std::string machine;
+  // Subsections of the configuration, in stream order, by name
+  // ("configuration/capabilities", ...), and what they hold.
+  std::vector<std::string> configuration_subsections;
+  bool has_capabilities = false;
+  std::vector<std::string> capabilities;  // e.g. "mapped-ram", "x-ignore-shared"
+  std::string uuid;                       // "12345678-9abc-...", "" when not sent
+  uint32_t target_page_bits = 0;          // 0 when not sent
   std::vector<InspectSection> sections;
   std::vector<InspectBlock> blocks;
   bool mapped_ram = false;
