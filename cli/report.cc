@@ -14,6 +14,7 @@ const char* SectionTypeName(uint8_t t) {
     case 2: return "part";
     case 3: return "end";
     case 4: return "full";
+    case 8: return "command";
     default: return "?";
   }
 }
@@ -27,6 +28,10 @@ std::string InspectText(const InspectReport& r, bool json) {
     j["file-size"] = r.file_size;
     j["header"] = {{"magic", r.magic}, {"version", r.version}, {"valid", r.header_ok}};
     if (r.has_configuration) j["machine"] = r.machine;
+    if (!r.configuration_subsections.empty()) j["configuration-subsections"] = r.configuration_subsections;
+    if (r.has_capabilities) j["capabilities"] = r.capabilities;
+    if (!r.uuid.empty()) j["uuid"] = r.uuid;
+    if (r.target_page_bits != 0) j["target-page-bits"] = r.target_page_bits;
     j["sections"] = nlohmann::json::array();
     for (const InspectSection& s : r.sections) {
       nlohmann::json o = {{"type", SectionTypeName(s.type)}, {"id", s.id},     {"idstr", s.idstr},
@@ -35,7 +40,8 @@ std::string InspectText(const InspectReport& r, bool json) {
         o["instance"] = s.instance;
         o["version"] = s.version;
       }
-      if (s.idstr == "ram") {
+      if (s.type == 8) o["payload-bytes"] = s.command_len;
+      if (s.type != 8 && s.idstr == "ram") {
         o["pages"] = s.page_records;
         o["zeros"] = s.zero_records;
       }
@@ -48,6 +54,7 @@ std::string InspectText(const InspectReport& r, bool json) {
     j["blocks"] = nlohmann::json::array();
     for (const InspectBlock& b : r.blocks) {
       nlohmann::json o = {{"name", b.name}, {"size", b.size}};
+      if (b.has_addr) o["addr"] = b.addr;
       if (b.mapped_ram) {
         o["mapped-ram"] = {{"header-offset", b.header_offset}, {"version", b.version}, {"page-size", b.page_size},
                            {"bitmap-offset", b.bitmap_offset}, {"pages-offset", b.pages_offset},
@@ -77,7 +84,19 @@ std::string InspectText(const InspectReport& r, bool json) {
                 r.header_ok ? "" : " (not a valid stream header)");
   line(buf);
   if (r.has_configuration) line("configuration: machine '" + r.machine + "'");
+  if (r.has_capabilities) {
+    std::string caps;
+    for (const std::string& c : r.capabilities) caps += (caps.empty() ? "" : ", ") + c;
+    line("configuration: capabilities " + (caps.empty() ? std::string("(none)") : caps));
+  }
+  if (!r.uuid.empty()) line("configuration: uuid " + r.uuid);
+  if (r.target_page_bits != 0) line("configuration: target page bits " + std::to_string(r.target_page_bits));
   for (const InspectSection& s : r.sections) {
+    if (s.type == 8) {
+      line("command " + std::to_string(s.id) + " '" + s.idstr + "' at " + std::to_string(s.offset) + ", " +
+           std::to_string(s.size) + " bytes");
+      continue;
+    }
     std::string l = std::string("section ") + SectionTypeName(s.type) + " id " + std::to_string(s.id) + " '" +
                     s.idstr + "'";
     if (s.type == 1 || s.type == 4) {
@@ -95,6 +114,10 @@ std::string InspectText(const InspectReport& r, bool json) {
   }
   for (const InspectBlock& b : r.blocks) {
     std::string l = "block '" + b.name + "': " + std::to_string(b.size) + " bytes";
+    if (b.has_addr) {
+      std::snprintf(buf, sizeof(buf), " at guest address 0x%llx", static_cast<unsigned long long>(b.addr));
+      l += buf;
+    }
     if (b.mapped_ram) {
       l += "; mapped-ram header at " + std::to_string(b.header_offset) + ": version " + std::to_string(b.version) +
            ", page size " + std::to_string(b.page_size) + ", bitmap at " + std::to_string(b.bitmap_offset) +
