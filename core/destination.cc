@@ -326,15 +326,14 @@ Status MigrationDestination::HandleCommand(StreamReader& r, Channel& channel, ui
   const uint16_t len = r.GetBe16();
   FERRY_RETURN_IF_ERROR(r.status().WithContext("reading the command section at stream offset " + std::to_string(at)));
   const std::string where = " (command section at stream offset " + std::to_string(at) + ")";
-  // Fixed payload lengths; -1 = variable.
-  static constexpr int kLength[wire::kCommandCount] = {-1, 0, 4, -1, 0, 0, -1, 4, 0, 0, -1, 0};
   if (cmd == 0 || cmd >= wire::kCommandCount) {
     return Status::Protocol("unknown command " + std::to_string(cmd) + " with " + std::to_string(len) +
                             " bytes of payload" + where);
   }
-  if (kLength[cmd] >= 0 && kLength[cmd] != len) {
-    return Status::Protocol("command " + std::to_string(cmd) + " has " + std::to_string(len) +
-                            " bytes of payload, expected " + std::to_string(kLength[cmd]) + where);
+  const wire::CommandSpec& spec = wire::kCommands[cmd];
+  if (spec.length >= 0 && spec.length != len) {
+    return Status::Protocol("command " + std::to_string(cmd) + " (" + spec.name + ") has " + std::to_string(len) +
+                            " bytes of payload, expected " + std::to_string(spec.length) + where);
   }
   switch (static_cast<Command>(cmd)) {
     case Command::kOpenReturnPath:
@@ -369,7 +368,7 @@ Status MigrationDestination::HandleCommand(StreamReader& r, Channel& channel, ui
     case Command::kPackaged:
     case Command::kPostcopyResume:
     case Command::kRecvBitmap:
-      return Status::Unsupported("the source uses postcopy (command " + std::to_string(cmd) + ")" + where +
+      return Status::Unsupported("the source uses postcopy (command " + std::string(spec.name) + ")" + where +
                                  ": ferry does not support postcopy; turn the postcopy-ram capability off on the "
                                  "source");
     case Command::kInvalid:

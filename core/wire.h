@@ -40,6 +40,15 @@ enum class Command : uint16_t {
   kSwitchoverStart = 11,    // len 0: QEMU >= 10 has paused its guest (nothing to do)
 };
 inline constexpr uint16_t kCommandCount = 12;
+struct CommandSpec {
+  const char* name;  // nullptr: not a command (0 is INVALID)
+  int length;        // payload bytes; -1: variable
+};
+inline constexpr CommandSpec kCommands[kCommandCount] = {
+    {nullptr, -1},           {"OPEN_RETURN_PATH", 0}, {"PING", 4},        {"POSTCOPY_ADVISE", -1},
+    {"POSTCOPY_LISTEN", 0},  {"POSTCOPY_RUN", 0},     {"POSTCOPY_RAM_DISCARD", -1}, {"PACKAGED", 4},
+    {"ENABLE_COLO", 0},      {"POSTCOPY_RESUME", 0},  {"RECV_BITMAP", -1}, {"SWITCHOVER_START", 0},
+};
 
 // Return-path messages (destination -> source): be16 type, be16 length, data.
 inline constexpr uint16_t kRpShut = 1;            // be32: 0 = loaded, 1 = failed

@@ -45,25 +45,12 @@ constexpr uint32_t kMaxCapabilities = 256;
 // QEMU 10's numbering; `len` is the payload length the command takes, -1
 // when it varies (then `shape` says how it is checked).
 enum class PayloadShape { kFixed, kAdvise, kDiscard, kRecvBitmap };
-struct CommandInfo {
-  const char* name;  // nullptr: not a valid command (0 is INVALID)
-  int len;
-  PayloadShape shape;
-};
+// How each command's payload is checked beyond wire::kCommands' length.
 constexpr uint16_t kCmdPackaged = 7;  // be32 length of a package that follows the command
-constexpr CommandInfo kCommands[] = {
-    {nullptr, -1, PayloadShape::kFixed},                       // 0 INVALID
-    {"OPEN_RETURN_PATH", 0, PayloadShape::kFixed},             // 1
-    {"PING", 4, PayloadShape::kFixed},                         // 2: be32 value
-    {"POSTCOPY_ADVISE", -1, PayloadShape::kAdvise},            // 3
-    {"POSTCOPY_LISTEN", 0, PayloadShape::kFixed},              // 4
-    {"POSTCOPY_RUN", 0, PayloadShape::kFixed},                 // 5
-    {"POSTCOPY_RAM_DISCARD", -1, PayloadShape::kDiscard},      // 6
-    {"PACKAGED", 4, PayloadShape::kFixed},                     // 7
-    {"ENABLE_COLO", 0, PayloadShape::kFixed},                  // 8
-    {"POSTCOPY_RESUME", 0, PayloadShape::kFixed},              // 9
-    {"RECV_BITMAP", -1, PayloadShape::kRecvBitmap},            // 10
-    {"SWITCHOVER_START", 0, PayloadShape::kFixed},             // 11 (QEMU >= 10)
+constexpr PayloadShape kCommandShapes[wire::kCommandCount] = {
+    PayloadShape::kFixed,  PayloadShape::kFixed, PayloadShape::kFixed,   PayloadShape::kAdvise,
+    PayloadShape::kFixed,  PayloadShape::kFixed, PayloadShape::kDiscard, PayloadShape::kFixed,
+    PayloadShape::kFixed,  PayloadShape::kFixed, PayloadShape::kRecvBitmap, PayloadShape::kFixed,
 };
 
 // Bounded reads at a cursor; every failure sets `error` and returns false.
@@ -392,15 +379,14 @@ class Walker {
     s.id = (uint32_t{h[0]} << 8) | h[1];
     s.command_len = (uint32_t{h[2]} << 8) | h[3];
     const std::string where = " at offset " + std::to_string(at);
-    const CommandInfo* info = s.id < std::size(kCommands) ? &kCommands[s.id] : nullptr;
-    if (info == nullptr || info->name == nullptr) {
+    if (s.id >= wire::kCommandCount || wire::kCommands[s.id].name == nullptr) {
       e = "unknown command " + std::to_string(s.id) + " (payload " + std::to_string(s.command_len) + " bytes)" + where;
       return false;
     }
-    s.idstr = info->name;
+    s.idstr = wire::kCommands[s.id].name;
     std::string payload(s.command_len, '\0');
     if (!c_.Read(payload.data(), payload.size(), "command " + s.idstr + where, &e)) return false;
-    const std::string bad = CommandPayloadProblem(*info, payload);
+    const std::string bad = CommandPayloadProblem(wire::kCommands[s.id].length, kCommandShapes[s.id], payload);
     if (!bad.empty()) {
       e = "command " + s.idstr + where + " is corrupt: " + bad;
       return false;
@@ -415,14 +401,14 @@ class Walker {
   }
 
   // What is wrong with a command's payload ("" if nothing).
-  static std::string CommandPayloadProblem(const CommandInfo& info, const std::string& p) {
+  static std::string CommandPayloadProblem(int length, PayloadShape shape, const std::string& p) {
     const size_t n = p.size();
     const std::string got = "payload of " + std::to_string(n) + " bytes";
-    if (info.len >= 0) {
-      return n == static_cast<size_t>(info.len) ? "" : got + ", it takes " + std::to_string(info.len);
+    if (length >= 0) {
+      return n == static_cast<size_t>(length) ? "" : got + ", it takes " + std::to_string(length);
     }
     const auto* b = reinterpret_cast<const uint8_t*>(p.data());
-    switch (info.shape) {
+    switch (shape) {
       case PayloadShape::kAdvise:  // nothing, or be64 page size, be64 target page size
         return n == 0 || n == 16 ? "" : got + ", it takes 0 or 16";
       case PayloadShape::kDiscard: {  // u8 version 0, u8 len, block name, (be64 start, be64 length)*

@@ -335,8 +335,8 @@ TEST(Commands, RefusedOnesSayWhyBeforeMemoryIsTouched) {
       {0, {}, "unknown command 0"},
       {12, {}, "unknown command 12"},
       {999, {1, 2}, "unknown command 999 with 2 bytes"},
-      {11, {0}, "command 11 has 1 bytes of payload, expected 0"},
-      {2, {0, 0, 7}, "command 2 has 3 bytes of payload, expected 4"},
+      {11, {0}, "command 11 (SWITCHOVER_START) has 1 bytes of payload, expected 0"},
+      {2, {0, 0, 7}, "command 2 (PING) has 3 bytes of payload, expected 4"},
       {2, {0, 0, 0, 7}, "PING without opening the return path"},
   };
   for (const Case& c : cases) {
