@@ -29,6 +29,7 @@
 
 #if defined(FERRY_INSPECT_INTEROP)
 #include "tests/support/ferry_cli.h"
+#include "tests/support/qemu.h"
 #include "tests/support/qmp.h"
 #endif
 
@@ -509,16 +510,16 @@ TEST_F(InspectVmdescTest, DamagedFilesNeverCrash) {
 class InspectQemuTest : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(InspectQemuTest, WalksEveryDeviceSection) {
-  const char* env = std::getenv("FERRY_QEMU");
-  const std::string qemu = FindProgram(env != nullptr && *env != '\0' ? env : "qemu-system-x86_64");
-  if (qemu.empty()) GTEST_SKIP() << "qemu-system-x86_64 not found (set FERRY_QEMU)";
+  const QemuInstall qemu = LocateQemu();
+  if (!RequireQemu(qemu, "inspect-interop")) return;
   const std::string machine = GetParam();
   TempDir dir("ferry-inspect-qemu");
   const std::string sock = dir.Path("qmp.sock"), stream = dir.Path(machine + ".mig");
   SpawnOptions so{.stdout_path = dir.Path("qemu.out"), .stderr_path = dir.Path("qemu.err")};
-  Result<Process> q = Process::Spawn({qemu, "-M", machine, "-nodefaults", "-display", "none", "-m", "64", "-S",
-                                      "-accel", "tcg", "-qmp", "unix:" + sock + ",server=on,wait=off"},
-                                     so);
+  std::vector<std::string> argv = qemu.Command();
+  argv.insert(argv.end(), {"-M", machine, "-nodefaults", "-display", "none", "-m", "64", "-S", "-accel", "tcg", "-qmp",
+                           "unix:" + sock + ",server=on,wait=off"});
+  Result<Process> q = Process::Spawn(argv, so);
   ASSERT_TRUE(q.ok()) << q.status().ToString();
   Result<std::unique_ptr<QmpClient>> qmp = QmpClient::Connect(sock, std::chrono::seconds(30), &*q);
   ASSERT_TRUE(qmp.ok()) << qmp.status().ToString();
