@@ -1,3 +1,4 @@
-# ferry save/load <-> QEMU 7.2 through plain stream files (exec:cat).
-# Skips itself when qemu-system-x86_64 is not installed.
-ferry_test(file_interop_test interop file_interop_test.cc LIBS ferry_test_support)
+# ferry save/load/send/recv <-> QEMU through plain stream files (file:PATH and
+# file:PATH,offset=N; exec:cat for QEMU 7.2, which has no file: URI), against
+# QEMU 7.2 and 10.0.
+ferry_interop_test(file_interop_test file_interop_test.cc LIBS ferry_test_support)

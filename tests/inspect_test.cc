@@ -36,6 +36,7 @@
 
 #if defined(FERRY_INSPECT_INTEROP)
 #include "tests/support/ferry_cli.h"
+#include "tests/support/qemu.h"
 #include "tests/support/qmp.h"
 #endif
 
@@ -987,17 +988,14 @@ constexpr const char* kGuestUuid = "5c0ffee0-1234-4abc-8def-0123456789ab";
 class InspectQemuTest : public ::testing::TestWithParam<SaveCase> {};
 
 TEST_P(InspectQemuTest, WalksEveryDeviceSection) {
-  const char* env = std::getenv("FERRY_QEMU");
-  const std::string qemu = FindProgram(env != nullptr && *env != '\0' ? env : "qemu-system-x86_64");
-  if (qemu.empty()) GTEST_SKIP() << "qemu-system-x86_64 not found (set FERRY_QEMU)";
+  const QemuInstall qemu = LocateQemu();
+  if (!RequireQemu(qemu, "inspect-interop")) return;
   const std::string machine = GetParam().machine;
   const Save save = GetParam().save;
   TempDir dir("ferry-inspect-qemu");
   const std::string sock = dir.Path("qmp.sock"), stream = dir.Path(machine + ".mig");
   SpawnOptions so{.stdout_path = dir.Path("qemu.out"), .stderr_path = dir.Path("qemu.err")};
-  std::vector<std::string> argv{qemu};
-  const char* datadir = std::getenv("FERRY_QEMU_DATADIR");  // -L: firmware of a QEMU unpacked outside /usr
-  if (datadir != nullptr && *datadir != '\0') argv.insert(argv.end(), {"-L", datadir});
+  std::vector<std::string> argv = qemu.Command();  // with -L $FERRY_QEMU_DATADIR when set
   argv.insert(argv.end(), {"-M", machine, "-nodefaults", "-display", "none", "-m", "64", "-S", "-accel", "tcg",
                            "-qmp", "unix:" + sock + ",server=on,wait=off"});
   if (save == Save::kUuid) argv.insert(argv.end(), {"-uuid", kGuestUuid});

@@ -1,3 +1,3 @@
-# multifd between ferry and QEMU 7.2 (qemu-system-x86_64), both directions,
-# 2 and 4 channels, with and without zstd. Skips itself without QEMU.
-ferry_test(multifd_interop_test interop multifd_interop_test.cc LIBS ferry_test_support)
+# multifd between ferry and QEMU (qemu-system-x86_64), both directions,
+# 2 and 4 channels, with and without zstd, against QEMU 7.2 and 10.0.
+ferry_interop_test(multifd_interop_test multifd_interop_test.cc LIBS ferry_test_support)

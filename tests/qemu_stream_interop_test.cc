@@ -33,8 +33,6 @@ class QemuStreamInteropTest : public QemuTest {
                     .migration_timeout = kTimeout});
   }
 
-  std::string Compat() const { return QemuIs72() ? "none,version=7.2" : "none,version=10.0"; }
-
   // QEMU (source, pattern loaded, `caps` on) -> `ferry recv` with `extra`.
   // Returns ferry's process once QEMU's migration has ended in `qemu_status`.
   void QemuToFerry(QemuOptions o, const std::vector<std::string>& extra, const std::string& qemu_status,
@@ -42,7 +40,7 @@ class QemuStreamInteropTest : public QemuTest {
     o.load_pattern = true;
     ASSERT_NO_FATAL_FAILURE(StartQemu("src", o, src));
     const std::string ready = P("ready");
-    std::vector<std::string> args = {"recv", "tcp:127.0.0.1:0", "--qemu-compat", Compat(), "--memory-file",
+    std::vector<std::string> args = {"recv", "tcp:127.0.0.1:0", "--qemu-compat", FerryQemuCompat(), "--memory-file",
                                      P("received.bin"), "--ready-file", ready, "--json", "--timeout", "60"};
     args.insert(args.end(), extra.begin(), extra.end());
     Result<Process> r = StartFerry(*dir_, "recv", args);
@@ -62,7 +60,7 @@ TEST_F(QemuStreamInteropTest, QemuToFerryWithReturnPath) {
   Process recv;
   QemuOptions o;
   o.capabilities = {"return-path"};
-  if (!QemuIs72()) o.capabilities.push_back("switchover-ack");
+  if (!IsQemu72()) o.capabilities.push_back("switchover-ack");
   ASSERT_NO_FATAL_FAILURE(QemuToFerry(o, {}, "completed", &src, &recv));
   ASSERT_TRUE(ExitsWithCode(recv, 0, kTimeout)) << src.proc.Report();
   EXPECT_TRUE(FilesEqual(P("received.bin"), pattern_)) << recv.Report();
@@ -101,7 +99,7 @@ TEST_F(QemuStreamInteropTest, QemuToFerryValidateUuid) {
   ASSERT_NO_FATAL_FAILURE(StartQemu("src2", o, &src));
   const std::string ready = P("ready2");
   Result<Process> r = StartFerry(*dir_, "recv2",
-                                 {"recv", "tcp:127.0.0.1:0", "--qemu-compat", Compat(), "--uuid", kUuidB,
+                                 {"recv", "tcp:127.0.0.1:0", "--qemu-compat", FerryQemuCompat(), "--uuid", kUuidB,
                                   "--ready-file", ready, "--json", "--timeout", "60"});
   ASSERT_TRUE(r.ok()) << r.status().ToString();
   Result<std::string> uri = WaitForFile(ready, kReadyTimeout, &*r);
@@ -125,7 +123,7 @@ TEST_F(QemuStreamInteropTest, FerryToQemuValidateUuid) {
     const std::string copy = P("pattern-copy.bin");
     ASSERT_TRUE(CopyFile(pattern_, copy).ok());
     Result<Process> send = StartFerry(*dir_, "send-" + dst_uuid.substr(0, 4),
-                                      {"send", uri, "--qemu-compat", Compat(), "--memory-file", copy, "--uuid",
+                                      {"send", uri, "--qemu-compat", FerryQemuCompat(), "--memory-file", copy, "--uuid",
                                        kUuidA, "-c", "validate-uuid=on", "--json"});
     ASSERT_TRUE(send.ok()) << send.status().ToString();
     if (dst_uuid == kUuidA) {

@@ -525,9 +525,17 @@ void GeneratePage(const PatternSpec& s, uint64_t page, uint8_t* out) {
     case PageKind::kZero:
       std::memset(out, 0, kPage);
       return;
-    case PageKind::kText:
+    case PageKind::kText: {
       FillText(s, page, out);
+      // A quarter of the text pages are part zero: text then zeros (a page
+      // mostly unused), or zeros then text (the first bytes are zero, the page
+      // is not).
+      const uint64_t h = Hash2(s.seed ^ 0x7e58, page);
+      const size_t cut = 1 + static_cast<size_t>((h >> 8) % (kPage - 1));
+      if (h % 8 == 0) std::memset(out + cut, 0, kPage - cut);
+      if (h % 8 == 1) std::memset(out, 0, cut);
       return;
+    }
     case PageKind::kRandom: {
       const uint64_t h = Hash2(s.seed ^ 0x4a4d, page);
       switch ((h >> 56) % 64) {

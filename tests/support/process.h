@@ -161,8 +161,9 @@ Result<uint16_t> PickUnusedTcpPort();
 // Deterministic content, a pure function of (seed, offset), built from 4 KiB
 // pages grouped into 64 KiB regions (and sometimes whole 2 MiB runs) of one
 // kind: random, zero or text. Random regions also hold awkward pages: a zero
-// page with a single non-zero byte, a half-zero page and a page of 0xFF, so
-// "is this page zero?" shortcuts are exercised.
+// page with a single non-zero byte, a half-zero page and a page of 0xFF; a
+// quarter of the text pages are text then zeros or zeros then text (cut at
+// any byte), so "is this page zero?" shortcuts are exercised.
 struct PatternSpec {
   uint64_t size = 0;
   uint64_t seed = 1;

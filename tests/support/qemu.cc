@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <regex>
 #include <thread>
 #include <utility>
 
@@ -31,11 +32,94 @@ bool HasChildren(pid_t pid) {
   return false;
 }
 
+std::string Env(const char* name) {
+  const char* v = std::getenv(name);
+  return v != nullptr ? std::string(v) : std::string();
+}
+
 }  // namespace
 
 std::string FindQemu() {
-  const char* env = std::getenv("FERRY_QEMU");
-  return FindProgram(env != nullptr && *env != '\0' ? env : "qemu-system-x86_64");
+  const std::string env = Env("FERRY_QEMU");
+  return FindProgram(env.empty() ? "qemu-system-x86_64" : env);
+}
+
+std::string QemuVersion::ToString() const {
+  return std::to_string(major) + "." + std::to_string(minor) + "." + std::to_string(micro);
+}
+
+std::vector<std::string> QemuInstall::Command() const {
+  std::vector<std::string> argv = {bin};
+  if (!datadir.empty()) argv.insert(argv.end(), {"-L", datadir});
+  return argv;
+}
+
+QemuInstall LocateQemu() {
+  QemuInstall q;
+  q.requested = Env("FERRY_QEMU");
+  if (q.requested.empty()) q.requested = "qemu-system-x86_64";
+  q.datadir = Env("FERRY_QEMU_DATADIR");
+  q.bin = FindQemu();
+  if (q.bin.empty()) {
+    q.status = Status::Unsupported("QEMU '" + q.requested + "' " +
+                               (q.requested.find('/') != std::string::npos ? "does not exist or is not executable"
+                                                                           : "is not in PATH"));
+    return q;
+  }
+  if (!q.datadir.empty() && !std::filesystem::is_directory(q.datadir)) {
+    q.status = Status::Unsupported("FERRY_QEMU_DATADIR '" + q.datadir + "' is not a directory");
+    return q;
+  }
+  TempDir dir("ferry-qemu-version");
+  std::vector<std::string> argv = q.Command();
+  argv.push_back("--version");
+  Result<ExitStatus> st = RunToCompletion(
+      argv, {.stdout_path = dir.Path("version.out"), .stderr_path = dir.Path("version.err")}, seconds(30));
+  const std::string out = ReadFileOrEmpty(dir.Path("version.out"));
+  const std::string cmd = q.bin + (q.datadir.empty() ? "" : " -L " + q.datadir) + " --version";
+  if (!st.ok() || !st->success()) {
+    q.status = Status::Unsupported("'" + cmd + "' failed (" + (st.ok() ? st->ToString() : st.status().ToString()) +
+                                "): " + out + ReadFileOrEmpty(dir.Path("version.err")));
+    return q;
+  }
+  std::smatch m;
+  if (!std::regex_search(out, m, std::regex(R"(version (\d+)\.(\d+)(?:\.(\d+))?)"))) {
+    q.status = Status::Unsupported("'" + cmd + "' printed no version: " + out);
+    return q;
+  }
+  q.version.major = std::stoi(m[1]);
+  q.version.minor = std::stoi(m[2]);
+  q.version.micro = m[3].matched ? std::stoi(m[3]) : 0;
+  q.version.line = out.substr(0, out.find('\n'));
+  return q;
+}
+
+bool AllowSkip() {
+  const std::string v = Env("FERRY_ALLOW_SKIP");
+  return !v.empty() && v != "0";
+}
+
+bool RequireQemu(const QemuInstall& qemu, std::string_view who) {
+  if (qemu.ok()) return true;
+  const bool is_default = Env("FERRY_QEMU").empty();
+  std::string how =
+      is_default
+          ? "Debian's qemu-system-x86 (QEMU 7.2) provides it: `bash .ci/deps` installs it, or set FERRY_QEMU to "
+            "another qemu-system-x86_64"
+          : "FERRY_QEMU='" + qemu.requested + "'" +
+                (qemu.datadir.empty() ? std::string() : " FERRY_QEMU_DATADIR='" + qemu.datadir + "'") +
+                ": the qemu10.0/ tests use the QEMU 10.0 that `bash .ci/deps` unpacks into "
+                "/var/cache/ferry/qemu-10.0/root (CMake cache variable FERRY_QEMU10_ROOT), the qemu7.2/ tests "
+                "Debian's qemu-system-x86 (FERRY_QEMU72)";
+  const std::string msg = "the " + std::string(who) + " tests need a real QEMU: " + qemu.status.message() +
+                          ".\n" + how + ".\nSet FERRY_ALLOW_SKIP=1 to skip these tests instead.";
+  // (GTEST_SKIP and FAIL return from the function they are in: the lambdas.)
+  if (AllowSkip()) {
+    [&] { GTEST_SKIP() << msg; }();
+  } else {
+    [&] { FAIL() << msg; }();  // fatal: a SetUp that calls this keeps the test body from running
+  }
+  return false;
 }
 
 void WaitForNoChildren(pid_t pid, Clock::duration timeout) {
@@ -52,8 +136,7 @@ void WaitForNoChildren(pid_t pid, Clock::duration timeout) {
   return ::testing::AssertionFailure() << r.status().ToString() << "\n" << proc.Report();
 }
 
-std::string QemuTest::qemu_bin_;
-std::string QemuTest::qemu_version_;
+QemuInstall QemuTest::qemu_;
 std::string QemuTest::pattern_;
 QemuSuite QemuTest::suite_;
 TempDir* QemuTest::suite_dir_ = nullptr;
@@ -61,16 +144,14 @@ Status QemuTest::pattern_status_;
 
 void QemuTest::SetUpQemuSuite(QemuSuite suite) {
   suite_ = std::move(suite);
-  qemu_bin_ = FindQemu();
-  if (qemu_bin_.empty()) return;
-  if (FILE* f = popen(("'" + qemu_bin_ + "' --version").c_str(), "r")) {
-    char line[256] = {};
-    if (fgets(line, sizeof(line), f)) {
-      const std::string text(line);
-      const size_t at = text.find("version ");
-      if (at != std::string::npos) qemu_version_ = text.substr(at + 8, text.find_first_of(" \n", at + 8) - at - 8);
-    }
-    pclose(f);
+  qemu_ = LocateQemu();
+  if (!qemu_.ok()) return;
+  std::printf("[ QEMU     ] %s suite: %s (%s%s)\n", suite_.name.c_str(), qemu_.version.line.c_str(),
+              qemu_.bin.c_str(), qemu_.datadir.empty() ? "" : (" -L " + qemu_.datadir).c_str());
+  if (suite_.guest.size == 0 || suite_.guest.size % 8192 != 0) {
+    pattern_status_ = Status::InvalidArgument("the guest's size (" + std::to_string(suite_.guest.size) +
+                                              " bytes) must be a non-zero multiple of 8 KiB: QEMU rounds -m up");
+    return;
   }
   suite_dir_ = new TempDir("ferry-" + suite_.name + "-suite");
   pattern_ = suite_dir_->Path("pattern.bin");
@@ -83,20 +164,18 @@ void QemuTest::TearDownTestSuite() {
 }
 
 void QemuTest::SetUp() {
-  if (qemu_bin_.empty()) {
-    GTEST_SKIP() << "qemu-system-x86_64 not found in PATH (install Debian's qemu-system-x86, or set "
-                    "FERRY_QEMU); the "
-                 << suite_.name << " suite needs a real QEMU";
-  }
+  if (!RequireQemu(qemu_, suite_.name)) return;
   ASSERT_TRUE(pattern_status_.ok()) << "writing the pattern file: " << pattern_status_.ToString();
+  RecordProperty("qemu", qemu_.version.ToString());
   dir_ = std::make_unique<TempDir>("ferry-" + suite_.name);
 }
 
 void QemuTest::StartQemu(const std::string& name, const QemuOptions& o, Qemu* q) {
   const std::string sock = P("qmp-" + name + ".sock");
-  std::vector<std::string> argv = {qemu_bin_, "-M", "none", "-m",
-                                   std::to_string(suite_.guest.size >> 20) + "M", "-accel", "tcg",
-                                   "-nodefaults", "-display", "none", "-S"};
+  const uint64_t size = suite_.guest.size;
+  const std::string mem = size % (1 << 20) == 0 ? std::to_string(size >> 20) + "M" : std::to_string(size >> 10) + "K";
+  std::vector<std::string> argv = qemu_.Command();
+  argv.insert(argv.end(), {"-M", "none", "-m", mem, "-accel", "tcg", "-nodefaults", "-display", "none", "-S"});
   if (o.load_pattern) {
     argv.insert(argv.end(), {"-device", "loader,file=" + pattern_ + ",addr=0,force-raw=on"});
   }
