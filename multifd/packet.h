@@ -16,6 +16,11 @@
 //
 // QEMU 7.2 has no zero_pages field (those 4 bytes are unused and 0).
 //
+// The offset array is 128 slots on the wire in every QEMU version, whatever
+// pages_alloc says: QEMU 7.2 puts 128 there in every packet, QEMU 10 puts 0
+// in its SYNC packets (which carry no pages) and still sends the 128 slots.
+// pages_alloc only bounds normal_pages + zero_pages.
+//
 //   uint8_t buf[kInitPacketSize];
 //   EncodeInitPacket({uuid, 3}, buf);
 //   Result<InitPacket> p = DecodeInitPacket(buf);   // checks magic, version

@@ -397,10 +397,12 @@ Status MultifdReceiver::ReceiveLoop(Receiver& r) {
     have_last = true;
     last_num = h.packet_num;
 
-    // The offset array has pages_alloc slots (QEMU sends its whole array);
-    // the first normal + zero are used.
-    const size_t offsets_len = static_cast<size_t>(h.pages_alloc) * sizeof(uint64_t);
-    if (offsets_len) {
+    // The offset array is always kPagesPerPacket slots on the wire, whatever
+    // pages_alloc says: QEMU writes and reads a fixed-size packet, and
+    // QEMU >= 9.0 puts pages_alloc 0 in its SYNC packets while still
+    // sending all 128 (zero) slots. The first normal + zero are used.
+    constexpr size_t offsets_len = kPagesPerPacket * sizeof(uint64_t);
+    {
       Status s = r.channel->ReadExact(raw_offsets, offsets_len);
       if (!s.ok()) return ReadError(r, h.packet_num, s);
     }

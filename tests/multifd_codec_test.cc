@@ -194,6 +194,37 @@ TEST(PacketHeader, PagelessSyncWithEmptyName) {
   EXPECT_EQ(d->ramblock, "");
 }
 
+// QEMU 10's SYNC packet, byte for byte as captured from a QEMU 10.0.2
+// source (3 channels, zstd): flags SYNC only (no compression bits),
+// pages_alloc 0, no pages, no block name. It decodes as a pageless SYNC.
+TEST(PacketHeader, Qemu10SyncPacketWithPagesAllocZero) {
+  uint8_t buf[kPacketHeaderSize] = {};
+  const uint8_t head[] = {0x11, 0x22, 0x33, 0x44,  // magic
+                          0x00, 0x00, 0x00, 0x01,  // version
+                          0x00, 0x00, 0x00, 0x01,  // flags: SYNC
+                          0x00, 0x00, 0x00, 0x00,  // pages_alloc 0
+                          0x00, 0x00, 0x00, 0x00,  // normal_pages
+                          0x00, 0x00, 0x00, 0x00,  // next_packet_size
+                          0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01, 0x04};  // packet_num 260
+  std::memcpy(buf, head, sizeof head);
+  Result<PacketHeader> d = DecodePacketHeader(buf);
+  ASSERT_TRUE(d.ok()) << d.status().ToString();
+  EXPECT_EQ(d->flags, kFlagSync);
+  EXPECT_EQ(d->pages_alloc, 0u);
+  EXPECT_EQ(d->normal_pages, 0u);
+  EXPECT_EQ(d->zero_pages, 0u);
+  EXPECT_EQ(d->next_packet_size, 0u);
+  EXPECT_EQ(d->packet_num, 260u);
+  EXPECT_EQ(d->ramblock, "");
+
+  // pages_alloc 0 still bounds the page counts.
+  SetBe32(buf + 16, 1);
+  ExpectError(DecodePacketHeader(buf), Code::kProtocol, "normal_pages 1 + zero_pages 0 exceed pages_alloc 0");
+  SetBe32(buf + 16, 0);
+  SetBe32(buf + 32, 1);
+  ExpectError(DecodePacketHeader(buf), Code::kProtocol, "normal_pages 0 + zero_pages 1 exceed pages_alloc 0");
+}
+
 TEST(PacketHeader, LongestNameAndTruncation) {
   PacketHeader h = SampleHeader();
   h.ramblock = std::string(255, 'n');
