@@ -125,6 +125,10 @@ Result<PacketHeader> DecodePacketHeader(const uint8_t in[kPacketHeaderSize]) {
   h.packet_num = GetBe64(in + kHdrPacketNumAt);
   h.zero_pages = GetBe32(in + kHdrZeroPagesAt);
 
+  if (h.flags & kFlagDeviceState) {
+    return Status::Unsupported("multifd packet: device state packet (flag " + Hex(kFlagDeviceState) +
+                               ", QEMU's multifd device state transfer, e.g. VFIO) is not supported");
+  }
   if (h.flags & ~kKnownFlags) {
     return Status::Protocol("multifd packet: unknown flags " + Hex(h.flags & ~kKnownFlags));
   }

@@ -51,6 +51,9 @@ inline constexpr uint32_t kCompressionMask = 0x1fu << kCompressionShift;  // bit
 inline constexpr uint32_t kCompressionNone = 0;
 inline constexpr uint32_t kCompressionZlib = 1u << kCompressionShift;  // not supported by ferry
 inline constexpr uint32_t kCompressionZstd = 2u << kCompressionShift;
+// QEMU >= 10: the packet carries device state (VFIO), not RAM, and has
+// another layout. ferry does not take it; DecodePacketHeader names it.
+inline constexpr uint32_t kFlagDeviceState = 1u << 6;
 inline constexpr uint32_t kKnownFlags = kFlagSync | kCompressionMask;
 
 using Uuid = ferry::Uuid;
@@ -75,8 +78,9 @@ struct PacketHeader {
 };
 
 void EncodePacketHeader(const PacketHeader& h, uint8_t out[kPacketHeaderSize]);
-// Checks magic, version, unknown flag bits, pages_alloc <= kPagesPerPacket,
-// normal + zero <= pages_alloc, a NUL-terminated ramblock name.
+// Checks magic, version, unknown flag bits (device-state packets by name),
+// pages_alloc <= kPagesPerPacket, normal + zero <= pages_alloc, a
+// NUL-terminated ramblock name.
 Result<PacketHeader> DecodePacketHeader(const uint8_t in[kPacketHeaderSize]);
 
 // Checks one decoded packet against the destination before any memory is

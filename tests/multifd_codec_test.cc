@@ -276,6 +276,16 @@ TEST_F(PacketHeaderError, UnknownFlags) {
   ExpectError(DecodePacketHeader(buf), Code::kProtocol, "unknown flags 0x80000000");
 }
 
+// QEMU >= 10 can send device state (VFIO) over multifd: a packet of
+// another kind, named in the error rather than reported as unknown bits.
+TEST_F(PacketHeaderError, DeviceStatePacket) {
+  EXPECT_EQ(kFlagDeviceState, 0x40u);
+  SetBe32(buf + 8, kFlagDeviceState);
+  ExpectError(DecodePacketHeader(buf), Code::kUnsupported, "multifd packet: device state packet (flag 0x40");
+  SetBe32(buf + 8, kFlagDeviceState | kFlagSync);
+  ExpectError(DecodePacketHeader(buf), Code::kUnsupported, "device state packet");
+}
+
 TEST_F(PacketHeaderError, PagesAllocTooLarge) {
   SetBe32(buf + 12, 4096);
   ExpectError(DecodePacketHeader(buf), Code::kProtocol, "multifd packet: pages_alloc 4096 exceeds 128");
