@@ -160,6 +160,15 @@ Status RamLoader::Load(StreamReader& r, uint32_t version) {
       }
       case wire::kRamEos:
         if (flags & wire::kRamContinue) return Status::Protocol("EOS record with CONTINUE flag" + At(at));
+        if (receiver_ && !sync_on_eos_ && !eos_seen_ && !flush_seen_ &&
+            !(receiver_->forbidden_flags() & wire::kRamMultifdFlush)) {
+          // Both QEMU >= 8 and ferry put a barrier in the setup section.
+          return Status::Protocol(
+              "the RAM setup section ended without a MULTIFD_FLUSH record: the source places its multifd "
+              "barriers at every section end (QEMU 7.2, or multifd-flush-after-each-section=on), this "
+              "destination once per round; receive with multifd-flush-after-each-section=on" + At(at));
+        }
+        eos_seen_ = true;
         if (receiver_ && sync_on_eos_) FERRY_RETURN_IF_ERROR(receiver_->Sync());
         return Status::Ok();
       case wire::kRamMultifdFlush:
@@ -167,6 +176,13 @@ Status RamLoader::Load(StreamReader& r, uint32_t version) {
           return Status::Protocol("MULTIFD_FLUSH record, but multifd is not enabled on this side" + At(at));
         }
         if (flags & wire::kRamContinue) return Status::Protocol("MULTIFD_FLUSH record with CONTINUE flag" + At(at));
+        if (sync_on_eos_) {
+          return Status::Protocol(
+              "MULTIFD_FLUSH record: the source places its multifd barriers once per round (QEMU >= 8 "
+              "default), this destination at every section end (multifd-flush-after-each-section=on); "
+              "receive with multifd-flush-after-each-section=off" + At(at));
+        }
+        flush_seen_ = true;
         FERRY_RETURN_IF_ERROR(receiver_->Sync());
         break;
       default:

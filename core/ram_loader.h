@@ -70,7 +70,10 @@ class RamLoader final : public SectionLoader {
   // record for a page never written needs no write at all.
   // `receiver`: multifd receivers (null without multifd); `sync_on_eos`:
   // every EOS is a barrier (QEMU <= 7.2, multifd-flush-after-each-section)
-  // rather than only MULTIFD_FLUSH records.
+  // rather than only MULTIFD_FLUSH records. A source using the other
+  // placement is reported at once instead of leaving the barrier waiting: a
+  // MULTIFD_FLUSH with sync_on_eos, or (without it) a setup section that
+  // ends without a MULTIFD_FLUSH.
   RamLoader(RamBlockList& blocks, RamBlockAllocator* allocator, bool fresh_memory,
             PageReceiver* receiver = nullptr, bool sync_on_eos = false)
       : blocks_(blocks),
@@ -97,6 +100,8 @@ class RamLoader final : public SectionLoader {
   PageReceiver* receiver_;
   bool sync_on_eos_;
   bool setup_seen_ = false;
+  bool eos_seen_ = false;    // the first RAM section (setup) has ended
+  bool flush_seen_ = false;  // a MULTIFD_FLUSH record was read
   RamBlock* last_block_ = nullptr;
   std::vector<DirtyBitmap> written_;  // per block, pages holding non-zero data
   RamLoaderCounters counters_;

@@ -414,6 +414,77 @@ TEST(BadInput, MultifdFlushWithoutMultifd) {
   ExpectFailure(b.b, "MULTIFD_FLUSH");
 }
 
+// Where the multifd barriers are: a stand-in receiver counts the loader's
+// Sync() calls. QEMU >= 8 (and ferry by default) put a MULTIFD_FLUSH in the
+// setup section and at every round end; QEMU 7.2 (and
+// multifd-flush-after-each-section=on) syncs at every EOS instead. A
+// destination set for the other placement fails at once, naming it.
+class CountingReceiver final : public PageReceiver {
+ public:
+  Status Start(std::function<void(const Status&)>) override { return Status::Ok(); }
+  void BlocksReady(RamBlockList&) override {}
+  Status Sync() override {
+    ++syncs;
+    return Status::Ok();
+  }
+  void Abort() override {}
+  Status Finish() override { return Status::Ok(); }
+  int syncs = 0;
+};
+
+// setup, one PART, END; `flush`: a MULTIFD_FLUSH before the setup's EOS
+// and at the end of the PART and END (QEMU 10's placement), else none.
+std::vector<uint8_t> BarrierStream(bool flush) {
+  Builder b;
+  b.header("none").start(1, "ram", 4).be64(8192 | wire::kRamMemSize).name("ram").be64(8192);
+  if (flush) b.be64(wire::kRamMultifdFlush);
+  b.be64(wire::kRamEos).footer(1);
+  b.u8(wire::kSectionPart).be32(1).be64(wire::kRamZero).name("ram").u8(0);
+  if (flush) b.be64(wire::kRamMultifdFlush);
+  b.be64(wire::kRamEos).footer(1);
+  b.u8(wire::kSectionEnd).be32(1);
+  if (flush) b.be64(wire::kRamMultifdFlush);
+  b.be64(wire::kRamEos).footer(1).u8(wire::kSectionEof);
+  return b.b;
+}
+
+DestinationOptions WithReceiver(PageReceiver* rx, bool sync_on_eos) {
+  DestinationOptions o = NoVerify();
+  o.machine = "none";
+  o.receiver = rx;
+  o.multifd_sync_on_eos = sync_on_eos;
+  return o;
+}
+
+TEST(MultifdBarrierPlacement, FlushRecordsOncePerRound) {
+  CountingReceiver rx;
+  TestRam dst(8192);
+  LoadResult res = LoadStream(BarrierStream(true), dst, WithReceiver(&rx, false));
+  ASSERT_TRUE(res.status.ok()) << res.status.ToString();
+  EXPECT_EQ(rx.syncs, 3);
+}
+
+TEST(MultifdBarrierPlacement, EverySectionEnd) {
+  CountingReceiver rx;
+  TestRam dst(8192);
+  LoadResult res = LoadStream(BarrierStream(false), dst, WithReceiver(&rx, true));
+  ASSERT_TRUE(res.status.ok()) << res.status.ToString();
+  EXPECT_EQ(rx.syncs, 3);
+}
+
+TEST(MultifdBarrierPlacement, PerSectionSourceIntoPerRoundDestination) {
+  CountingReceiver rx;
+  ExpectFailure(BarrierStream(false), "the RAM setup section ended without a MULTIFD_FLUSH record",
+                WithReceiver(&rx, false));
+  EXPECT_EQ(rx.syncs, 0);
+}
+
+TEST(MultifdBarrierPlacement, PerRoundSourceIntoPerSectionDestination) {
+  CountingReceiver rx;
+  ExpectFailure(BarrierStream(true), "receive with multifd-flush-after-each-section=off", WithReceiver(&rx, true));
+  EXPECT_EQ(rx.syncs, 0);
+}
+
 TEST(BadInput, StreamWithoutRamEnd) {
   Builder b;
   b.header().start(0, "ram", 4).ram_setup(8192).footer(0).u8(wire::kSectionEof);
