@@ -1,21 +1,30 @@
-// multifd between ferry and a real QEMU 7.2 (Debian's qemu-system-x86_64),
-// both directions over tcp, guest memory compared byte for byte.
+// multifd between ferry and a real QEMU, both directions over tcp, guest
+// memory compared byte for byte. Runs against whichever QEMU FERRY_QEMU names
+// (default: qemu-system-x86_64 in PATH, Debian 12's 7.2) and sets both sides
+// up the way that QEMU generation works:
 //
-// QEMU 7.2 multifd, as seen on the wire (and why ferry is run the way it is
-// below):
-//   - a SYNC packet on every channel at the end of every RAM section, with no
-//     MULTIFD_FLUSH record in the main stream: ferry's
-//     -p multifd-flush-after-each-section=on, on both sides;
-//   - zero pages as ZERO records in the main stream (its packets have no
-//     zero_pages field): -p zero-page-detection=legacy;
-//   - as a destination it takes the first connection it accepts as the main
-//     stream, so ferry send connects that one before the channels.
+//                          QEMU 7.2                       QEMU >= 8 (10.0 tested)
+//   barrier placement      SYNC packets at every RAM      SYNC packets + MULTIFD_FLUSH
+//                          section end, no MULTIFD_FLUSH  once per round (setup, every
+//                          -> ferry: -p multifd-flush-    pass over memory, completion)
+//                          after-each-section=on          -> ferry's default (off)
+//   zero pages             ZERO records in the main       zero-page-detection: multifd
+//                          stream only -> ferry:          (default; listed in packets)
+//                          -p zero-page-detection=legacy  or legacy (main stream), >= 9.0
+//   SYNC packet            pages_alloc 128, may carry     pages_alloc 0, no pages; still
+//                          pages                          128 offset slots on the wire
 //
-// The guest is `-M none -m 128M` paused with -S; the source QEMU's memory
-// comes from a pattern file (-device loader), the destination's is read back
-// with pmemsave. Skips itself when qemu-system-x86_64 is not installed.
-// FERRY_QEMU picks another QEMU binary, FERRY_KEEP_TMP=1 keeps the temp dirs.
+// The matrix: channels 1, 3, 8 x multifd-compression none/zstd x
+// zero-page-detection multifd/legacy, both directions. QEMU < 9 has no
+// zero-page-detection: its "multifd" cases skip.
+//
+// The guest is `-M none` with 97 MiB + 16 KiB (not a whole number of
+// packets, nor of MiB) of mixed random, zero and text pages, paused with -S;
+// the source QEMU's memory comes from the pattern file (-device loader), the
+// destination's is read back with pmemsave. Skips itself without QEMU.
+// FERRY_QEMU_DATADIR is QEMU's -L, FERRY_KEEP_TMP=1 keeps the temp dirs.
 #include <chrono>
+#include <cstdio>
 #include <optional>
 #include <string>
 #include <tuple>
@@ -34,36 +43,118 @@ namespace {
 using nlohmann::json;
 using std::chrono::seconds;
 
-constexpr uint64_t kGuestRam = 128ULL << 20;
+constexpr uint64_t kGuestRam = (97ULL << 20) + (16ULL << 10);  // 24836 pages: 4 past a whole packet
 constexpr auto kMigrationTimeout = seconds(60);
 constexpr auto kExitTimeout = seconds(60);
 
-using Param = std::tuple<int, std::string>;  // multifd-channels, multifd-compression
+// ---- QEMU generation -------------------------------------------------------
+// Local until the shared fixture reports QEMU's version; only these two
+// functions would change then.
+
+struct QemuVersion {
+  int major = 0;
+  int minor = 0;
+  bool AtLeast(int ma, int mi) const { return major > ma || (major == ma && minor >= mi); }
+  std::string ToString() const { return std::to_string(major) + "." + std::to_string(minor); }
+};
+
+// Parses "QEMU emulator version 10.0.2 (Debian ...)".
+Result<QemuVersion> ParseQemuVersion(const std::string& text) {
+  const std::string tag = "version ";
+  const size_t at = text.find(tag);
+  QemuVersion v;
+  if (at == std::string::npos || std::sscanf(text.c_str() + at + tag.size(), "%d.%d", &v.major, &v.minor) != 2) {
+    return Status::Protocol("cannot read QEMU's version from: " + text);
+  }
+  return v;
+}
+
+// Runs `qemu --version` once (its output in dir).
+Result<QemuVersion> DetectQemuVersion(const std::string& qemu, const TempDir& dir) {
+  SpawnOptions o;
+  o.stdout_path = dir.Path("qemu-version.out");
+  o.stderr_path = dir.Path("qemu-version.err");
+  FERRY_ASSIGN_OR_RETURN(Process p, Process::Spawn({qemu, "--version"}, std::move(o)));
+  FERRY_ASSIGN_OR_RETURN(ExitStatus st, p.Wait(seconds(30)));
+  if (!st.success()) return Status::Protocol(qemu + " --version: " + st.ToString() + "\n" + p.Report());
+  return ParseQemuVersion(p.Stdout());
+}
+
+// What a QEMU generation does with multifd.
+struct Generation {
+  QemuVersion version;
+  // Before 8.0 the barrier is at every RAM section end (no MULTIFD_FLUSH).
+  bool per_section_barriers() const { return !version.AtLeast(8, 0); }
+  // zero-page-detection (and zero pages in multifd packets) came with 9.0.
+  bool has_zero_page_detection() const { return version.AtLeast(9, 0); }
+};
+
+// ---- the suite ---------------------------------------------------------------
+
+// multifd-channels, multifd-compression, zero-page-detection
+using Param = std::tuple<int, std::string, std::string>;
 
 class MultifdInteropTest : public QemuTest, public ::testing::WithParamInterface<Param> {
  protected:
   static void SetUpTestSuite() {
     SetUpQemuSuite({.name = "multifd-interop",
-                    .guest = {.size = kGuestRam, .seed = 0x3f1d0128},
+                    .guest = {.size = kGuestRam, .seed = 0x3f1d0128, .random_pct = 45, .zero_pct = 35, .text_pct = 20},
                     .migration_timeout = kMigrationTimeout});
+  }
+
+  void SetUp() override {
+    QemuTest::SetUp();
+    if (IsSkipped() || HasFatalFailure()) return;
+    if (!generation_) {
+      Result<QemuVersion> v = DetectQemuVersion(qemu_bin_, *dir_);
+      ASSERT_TRUE(v.ok()) << v.status().ToString();
+      generation_ = Generation{*v};
+    }
+    if (zero_detection() == "multifd" && !generation_->has_zero_page_detection()) {
+      GTEST_SKIP() << "QEMU " << generation_->version.ToString()
+                   << " has no zero-page-detection: zero pages go in the main stream only (the legacy cases cover it)";
+    }
   }
 
   int channels() const { return std::get<0>(GetParam()); }
   const std::string& compression() const { return std::get<1>(GetParam()); }
+  const std::string& zero_detection() const { return std::get<2>(GetParam()); }
+  const Generation& gen() const { return *generation_; }
 
-  // ferry's multifd options matching QEMU 7.2's behaviour (see the top).
+  // ferry's multifd options for this QEMU generation (see the top).
   std::vector<std::string> FerryMultifdArgs() const {
-    return {"--qemu-compat", "none", "-c", "multifd=on", "-p", "multifd-channels=" + std::to_string(channels()),
-            "-p", "multifd-compression=" + compression(), "-p", "multifd-flush-after-each-section=on", "-p",
-            "zero-page-detection=legacy"};
+    std::vector<std::string> a = {"--qemu-compat", "none", "-c", "multifd=on",
+                                  "-p", "multifd-channels=" + std::to_string(channels()),
+                                  "-p", "multifd-compression=" + compression()};
+    if (gen().per_section_barriers()) {
+      a.insert(a.end(), {"-p", "multifd-flush-after-each-section=on", "-p", "zero-page-detection=legacy"});
+    } else {
+      a.insert(a.end(), {"-p", "zero-page-detection=" + zero_detection()});
+    }
+    return a;
   }
 
-  // QEMU with multifd on (capability and parameters set over QMP).
+  // QEMU with multifd on; only parameters this generation knows.
   QemuOptions Multifd(QemuOptions o) const {
     o.capabilities = {"multifd"};
     o.parameters["multifd-channels"] = channels();
     o.parameters["multifd-compression"] = compression();
+    if (gen().has_zero_page_detection()) o.parameters["zero-page-detection"] = zero_detection();
     return o;
+  }
+
+  // Zero pages travelled the way the case asked: listed in multifd packets
+  // with zero-page-detection=multifd, ZERO records in the main stream
+  // otherwise (the guest has plenty of zero pages).
+  void ExpectZeroPagePath(const json& j, const Process& ferry) const {
+    const uint64_t in_packets = JsonAt(j, "/multifd/zero-pages").value_or(json(0)).get<uint64_t>();
+    const uint64_t all = JsonAt(j, "/ram/duplicate").value_or(json(0)).get<uint64_t>();
+    EXPECT_GT(all, 0u) << "no zero page counted\n" << ferry.Report();
+    if (zero_detection() == "multifd" && gen().has_zero_page_detection()) {
+      EXPECT_EQ(in_packets, all) << "zero pages outside multifd packets\n" << ferry.Report();
+    } else {
+      EXPECT_EQ(in_packets, 0u) << "zero pages in multifd packets with legacy detection\n" << ferry.Report();
+    }
   }
 
   // ferry's JSON: completed, the whole guest, and the pages went over multifd
@@ -74,6 +165,7 @@ class MultifdInteropTest : public QemuTest, public ::testing::WithParamInterface
     ASSERT_TRUE(j.ok()) << j.status().message();
     EXPECT_EQ(j->value("status", std::string()), "completed") << ferry.Report();
     EXPECT_EQ(JsonAt(*j, "/ram/total"), json(kGuestRam)) << ferry.Report();
+    ExpectZeroPagePath(*j, ferry);
     std::optional<json> chans = JsonAt(*j, "/multifd/channels");
     ASSERT_TRUE(chans && chans->is_array()) << "no multifd.channels in ferry's JSON\n" << ferry.Report();
     std::optional<json> bytes = JsonAt(*j, "/ram/multifd-bytes");
@@ -85,7 +177,11 @@ class MultifdInteropTest : public QemuTest, public ::testing::WithParamInterface
     for (const json& c : *chans) pages += c.value("pages", uint64_t{0});
     EXPECT_GT(pages, 0u) << "no page went over multifd: " << chans->dump() << "\n" << ferry.Report();
   }
+
+  static std::optional<Generation> generation_;
 };
+
+std::optional<Generation> MultifdInteropTest::generation_;
 
 // QEMU (multifd source) -> ferry recv.
 TEST_P(MultifdInteropTest, QemuToFerry) {
@@ -131,11 +227,27 @@ TEST_P(MultifdInteropTest, FerryToQemu) {
 }
 
 std::string ParamName(const ::testing::TestParamInfo<Param>& info) {
-  return std::to_string(std::get<0>(info.param)) + "ch_" + std::get<1>(info.param);
+  return std::to_string(std::get<0>(info.param)) + "ch_" + std::get<1>(info.param) + "_" + std::get<2>(info.param);
 }
 
-INSTANTIATE_TEST_SUITE_P(Qemu72, MultifdInteropTest,
-                         ::testing::Combine(::testing::Values(2, 4), ::testing::Values("none", "zstd")), ParamName);
+// Each case takes well under a second with a paused -M none guest, so the
+// whole matrix runs.
+INSTANTIATE_TEST_SUITE_P(Matrix, MultifdInteropTest,
+                         ::testing::Combine(::testing::Values(1, 3, 8), ::testing::Values("none", "zstd"),
+                                            ::testing::Values("multifd", "legacy")),
+                         ParamName);
+
+TEST(QemuVersionText, Parses) {
+  Result<QemuVersion> v = ParseQemuVersion("QEMU emulator version 10.0.2 (Debian 1:10.0.2+ds-2+deb13u1~bpo12+1)\n");
+  ASSERT_TRUE(v.ok()) << v.status().ToString();
+  EXPECT_EQ(v->major, 10);
+  EXPECT_EQ(v->minor, 0);
+  v = ParseQemuVersion("QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7+deb12u18+b3)\n");
+  ASSERT_TRUE(v.ok()) << v.status().ToString();
+  EXPECT_TRUE(Generation{*v}.per_section_barriers());
+  EXPECT_FALSE(Generation{*v}.has_zero_page_detection());
+  EXPECT_FALSE(ParseQemuVersion("no version here").ok());
+}
 
 }  // namespace
 }  // namespace ferry::test
