@@ -399,8 +399,8 @@ Status MultifdReceiver::ReceiveLoop(Receiver& r) {
 
     // The offset array is always kPagesPerPacket slots on the wire, whatever
     // pages_alloc says: QEMU writes and reads a fixed-size packet, and
-    // QEMU >= 9.0 puts pages_alloc 0 in its SYNC packets while still
-    // sending all 128 (zero) slots. The first normal + zero are used.
+    // QEMU 10 (seen with 10.0.2) puts pages_alloc 0 in its SYNC packets while
+    // still sending all 128 (zero) slots. The first normal + zero are used.
     constexpr size_t offsets_len = kPagesPerPacket * sizeof(uint64_t);
     {
       Status s = r.channel->ReadExact(raw_offsets, offsets_len);
