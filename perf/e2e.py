@@ -1259,13 +1259,14 @@ def print_report(res, size, args):
                 iv = ivars[other[7:]]
                 label = f"ferry {name} {dlabel} GiB/s / iperf3 -P {iv['streams']} GiB/s"
                 unit = ""
-            line = f"{label + ':':58} {r['best']:6.2f}{unit} ({r['median']:.2f}{unit})"
+            line = f" {r['best']:6.2f}{unit} ({r['median']:.2f}{unit})"
             if r.get("target") is not None:
                 line += (f"   target >= {r['target']:g}{unit}  "
                          f"[{'met' if r['best'] >= r['target'] else 'NOT met'}]")
-            lines.append(line)
-    for line in lines:
-        print(line)
+            lines.append((label + ":", line))
+    lw = max([58] + [len(label) for label, _ in lines])
+    for label, line in lines:
+        print(f"{label:{lw}}{line}")
     if "ferry_rss_limit_mib" in ratios:
         lim = ratios["ferry_rss_limit_mib"]
         for name in fvars:
