@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
-"""End-to-end benchmark: ferry vs QEMU 7.2 migration vs iperf3, all on loopback.
+"""End-to-end benchmark: ferry vs QEMU 7.2 and QEMU 10.0 migration vs iperf3, all on loopback.
 
 Workload: an idle guest of --size bytes (default 4 GiB) held in a pattern file
 in /dev/shm: half random pages and half zero pages (--content halves), or
 text-like compressible pages (--content text). ferry migrates that file
 (`ferry send --memory-file`); QEMU's guest RAM is filled from the same file
-(see --qemu-ram). iperf3 moves half the guest RAM's worth of bytes (size / 2)
+(see --qemu-ram); each QEMU variant runs with every QEMU generation found
+(--qemu: 7.2, --qemu10 ROOT: 10.0). iperf3 moves half the guest RAM's worth of bytes (size / 2)
 as a ceiling for what loopback TCP can do on this machine.
 
 Several variants of each tool can run in one invocation (--ferry-variants,
@@ -41,8 +42,11 @@ PERF_DIR = os.path.join(REPO_ROOT, "perf")
 GIB = 1 << 30
 MIB = 1 << 20
 CHUNK = 2 * MIB            # layout granularity and generator work unit
-TIME_FMT = "%e %U %S %M"   # GNU time: elapsed s, user s, sys s, max RSS KiB
+TIME_FMT = "%e %U %S %M %R %F"   # GNU time: elapsed s, user s, sys s, max RSS KiB, minor/major faults
 QEMU_MAX_BANDWIDTH = 107374182400  # 100 GiB/s; QEMU's default is 32 MiB/s
+# Where .ci/deps unpacks QEMU 10.0 (the default of --qemu10 when it exists).
+QEMU10_DEFAULT_ROOT = "/var/cache/ferry/qemu-10.0/root"
+QEMU_GENS = ("7.2", "10.0")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -181,6 +185,84 @@ def iperf_baseline(fv, iperf_names):
 
 
 # --------------------------------------------------------------------------
+# QEMU generations. --qemu is QEMU 7.2 (Debian 12's qemu-system-x86_64 on
+# PATH by default); --qemu10 ROOT is a QEMU 10.0 unpacked under ROOT (binary
+# ROOT/usr/bin/qemu-system-x86_64, firmware/data dir ROOT/usr/share/qemu for
+# -L). Each QEMU variant runs once per generation found; results are keyed
+# qemu-7.2:NAME / qemu-10.0:NAME and labelled "QEMU 7.2 ..." / "QEMU 10.0 ...".
+
+def add_qemu_options(ap):
+    ap.add_argument("--qemu", default="qemu-system-x86_64",
+                    help="QEMU 7.2 binary (default: qemu-system-x86_64 on PATH)")
+    ap.add_argument("--qemu10", metavar="ROOT",
+                    help="directory where QEMU 10.0 is unpacked: runs ROOT/usr/bin/qemu-system-x86_64 "
+                         f"-L ROOT/usr/share/qemu (default {QEMU10_DEFAULT_ROOT} if it exists)")
+    ap.add_argument("--skip-qemu", action="store_true", help="no QEMU at all")
+    ap.add_argument("--skip-qemu72", action="store_true", help="no QEMU 7.2")
+    ap.add_argument("--skip-qemu10", action="store_true", help="no QEMU 10.0")
+
+
+def qemu_version(binary):
+    """"X.Y.Z" from `binary --version`, or None."""
+    try:
+        r = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30,
+                           stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    m = re.search(r"version (\d+\.\d+(?:\.\d+)?)", r.stdout)
+    return m.group(1) if m else None
+
+
+def resolve_qemus(args):
+    """The QEMU generations this run measures: a list of {"gen", "bin", "datadir",
+    "version"}, and {gen: why it is not measured} for the others. A missing QEMU
+    is reported in one line; the run goes on with the rest."""
+    found, missing = [], {}
+    if args.skip_qemu:
+        return found, {g: "--skip-qemu" for g in QEMU_GENS}
+    if args.skip_qemu72:
+        missing["7.2"] = "--skip-qemu72"
+    else:
+        b = shutil.which(args.qemu)
+        if b:
+            found.append({"gen": "7.2", "bin": b, "datadir": None})
+        else:
+            missing["7.2"] = f"{args.qemu} not found (apt-get install qemu-system-x86, or --qemu PATH)"
+    root = args.qemu10
+    if args.skip_qemu10:
+        missing["10.0"] = "--skip-qemu10"
+    elif root is None and not os.path.isdir(QEMU10_DEFAULT_ROOT):
+        missing["10.0"] = f"no --qemu10 ROOT given and {QEMU10_DEFAULT_ROOT} does not exist"
+    else:
+        root = os.path.abspath(root or QEMU10_DEFAULT_ROOT)
+        b = os.path.join(root, "usr", "bin", "qemu-system-x86_64")
+        if os.path.isfile(b) and os.access(b, os.X_OK):
+            found.append({"gen": "10.0", "bin": b, "datadir": os.path.join(root, "usr", "share", "qemu")})
+        else:
+            missing["10.0"] = f"{b} not found or not executable (--qemu10 ROOT)"
+    for q in found:
+        q["version"] = qemu_version(q["bin"])
+        if q["version"] is None:
+            log(f"warning: QEMU {q['gen']} ({q['bin']}): could not read its --version")
+        elif q["version"].split(".")[:2] != q["gen"].split("."):
+            log(f"warning: the QEMU {q['gen']} binary {q['bin']} is version {q['version']}; "
+                f"its results are still labelled QEMU {q['gen']}")
+    for gen, why in missing.items():
+        if why not in ("--skip-qemu",):
+            log(f"QEMU {gen}: not measured: {why}")
+    return found, missing
+
+
+def qemu_argv(q):
+    """The start of a QEMU command line for generation record q."""
+    return [q["bin"]] + (["-L", q["datadir"]] if q.get("datadir") else [])
+
+
+def qkey(gen, name):
+    return f"qemu-{gen}:{name}"
+
+
+# --------------------------------------------------------------------------
 # Child processes and files: everything we start or create is registered here
 # and torn down in cleanup(), which runs on normal exit, exceptions, Ctrl-C and
 # SIGTERM/SIGHUP.
@@ -300,17 +382,19 @@ def wrap_time(time_file, argv):
 
 
 def parse_time_file(path):
-    """Last line of GNU time's -o file: elapsed, user, sys, maxrss KiB."""
+    """Last line of GNU time's -o file (TIME_FMT): elapsed, user, sys, maxrss KiB,
+    minor and major page faults (of the process and its reaped children)."""
     lines = [l for l in read_text(path).splitlines() if l.strip()]
     for line in reversed(lines):
         parts = line.split()
-        if len(parts) == 4:
+        if len(parts) in (4, 6):
             try:
                 e, u, s, m = float(parts[0]), float(parts[1]), float(parts[2]), int(parts[3])
+                minflt, majflt = (int(parts[4]), int(parts[5])) if len(parts) == 6 else (None, None)
             except ValueError:
                 continue
             return {"elapsed_s": e, "user_s": u, "sys_s": s, "cpu_s": u + s,
-                    "max_rss_mib": m / 1024.0}
+                    "max_rss_mib": m / 1024.0, "minflt": minflt, "majflt": majflt}
     return None
 
 
@@ -357,6 +441,15 @@ def proc_cpu_s(pid):
     fields = s[s.rindex(")") + 2:].split()
     # fields[0] is field 3 (state); utime is field 14, stime field 15
     return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
+
+
+def proc_faults(pid):
+    """(minor, major) page faults of pid (all threads) so far, from /proc/PID/stat."""
+    with open(f"/proc/{pid}/stat") as f:
+        s = f.read()
+    fields = s[s.rindex(")") + 2:].split()
+    # fields[0] is field 3 (state); minflt is field 10, majflt field 12
+    return int(fields[7]), int(fields[9])
 
 
 def proc_status_kib(pid, key):
@@ -644,6 +737,8 @@ def run_ferry(args, variant, pattern, size, workdir, run_idx):
         "cpu_s_per_gib_dst": rt["cpu_s"] / gib,
         "peak_rss_mib_src": st["max_rss_mib"],
         "peak_rss_mib_dst": rt["max_rss_mib"],
+        "minflt_src": st["minflt"], "minflt_dst": rt["minflt"],
+        "majflt_src": st["majflt"], "majflt_dst": rt["majflt"],
         "verified": rj.get("verified"),
         "send_time": st,
         "recv_time": rt,
@@ -745,12 +840,13 @@ def qemu_configure(qmp, variant):
         qmp.execute("migrate-set-parameters", variant["params"])
 
 
-def run_qemu(args, variant, pattern, size, workdir, run_idx):
-    d = os.path.join(workdir, f"qemu-{variant['name']}-{run_idx}")
+def run_qemu(args, qemu, variant, pattern, size, workdir, run_idx):
+    """One migration between two fresh QEMUs of generation record qemu (resolve_qemus)."""
+    d = os.path.join(workdir, f"qemu-{qemu['gen']}-{variant['name']}-{run_idx}")
     os.mkdir(d)
     src_sock, dst_sock = os.path.join(d, "src.qmp"), os.path.join(d, "dst.qmp")
     mem = f"{size // MIB}M"
-    base = [args.qemu, "-M", "none", "-m", mem, "-accel", "tcg", "-nodefaults",
+    base = qemu_argv(qemu) + ["-M", "none", "-m", mem, "-accel", "tcg", "-nodefaults",
             "-nographic", "-display", "none", "-S"]
     src_cmd = list(base)
     if args.qemu_ram == "loader":
@@ -812,6 +908,7 @@ def run_qemu(args, variant, pattern, size, workdir, run_idx):
         src_rss_before = proc_status_kib(src.pid, "VmRSS") / 1024.0
         dst_rss_before = proc_status_kib(dst.pid, "VmRSS") / 1024.0
         c_src0, c_dst0 = proc_cpu_s(src.pid), proc_cpu_s(dst.pid)
+        f_src0, f_dst0 = proc_faults(src.pid), proc_faults(dst.pid)
         oct0 = ip_out_octets()
         t_start = time.monotonic()
         sq.execute("migrate", {"uri": f"tcp:127.0.0.1:{port}"})
@@ -829,7 +926,7 @@ def run_qemu(args, variant, pattern, size, workdir, run_idx):
             if time.monotonic() > deadline:
                 raise BenchError(f"QEMU migration not completed after {args.timeout} s: {info}")
             time.sleep(0.02)
-        c_src1 = proc_cpu_s(src.pid)
+        c_src1, f_src1 = proc_cpu_s(src.pid), proc_faults(src.pid)
         while True:
             dinfo = dq.execute("query-migrate")
             if dinfo.get("status") == "completed":
@@ -839,7 +936,7 @@ def run_qemu(args, variant, pattern, size, workdir, run_idx):
             if time.monotonic() > deadline:
                 raise BenchError(f"QEMU destination not completed after {args.timeout} s: {dinfo}")
             time.sleep(0.02)
-        c_dst1 = proc_cpu_s(dst.pid)
+        c_dst1, f_dst1 = proc_cpu_s(dst.pid), proc_faults(dst.pid)
         wall = time.monotonic() - t_start
         lo_bytes = octets_delta(oct0)
         hwm_src = proc_status_kib(src.pid, "VmHWM") / 1024.0
@@ -878,6 +975,10 @@ def run_qemu(args, variant, pattern, size, workdir, run_idx):
         "dst_cpu": {"user_s": dst_user, "sys_s": dst_sys},
         "peak_rss_mib_src": hwm_src,
         "peak_rss_mib_dst": hwm_dst,
+        # Faults and CPU during the migration only (QEMU's start-up and RAM fill excluded).
+        "minflt_src": f_src1[0] - f_src0[0], "minflt_dst": f_dst1[0] - f_dst0[0],
+        "majflt_src": f_src1[1] - f_src0[1], "majflt_dst": f_dst1[1] - f_dst0[1],
+        "qemu_version": qemu.get("version"),
         "rss_before_migration_mib_src": src_rss_before,
         "rss_before_migration_mib_dst": dst_rss_before,
         "load_s": load_s,
@@ -935,6 +1036,8 @@ def run_iperf(args, variant, nbytes, workdir, run_idx):
         "cpu_s_per_gib_dst": st["cpu_s"] / gib if st else None,
         "peak_rss_mib_src": ct["max_rss_mib"] if ct else None,
         "peak_rss_mib_dst": st["max_rss_mib"] if st else None,
+        "minflt_src": ct["minflt"] if ct else None, "minflt_dst": st["minflt"] if st else None,
+        "majflt_src": ct["majflt"] if ct else None, "majflt_dst": st["majflt"] if st else None,
         "iperf_cpu_utilization_percent": j["end"].get("cpu_utilization_percent"),
         "commands": [srv_cmd, cli_cmd],
     }
@@ -945,6 +1048,7 @@ def run_iperf(args, variant, nbytes, workdir, run_idx):
 
 NUMERIC = ("time_s", "wall_s", "cpu_s_per_gib_src", "cpu_s_per_gib_dst",
            "peak_rss_mib_src", "peak_rss_mib_dst", "gib_per_s",
+           "minflt_src", "minflt_dst", "majflt_src", "majflt_dst",
            "wire_bytes", "multifd_bytes", "normal_bytes", "lo_bytes")
 
 
@@ -967,22 +1071,24 @@ def f2(x, spec=".2f"):
 
 
 def compute_ratios(res, size, data_bytes):
-    """Every ferry variant against its QEMU and iperf3 baselines (best and
-    median), the RSS limit, plus the pre-variant keys for tcp1."""
+    """Every ferry variant against its QEMU baseline in each QEMU generation and
+    its iperf3 baseline (best and median), the RSS limit, plus the
+    pre-variant keys for tcp1."""
     summ, ratios = res["summary"], res["ratios"]
-    qemu_names = [v for v in res["variants"]["qemu"] if f"qemu:{v}" in summ]
+    gens = list(res["config"]["qemu"])
     iperf_names = [v for v in res["variants"]["iperf3"] if f"iperf3:{v}" in summ]
     for name, fv in res["variants"]["ferry"].items():
         fs = summ.get(f"ferry:{name}")
         if not fs:
             continue
-        qb = qemu_baseline(fv, qemu_names)
-        if qb:
-            qs = summ[f"qemu:{qb}"]
-            ratios[f"ferry:{name}/qemu:{qb}"] = {
-                "best": qs["best"]["time_s"] / fs["best"]["time_s"],
-                "median": qs["median"]["time_s"] / fs["median"]["time_s"],
-                "target": QEMU_TARGETS.get((name, qb))}
+        for gen in gens:
+            qb = qemu_baseline(fv, [v for v in res["variants"]["qemu"] if qkey(gen, v) in summ])
+            if qb:
+                qs = summ[qkey(gen, qb)]
+                ratios[f"ferry:{name}/{qkey(gen, qb)}"] = {
+                    "best": qs["best"]["time_s"] / fs["best"]["time_s"],
+                    "median": qs["median"]["time_s"] / fs["median"]["time_s"],
+                    "target": QEMU_TARGETS.get((name, qb))}
         ib = iperf_baseline(fv, iperf_names)
         if ib:
             isum = summ[f"iperf3:{ib}"]
@@ -990,10 +1096,12 @@ def compute_ratios(res, size, data_bytes):
                 "best": (data_bytes / GIB / fs["best"]["time_s"]) / isum["best"]["gib_per_s"],
                 "median": (data_bytes / GIB / fs["median"]["time_s"]) / isum["median"]["gib_per_s"],
                 "target": IPERF_TARGETS.get((name, ib))}
-    # The keys of the single-variant version of this script.
-    if "ferry:tcp1/qemu:single" in ratios:
-        ratios["ferry_over_qemu"] = ratios["ferry:tcp1/qemu:single"]["best"]
-        ratios["ferry_over_qemu_median"] = ratios["ferry:tcp1/qemu:single"]["median"]
+    # The keys of the single-variant version of this script (QEMU 7.2), and QEMU 10.0's.
+    for gen, suffix in (("7.2", ""), ("10.0", "10")):
+        k = f"ferry:tcp1/{qkey(gen, 'single')}"
+        if k in ratios:
+            ratios[f"ferry_over_qemu{suffix}"] = ratios[k]["best"]
+            ratios[f"ferry_over_qemu{suffix}_median"] = ratios[k]["median"]
     if "ferry:tcp1/iperf3:p1" in ratios:
         ratios["ferry_random_half_over_iperf3"] = ratios["ferry:tcp1/iperf3:p1"]["best"]
     if any(k.startswith("ferry:") for k in summ):
@@ -1007,6 +1115,7 @@ def print_report(res, size, args):
     dlabel = "rnd" if args.content == "halves" else "data"
     summ, errors, ratios = res["summary"], res["errors"], res["ratios"]
     fvars, qvars, ivars = (res["variants"][k] for k in ("ferry", "qemu", "iperf3"))
+    gens = res["config"]["qemu"]          # measured QEMU generations: gen -> {bin, datadir, version}
     print()
     print(f"ferry e2e benchmark  {res['timestamp']}  host {res['host']['cpu']} "
           f"({res['host']['cpus']} CPUs)")
@@ -1019,18 +1128,22 @@ def print_report(res, size, args):
     for name, fv in fvars.items():
         print(f"  ferry {name}: {' '.join(fv['args']) or '(one TCP connection)'}"
               + (" (both ends)" if fv["args"] else ""))
+    for gen, q in gens.items():
+        print(f"  QEMU {gen}: {' '.join(qemu_argv(q))} (version {q.get('version') or '?'})")
+    for gen, why in res["config"]["qemu_missing"].items():
+        print(f"  QEMU {gen}: not measured: {why}")
     for name, qv in qvars.items():
         print(f"  QEMU {name}: " + ("one TCP connection" if not qv["channels"] else
                                      "multifd capability, " + json.dumps(qv["params"]) + " on both QEMUs"))
     for name, iv in ivars.items():
         print(f"  iperf3 {name}: {iv['streams']} TCP stream(s)" + (f" (-P {iv['streams']})" if iv["streams"] > 1 else ""))
 
-    qemu_ok = [q for q in qvars if f"qemu:{q}" in summ]
     kinds = ["best", "median"] if args.repeat > 1 else ["best"]
     w = max([len(f"ferry {n} (send total-time)") for n in fvars]
-            + [len(f"QEMU 7.2 {n} (total-time)") for n in qvars] + [28])
+            + [len(f"QEMU 10.0 {n} (total-time)") for n in qvars] + [28])
+    xcols = "".join(f" {'x Q' + g:>8}" for g in gens)
     hdr = (f"{'':{w}} {'time s':>8} {'GiB/s RAM':>10} {f'GiB/s {dlabel}':>10} "
-           f"{'CPU s/GiB src':>14} {'dst':>6} {'peak RSS MiB src':>17} {'dst':>7} {'x QEMU':>8}")
+           f"{'CPU s/GiB src':>14} {'dst':>6} {'peak RSS MiB src':>17} {'dst':>7}{xcols}")
     for kind in kinds:
         print()
         if args.repeat > 1:
@@ -1041,22 +1154,25 @@ def print_report(res, size, args):
             key = f"ferry:{name}"
             if key in summ:
                 m = summ[key][kind]
-                qb = qemu_baseline(fv, qemu_ok)
-                xq = summ[f"qemu:{qb}"][kind]["time_s"] / m["time_s"] if qb else None
+                xq = []
+                for gen in gens:
+                    qb = qemu_baseline(fv, [v for v in qvars if qkey(gen, v) in summ])
+                    xq.append(summ[qkey(gen, qb)][kind]["time_s"] / m["time_s"] if qb else None)
                 rows.append((f"ferry {name} (send total-time)", m["time_s"], gib / m["time_s"],
                              dgib / m["time_s"], m, xq))
                 rows.append((f"ferry {name} (send wall-clock)", m["wall_s"], gib / m["wall_s"],
                              dgib / m["wall_s"], None, None))
             elif key in errors:
                 rows.append((f"ferry {name}: FAILED", None, None, None, None, None))
-        for name in qvars:
-            key = f"qemu:{name}"
-            if key in summ:
-                m = summ[key][kind]
-                rows.append((f"QEMU 7.2 {name} (total-time)", m["time_s"], gib / m["time_s"],
-                             dgib / m["time_s"], m, None))
-            elif key in errors:
-                rows.append((f"QEMU {name}: FAILED", None, None, None, None, None))
+        for gen in gens:
+            for name in qvars:
+                key = qkey(gen, name)
+                if key in summ:
+                    m = summ[key][kind]
+                    rows.append((f"QEMU {gen} {name} (total-time)", m["time_s"], gib / m["time_s"],
+                                 dgib / m["time_s"], m, None))
+                elif key in errors:
+                    rows.append((f"QEMU {gen} {name}: FAILED", None, None, None, None, None))
         for name, iv in ivars.items():
             key = f"iperf3:{name}"
             if key in summ:
@@ -1067,24 +1183,43 @@ def print_report(res, size, args):
                 rows.append((f"iperf3 {name}: FAILED", None, None, None, None, None))
         for name, t, g, h, m, xq in rows:
             m = m or {}
+            xs = "".join(f" {(f2(x) + 'x') if x else '-':>8}" for x in (xq or [None] * len(gens)))
             print(f"{name:{w}} {f2(t, '.3f'):>8} {f2(g):>10} {f2(h):>10} "
                   f"{f2(m.get('cpu_s_per_gib_src'), '.3f'):>14} {f2(m.get('cpu_s_per_gib_dst'), '.3f'):>6} "
-                  f"{f2(m.get('peak_rss_mib_src'), '.0f'):>17} {f2(m.get('peak_rss_mib_dst'), '.0f'):>7} "
-                  f"{(f2(xq) + 'x') if xq else '-':>8}")
+                  f"{f2(m.get('peak_rss_mib_src'), '.0f'):>17} {f2(m.get('peak_rss_mib_dst'), '.0f'):>7}{xs}")
 
     print()
     print(f"GiB/s RAM = guest RAM / time; GiB/s {dlabel} = "
           + ("random half" if args.content == "halves" else "guest RAM (all pages carry data)")
           + " / time (iperf3: payload / time).")
     print("CPU s/GiB per GiB of guest RAM (iperf3: per GiB of payload); src = sender, dst = receiver.")
-    print("x QEMU = QEMU's time / ferry's time; ferry tcp1* is compared with QEMU single, "
+    print("x QN = QEMU N's time / ferry's time; ferry tcp1* is compared with QEMU single, "
           "mfd* with QEMU mfdN[-zstd] of the same shape if it ran, else QEMU mfd2.")
     print(f"QEMU guest RAM on the source: --qemu-ram {args.qemu_ram}; QEMU peak RSS is VmHWM"
-          + (" (includes the loader's second copy)." if args.qemu_ram == "loader" else "."))
+          + (" (includes the loader's second copy)." if args.qemu_ram == "loader" else ".")
+          + " QEMU's CPU and faults count the migration only (from migrate to completed), ferry's and"
+          "\niperf3's the whole process (GNU time).")
+
+    # Page faults (best run).
+    frows = [(f"ferry {n}", summ[f"ferry:{n}"]["best"]) for n in fvars if f"ferry:{n}" in summ]
+    frows += [(f"QEMU {g} {n}", summ[qkey(g, n)]["best"]) for g in gens for n in qvars if qkey(g, n) in summ]
+    frows += [(f"iperf3 -P {iv['streams']}", summ[f"iperf3:{n}"]["best"])
+              for n, iv in ivars.items() if f"iperf3:{n}" in summ]
+    if frows:
+        def kilo(x):
+            return f2(x / 1000 if isinstance(x, (int, float)) else None, ".1f")
+
+        print()
+        print(f"{'page faults (best run), thousands':{w}} {'minor src':>10} {'dst':>8} {'major src':>10} "
+              f"{'dst':>6}")
+        for name, m in frows:
+            print(f"{name:{w}} {kilo(m.get('minflt_src')):>10} {kilo(m.get('minflt_dst')):>8} "
+                  f"{kilo(m.get('majflt_src')):>10} {kilo(m.get('majflt_dst')):>6}")
+        print(f"Touching all of guest RAM once with 4 KiB pages = {size // 4096 / 1000:.1f} thousand minor faults.")
 
     # Bytes on the wire and compression (best run).
     wrows = [(f"ferry {n}", summ[f"ferry:{n}"]["best"]) for n in fvars if f"ferry:{n}" in summ]
-    wrows += [(f"QEMU 7.2 {n}", summ[f"qemu:{n}"]["best"]) for n in qvars if f"qemu:{n}" in summ]
+    wrows += [(f"QEMU {g} {n}", summ[qkey(g, n)]["best"]) for g in gens for n in qvars if qkey(g, n) in summ]
     if wrows:
         def mib(x):
             return f2(x / MIB if isinstance(x, (int, float)) else None, ".1f")
@@ -1116,20 +1251,22 @@ def print_report(res, size, args):
             if not key.startswith(f"ferry:{name}/"):
                 continue
             other = key.split("/", 1)[1]
-            if other.startswith("qemu:"):
-                label = f"ferry {name} / QEMU {other[5:]} (GiB/s of guest RAM)"
+            if other.startswith("qemu-"):
+                gen, qname = other[5:].split(":", 1)
+                label = f"ferry {name} / QEMU {gen} {qname} (GiB/s of guest RAM)"
                 unit = "x"
             else:
                 iv = ivars[other[7:]]
                 label = f"ferry {name} {dlabel} GiB/s / iperf3 -P {iv['streams']} GiB/s"
                 unit = ""
-            line = f"{label + ':':58} {r['best']:6.2f}{unit} ({r['median']:.2f}{unit})"
+            line = f" {r['best']:6.2f}{unit} ({r['median']:.2f}{unit})"
             if r.get("target") is not None:
                 line += (f"   target >= {r['target']:g}{unit}  "
                          f"[{'met' if r['best'] >= r['target'] else 'NOT met'}]")
-            lines.append(line)
-    for line in lines:
-        print(line)
+            lines.append((label + ":", line))
+    lw = max([58] + [len(label) for label, _ in lines])
+    for label, line in lines:
+        print(f"{label:{lw}}{line}")
     if "ferry_rss_limit_mib" in ratios:
         lim = ratios["ferry_rss_limit_mib"]
         for name in fvars:
@@ -1222,7 +1359,6 @@ def main(argv=None):
     ap.add_argument("--ferry-recv-arg", action="append", default=[],
                     help="extra argument for ferry recv, every variant (repeat)")
     ap.add_argument("--skip-ferry", action="store_true")
-    ap.add_argument("--skip-qemu", action="store_true")
     ap.add_argument("--skip-iperf", action="store_true")
     ap.add_argument("--netns", action="store_true",
                     help="run every tool in a private network namespace (root; unshare, nsenter, ip), "
@@ -1232,7 +1368,7 @@ def main(argv=None):
     ap.add_argument("--timeout", type=float, default=600, help="per-migration timeout, s (default 600)")
     ap.add_argument("--settle", type=float, default=0.0,
                     help="seconds to wait before each measured transfer (default 0)")
-    ap.add_argument("--qemu", default="qemu-system-x86_64")
+    add_qemu_options(ap)
     ap.add_argument("--iperf3", default="iperf3")
     ap.add_argument("--results-dir", default=os.path.join(PERF_DIR, "results"))
     args = ap.parse_args(argv)
@@ -1241,6 +1377,9 @@ def main(argv=None):
     if args.qemu_ram == "loader" and args.size > 0x7ffff000 and not args.skip_qemu:
         ap.error("--qemu-ram loader: QEMU 7.2's loader reads the file with a single read(), "
                  "which Linux caps at 2 GiB - 4 KiB; use --size 1G or --qemu-ram private")
+    qemus, qemu_missing = resolve_qemus(args)
+    if not qemus:
+        args.skip_qemu = True
 
     preset = PRESETS[args.preset or DEFAULT_PRESET]
     fvars = [] if args.skip_ferry else parse_variant_list(
@@ -1251,8 +1390,7 @@ def main(argv=None):
         args.iperf_variants or preset["iperf"], parse_iperf_variant, "iperf")
     size = args.size
     data_bytes = size if args.content == "text" else size // 2
-    for tool, skip in ((args.qemu, args.skip_qemu), (args.iperf3, args.skip_iperf),
-                       ("/usr/bin/time", False)):
+    for tool, skip in ((args.iperf3, args.skip_iperf), ("/usr/bin/time", False)):
         if not skip and not shutil.which(tool):
             raise UsageError(f"{tool} not found")
     if not args.skip_ferry:
@@ -1283,7 +1421,8 @@ def main(argv=None):
                    "netns": args.netns,
                    "ferry_send_arg": args.ferry_send_arg, "ferry_recv_arg": args.ferry_recv_arg,
                    "ferry": None if args.skip_ferry else args.ferry,
-                   "qemu": None if args.skip_qemu else args.qemu,
+                   "qemu": {q["gen"]: {k: q[k] for k in ("bin", "datadir", "version")} for q in qemus},
+                   "qemu_missing": qemu_missing,
                    "iperf3": None if args.skip_iperf else args.iperf3,
                    "pattern_file": pattern if need_pattern else None,
                    "qemu_max_bandwidth": QEMU_MAX_BANDWIDTH, "qemu_ram": args.qemu_ram},
@@ -1298,8 +1437,10 @@ def main(argv=None):
     plan = []
     for v in fvars:
         plan.append((f"ferry:{v['name']}", lambda i, v=v: run_ferry(args, v, pattern, size, workdir, i)))
-    for v in qvars:
-        plan.append((f"qemu:{v['name']}", lambda i, v=v: run_qemu(args, v, pattern, size, workdir, i)))
+    for q in qemus:
+        for v in qvars:
+            plan.append((qkey(q["gen"], v["name"]),
+                         lambda i, q=q, v=v: run_qemu(args, q, v, pattern, size, workdir, i)))
     for v in ivars:
         plan.append((f"iperf3:{v['name']}", lambda i, v=v: run_iperf(args, v, size // 2, workdir, i)))
 
