@@ -133,11 +133,11 @@ Status MigrationDestination::Run(Channel& channel) {
     if (!receiver_error_.ok() && !cancel_.load(std::memory_order_acquire)) s = receiver_error_;
   }
   if (!s.ok() && cancel_.load(std::memory_order_acquire)) s = Status::Cancelled("incoming migration cancelled");
-  if (options_.send_verdict && options_.expect_verify && s.code() != Code::kClosed &&
-      s.code() != Code::kCancelled) {
-    // Best effort: tell the source how it ended. It reads this only once it
+  if (options_.send_verdict && s.code() != Code::kClosed && s.code() != Code::kCancelled) {
+    // Best effort: tell the source how it ended (with verification off too:
+    // the source reports success only on this). It reads this only once it
     // has sent everything, so a failure earlier is seen as a closed socket.
-    std::string msg = s.ok() ? "verified" : s.message();
+    std::string msg = s.ok() ? (options_.expect_verify ? "verified" : "completed") : s.message();
     if (msg.size() > 60000) msg.resize(60000);
     uint32_t hdr[3] = {__builtin_bswap32(wire::kVerdictMagic), __builtin_bswap32(s.ok() ? 0 : 1),
                        __builtin_bswap32(static_cast<uint32_t>(msg.size()))};

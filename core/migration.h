@@ -103,7 +103,7 @@ struct DestinationOptions {
   // One-line notes for the user (things accepted but worth knowing); may be empty.
   std::function<void(std::string_view)> note;
   bool expect_verify = true;      // require ferry's verification section
-  bool send_verdict = true;       // answer the source with a verdict (two-way channel)
+  bool send_verdict = true;       // answer the source with a verdict (two-way channel; with verify off too)
   bool qemu_devices = false;      // accept QEMU 7.2's "timer" and "globalstate"
   bool fresh_memory = true;       // blocks start zeroed (fresh mappings)
   PageReceiver* receiver = nullptr;  // multifd receivers; not owned

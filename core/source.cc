@@ -321,8 +321,9 @@ Status MigrationSource::RunInner(Channel& channel, bool await_confirmation) {
   Publish(MigrationState::kDevice);
 
   if (qemu_return_path) FERRY_RETURN_IF_ERROR(AwaitQemuShut(channel));
-  if (verify && await_confirmation) {
-    // The destination answers once it has loaded and checked everything.
+  if (await_confirmation && !params_.qemu_compat) {
+    // The destination answers once it has loaded (and, with verify, checked)
+    // everything: with verify off too, its "completed" is the only success.
     uint32_t hdr[3];
     Status rs = channel.ReadExact(hdr, sizeof(hdr));
     if (!rs.ok()) {
@@ -338,7 +339,7 @@ Status MigrationSource::RunInner(Channel& channel, bool await_confirmation) {
     FERRY_RETURN_IF_ERROR(channel.ReadExact(msg.data(), len));
     if (code != 0) return Status::Mismatch("the destination reports: " + msg);
     std::lock_guard<std::mutex> lock(mu_);
-    stats_.verified = true;
+    stats_.verified = verify;
   }
   // The guest now lives on the destination: it stays paused here.
   resumer.armed = false;

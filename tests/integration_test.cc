@@ -16,6 +16,7 @@
 #include <cstring>
 #include <memory>
 #include <optional>
+#include <filesystem>
 #include <string>
 #include <thread>
 #include <vector>
@@ -253,6 +254,46 @@ TEST_F(IntegrationTest, GarbagePeerIsRejected) {
     EXPECT_NE(j->value("status", std::string()), "completed") << recv.Report();
     EXPECT_NE(j->value("verified", false), true) << recv.Report();
   }
+}
+
+// With verification off the destination still has the last word: a source
+// whose destination failed never exits 0 (here: recv cannot create its memory
+// file; then the two sides disagree on the RAM size), and it prints the
+// destination's reason.
+TEST_F(IntegrationTest, VerifyOffSourceSucceedsOnlyWhenTheDestinationConfirms) {
+  struct Case {
+    std::vector<std::string> recv, send;
+    std::string reason;  // in send's stderr
+  };
+  const std::vector<Case> cases = {
+      {{"--memory-file", "/nonexistent/dir/x.mem", "-c", "verify=off"}, {"--ram", "4M", "-c", "verify=off"},
+       "/nonexistent/dir/x.mem"},
+      {{"--ram", "8M", "-c", "verify=off"}, {"--ram", "4M", "-c", "verify=off"}, "ram"},
+  };
+  for (size_t i = 0; i < cases.size(); ++i) {
+    SCOPED_TRACE("case " + std::to_string(i));
+    Process recv, send;
+    std::string uri;
+    ASSERT_NO_FATAL_FAILURE(StartRecv("tcp:127.0.0.1:0", cases[i].recv, &recv, &uri));
+    ASSERT_NO_FATAL_FAILURE(StartSend(uri, cases[i].send, &send));
+    ASSERT_TRUE(ExitsWithCode(send, 1, kExitTimeout)) << "receiver:\n" << recv.Report();
+    EXPECT_NE(send.Stderr().find("the destination reports"), std::string::npos) << send.Report();
+    EXPECT_NE(send.Stderr().find(cases[i].reason), std::string::npos) << send.Report();
+    ASSERT_TRUE(ExitsWithFailure(recv, kExitTimeout));
+    std::error_code ec;
+    std::filesystem::remove(P("ready"), ec);
+  }
+  // And when it did load, both say so: completed, not verified.
+  Process recv, send;
+  std::string uri;
+  ASSERT_NO_FATAL_FAILURE(StartRecv("tcp:127.0.0.1:0", {"--json", "-c", "verify=off"}, &recv, &uri));
+  ASSERT_NO_FATAL_FAILURE(StartSend(uri, {"--ram", "4M", "-c", "verify=off", "--json"}, &send));
+  ASSERT_TRUE(ExitsWithCode(send, 0, kExitTimeout)) << recv.Report();
+  ASSERT_TRUE(ExitsWithCode(recv, 0, kExitTimeout));
+  json sj;
+  ASSERT_NO_FATAL_FAILURE(GetJson(send, &sj));
+  EXPECT_EQ(sj.value("status", std::string()), "completed");
+  EXPECT_EQ(sj.value("verified", true), false);
 }
 
 // SIGINT to the sender mid-migration: send exits 3 ("cancelled"); the
