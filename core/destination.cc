@@ -142,7 +142,20 @@ Status MigrationDestination::Run(Channel& channel) {
     uint32_t hdr[3] = {__builtin_bswap32(wire::kVerdictMagic), __builtin_bswap32(s.ok() ? 0 : 1),
                        __builtin_bswap32(static_cast<uint32_t>(msg.size()))};
     iovec iov[2] = {{hdr, sizeof(hdr)}, {msg.data(), msg.size()}};
-    (void)channel.WriteAll(std::span<iovec>(iov, 2));
+    Status sent = channel.WriteAll(std::span<iovec>(iov, 2));
+    if (s.ok()) {
+      // Completed only once the source has taken the verdict and let its
+      // guest go; a source that gave up resumed its guest and closed.
+      uint32_t commit = 0;
+      Status got = sent.ok() ? channel.ReadExact(&commit, sizeof(commit)) : sent;
+      if (got.ok() && __builtin_bswap32(commit) != wire::kCommitMagic) {
+        got = Status::Protocol("the source answered the verdict with something else than its commit");
+      }
+      if (!got.ok()) {
+        s = Status::Closed("the source did not take over the verdict, so its guest may still be running there (" +
+                           got.message() + "); this copy must not be used");
+      }
+    }
   }
   if (return_path_ && s.code() != Code::kClosed && s.code() != Code::kCancelled) {
     // QEMU's source waits for this before it calls the migration done.

@@ -338,6 +338,10 @@ Status MigrationSource::RunInner(Channel& channel, bool await_confirmation) {
     std::string msg(len, '\0');
     FERRY_RETURN_IF_ERROR(channel.ReadExact(msg.data(), len));
     if (code != 0) return Status::Mismatch("the destination reports: " + msg);
+    // Hand the guest over: from here on it lives on the destination.
+    const uint32_t commit = __builtin_bswap32(wire::kCommitMagic);
+    FERRY_RETURN_IF_ERROR(channel.WriteAll(&commit, sizeof(commit))
+                              .WithContext("confirming the switchover to the destination"));
     std::lock_guard<std::mutex> lock(mu_);
     stats_.verified = verify;
   }

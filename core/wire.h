@@ -78,5 +78,9 @@ inline constexpr uint32_t kVerifyVersion = 1;
 // stream when verification is on: be32 magic, be32 code (0 = verified), be32
 // message length, message.
 inline constexpr uint32_t kVerdictMagic = 0x46525944;  // "FRYD"
+// The source's answer to a verdict of 0: be32 magic. Only after it does the
+// destination call the migration completed — a source that gave up waiting
+// (and resumed its guest) closes instead, so the guest never runs twice.
+inline constexpr uint32_t kCommitMagic = 0x46525943;  // "FRYC"
 
 }  // namespace ferry::wire

@@ -515,6 +515,68 @@ TEST(BadInput, CorruptedPageIsCaughtByVerification) {
 // step (64 Ki pages) and enough to be split over threads: equal memory
 // verifies; pages that differ in the first and second step, in different
 // threads' shares, are all counted and the first is named.
+// The destination answers with its verdict and calls the migration completed
+// only once the source has committed: a source that gave up (and resumed its
+// guest) closes instead, and the destination must then fail.
+TEST(Verdict, DestinationCompletesOnlyAfterTheSourcesCommit) {
+  // The stream, then — only once the destination has written its verdict,
+  // as a real source answers — the commit, or nothing (a closed connection).
+  class SourcePeer final : public Channel {
+   public:
+    SourcePeer(std::vector<uint8_t> stream, bool commit) : stream_(std::move(stream)), commit_(commit) {}
+    Status WriteAll(std::span<iovec> iov) override {
+      for (const iovec& v : iov) out.insert(out.end(), static_cast<uint8_t*>(v.iov_base), static_cast<uint8_t*>(v.iov_base) + v.iov_len);
+      if (commit_ && !answered_) {
+        const uint32_t c = __builtin_bswap32(wire::kCommitMagic);
+        const auto* p = reinterpret_cast<const uint8_t*>(&c);
+        stream_.insert(stream_.end(), p, p + 4);
+        answered_ = true;
+      }
+      return Status::Ok();
+    }
+    Result<size_t> ReadSome(void* buf, size_t len) override {
+      const size_t n = std::min(len, stream_.size() - pos_);
+      std::memcpy(buf, stream_.data() + pos_, n);
+      pos_ += n;
+      return n;
+    }
+    void Shutdown() override {}
+    std::string Describe() const override { return "source"; }
+    std::vector<uint8_t> out;
+
+   private:
+    std::vector<uint8_t> stream_;
+    size_t pos_ = 0;
+    bool commit_, answered_ = false;
+  };
+  TestRam src(16 * kPageSize);
+  Pattern(src.mem, src.size, 5);
+  const std::vector<uint8_t> stream = SaveStream(src);
+  for (bool commit : {false, true}) {
+    SCOPED_TRACE(commit ? "with commit" : "without commit");
+    TestRam dst(16 * kPageSize);
+    RamBlockList blocks;
+    ASSERT_TRUE(blocks.Add("ram", dst.mem, dst.size).ok());
+    MigrationDestination d(DestinationOptions{}, blocks, nullptr);
+    SourcePeer peer(stream, commit);
+    Status s = d.Run(peer);
+    // The verdict went out either way: FRYD, code 0, "verified".
+    ASSERT_GE(peer.out.size(), 12u + 8u);
+    uint32_t hdr[3];
+    std::memcpy(hdr, peer.out.data(), sizeof(hdr));
+    EXPECT_EQ(__builtin_bswap32(hdr[0]), wire::kVerdictMagic);
+    EXPECT_EQ(__builtin_bswap32(hdr[1]), 0u);
+    if (commit) {
+      EXPECT_TRUE(s.ok()) << s.ToString();
+      EXPECT_EQ(d.Stats().state, MigrationState::kCompleted);
+    } else {
+      EXPECT_FALSE(s.ok());
+      EXPECT_NE(s.message().find("did not take over the verdict"), std::string::npos) << s.message();
+      EXPECT_EQ(d.Stats().state, MigrationState::kFailed);
+    }
+  }
+}
+
 TEST(Verify, LargeBlockNamesTheFirstDifferingPage) {
   const uint64_t pages = 70000;  // untouched pages stay unallocated
   TestRam src(pages * kPageSize), dst(pages * kPageSize);
