@@ -6,6 +6,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <sstream>
 #include <vector>
@@ -201,6 +203,15 @@ void SyntheticGuest::Pause() {
   cv_.notify_all();
   // Wait until the writer is parked (or not running at all).
   cv_.wait(lock, [&] { return parked_ || !writer_.joinable() || stop_; });
+  lock.unlock();
+  // Test hook (tests/fault_matrix_test.cc): FERRY_TEST_PAUSE_AT=switchover:MS
+  // holds the source MS ms with its guest paused for switchover, after saying
+  // so on stderr, so that a test can fault a peer at exactly that moment.
+  if (const char* at = getenv("FERRY_TEST_PAUSE_AT"); at && std::strncmp(at, "switchover:", 11) == 0) {
+    const long ms = std::strtol(at + 11, nullptr, 10);
+    std::fprintf(stderr, "ferry: test hook: guest paused for switchover, holding %ld ms\n", ms);
+    std::this_thread::sleep_for(std::chrono::milliseconds(ms));
+  }
 }
 
 void SyntheticGuest::Resume() {
