@@ -3,8 +3,10 @@
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -17,14 +19,18 @@
 namespace ferry::cli {
 
 Mapping::~Mapping() {
+  guard_.reset();  // before the range can be reused by another mapping
   if (data_) munmap(data_, size_);
 }
-Mapping::Mapping(Mapping&& o) noexcept : data_(std::exchange(o.data_, nullptr)), size_(std::exchange(o.size_, 0)) {}
+Mapping::Mapping(Mapping&& o) noexcept
+    : data_(std::exchange(o.data_, nullptr)), size_(std::exchange(o.size_, 0)), guard_(std::move(o.guard_)) {}
 Mapping& Mapping::operator=(Mapping&& o) noexcept {
   if (this != &o) {
+    guard_.reset();
     if (data_) munmap(data_, size_);
     data_ = std::exchange(o.data_, nullptr);
     size_ = std::exchange(o.size_, 0);
+    guard_ = std::move(o.guard_);
   }
   return *this;
 }
@@ -73,18 +79,27 @@ Result<Mapping> Mapping::OpenFile(const std::string& path, bool writable) {
   Mapping m;
   m.data_ = static_cast<uint8_t*>(p);
   m.size_ = size;
+  FERRY_ASSIGN_OR_RETURN(m.guard_, MappedFileGuard::Register(p, size, fd.get(), path));
   return m;
 }
 
-Result<Mapping> Mapping::CreateFile(const std::string& path, uint64_t size) {
-  UniqueFd fd(open(path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
-  if (!fd.valid()) return ErrnoStatus("create memory file " + path);
-  if (ftruncate(fd.get(), static_cast<off_t>(size)) != 0) return ErrnoStatus("size memory file " + path);
-  void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd.get(), 0);
+Result<Mapping> Mapping::ReserveFile(int fd, const std::string& path, uint64_t size) {
+  if (size == 0 || size % kPageSize) {
+    return Status::InvalidArgument("RAM size must be a non-zero multiple of 4 KiB, got " + std::to_string(size));
+  }
+  if (ftruncate(fd, 0) != 0 || ftruncate(fd, static_cast<off_t>(size)) != 0) {
+    return ErrnoStatus("sizing memory file " + path + " to " + std::to_string(size) + " bytes");
+  }
+  // Every block on disk now, so no page fault later finds the filesystem full.
+  if (int err = posix_fallocate(fd, 0, static_cast<off_t>(size)); err != 0) {
+    return ErrnoStatus("reserving " + std::to_string(size) + " bytes for memory file " + path, err);
+  }
+  void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
   if (p == MAP_FAILED) return ErrnoStatus("mmap " + path);
   Mapping m;
   m.data_ = static_cast<uint8_t*>(p);
   m.size_ = size;
+  FERRY_ASSIGN_OR_RETURN(m.guard_, MappedFileGuard::Register(p, size, fd, path));
   return m;
 }
 
@@ -100,14 +115,13 @@ Result<FillSpec> ParseFill(const std::string& text) {
     size_t eq = item.find('=');
     if (eq == std::string::npos) return bad("'" + item + "' has no '='");
     std::string key = item.substr(0, eq);
-    unsigned v = 0;
-    try {
-      size_t used = 0;
-      v = static_cast<unsigned>(std::stoul(item.substr(eq + 1), &used));
-      if (used != item.size() - eq - 1) return bad("'" + item + "' is not a number");
-    } catch (...) {
-      return bad("'" + item + "' is not a number");
+    const std::string num = item.substr(eq + 1);
+    // Decimal digits only: no sign, no spaces (std::stoul would take "-10").
+    if (num.empty() || num.size() > 3 || num.find_first_not_of("0123456789") != std::string::npos) {
+      return bad("'" + item + "' is not a percentage (a whole number from 0 to 100)");
     }
+    const unsigned v = static_cast<unsigned>(std::stoul(num));
+    if (v > 100) return bad("'" + item + "' is more than 100 percent");
     if (key == "random") f.random_pct = v;
     else if (key == "zero") f.zero_pct = v;
     else if (key == "text") f.text_pct = v;
@@ -160,16 +174,24 @@ void FillPage(uint8_t* page, uint64_t index, const FillSpec& spec, uint64_t seed
 
 }  // namespace
 
-void FillMemory(uint8_t* mem, uint64_t size, const FillSpec& spec, uint64_t seed) {
+bool FillMemory(uint8_t* mem, uint64_t size, const FillSpec& spec, uint64_t seed, const std::atomic<bool>* stop) {
   const uint64_t pages = size / kPageSize;
   const unsigned threads = std::max(1u, std::min(8u, std::thread::hardware_concurrency()));
   std::vector<std::thread> ts;
   for (unsigned t = 0; t < threads; ++t) {
     ts.emplace_back([=] {
-      for (uint64_t i = t; i < pages; i += threads) FillPage(mem + i * kPageSize, i, spec, seed);
+      uint64_t since_check = 0;
+      for (uint64_t i = t; i < pages; i += threads) {
+        if (stop && ++since_check == 256) {
+          since_check = 0;
+          if (stop->load(std::memory_order_relaxed)) return;
+        }
+        FillPage(mem + i * kPageSize, i, spec, seed);
+      }
     });
   }
   for (auto& t : ts) t.join();
+  return !(stop && stop->load());
 }
 
 SyntheticGuest::~SyntheticGuest() { StopWriter(); }
@@ -263,17 +285,47 @@ void SyntheticGuest::WriterLoop(uint64_t rate, uint64_t hot_set, DirtyTracker* t
   }
 }
 
+DestinationMemory::~DestinationMemory() {
+  if (keep_ || file_.empty()) return;
+  maps_.clear();
+  if (created_) {
+    unlink(file_.c_str());
+  } else if (original_size_) {
+    (void)truncate(file_.c_str(), static_cast<off_t>(*original_size_));
+  }
+}
+
 Result<uint8_t*> DestinationMemory::Allocate(const std::string& name, uint64_t length) {
+  if (max_bytes_ != 0 && (length > max_bytes_ || allocated_ > max_bytes_ - length)) {
+    return Status::InvalidArgument("RAM block '" + name + "' (" + std::to_string(length) + " bytes) would bring " +
+                                   "this destination's RAM to " + std::to_string(allocated_ + length) +
+                                   " bytes, more than it may allocate: " + std::to_string(max_bytes_) + " bytes" +
+                                   (max_source_.empty() ? "" : ", " + max_source_));
+  }
   if (!file_.empty()) {
     if (!maps_.empty()) {
       return Status::Unsupported("--memory-file holds one RAM block, but the stream also carries block '" + name + "'");
     }
-    FERRY_ASSIGN_OR_RETURN(Mapping m, Mapping::CreateFile(file_, length));
+    UniqueFd fd(open(file_.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
+    if (fd.valid()) {
+      created_ = true;
+    } else if (errno == EEXIST) {
+      fd.Reset(open(file_.c_str(), O_RDWR | O_CLOEXEC));
+      if (!fd.valid()) return ErrnoStatus("open memory file " + file_);
+      struct stat st;
+      if (fstat(fd.get(), &st) != 0) return ErrnoStatus("stat " + file_);
+      if (!S_ISREG(st.st_mode)) return Status::InvalidArgument("memory file " + file_ + " is not a regular file");
+      original_size_ = static_cast<uint64_t>(st.st_size);
+    } else {
+      return ErrnoStatus("create memory file " + file_);
+    }
+    FERRY_ASSIGN_OR_RETURN(Mapping m, Mapping::ReserveFile(fd.get(), file_, length));
     maps_.push_back(std::move(m));
   } else {
     FERRY_ASSIGN_OR_RETURN(Mapping m, Mapping::Anonymous(length, /*huge=*/true));
     maps_.push_back(std::move(m));
   }
+  allocated_ += length;
   if (prealloc_) FERRY_RETURN_IF_ERROR(maps_.back().Populate(/*write=*/true));
   return maps_.back().data();
 }

@@ -10,7 +10,10 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <memory>
 #include <mutex>
+#include <optional>
+#include <vector>
 #include <string>
 #include <thread>
 
@@ -18,6 +21,7 @@
 #include "core/migration.h"
 #include "core/ram_block.h"
 #include "core/ram_loader.h"
+#include "core/sigbus.h"
 #include "core/status.h"
 
 namespace ferry::cli {
@@ -34,10 +38,15 @@ class Mapping {
 
   // Anonymous, zero-filled. `huge`: ask for transparent huge pages.
   static Result<Mapping> Anonymous(uint64_t size, bool huge);
-  // An existing file, MAP_SHARED (read-only when !writable).
+  // An existing file, MAP_SHARED (read-only when !writable). Covered by
+  // MappedFileGuard: if the file shrinks meanwhile, CheckMappedFiles() says so
+  // instead of SIGBUS killing the process.
   static Result<Mapping> OpenFile(const std::string& path, bool writable);
-  // A new file of `size` zero bytes (created or truncated), MAP_SHARED.
-  static Result<Mapping> CreateFile(const std::string& path, uint64_t size);
+  // `fd`'s file set to `size` zero bytes (truncated first), its blocks
+  // reserved with posix_fallocate before it is mapped (a full filesystem
+  // fails here, "No space left on device", not with SIGBUS at the first
+  // write), MAP_SHARED, covered by MappedFileGuard. `path` names it.
+  static Result<Mapping> ReserveFile(int fd, const std::string& path, uint64_t size);
 
   // Faults every page in now (MADV_POPULATE_*), so the migration does not
   // pay for first-touch faults. `write` makes the pages private and writable.
@@ -49,6 +58,7 @@ class Mapping {
  private:
   uint8_t* data_ = nullptr;
   uint64_t size_ = 0;
+  std::unique_ptr<MappedFileGuard> guard_;  // file mappings; released before munmap
 };
 
 struct FillSpec {
@@ -56,11 +66,15 @@ struct FillSpec {
   unsigned zero_pct = 50;
   unsigned text_pct = 0;
 };
-// Parses "random=50,zero=25,text=25" (missing kinds are 0; must sum to 100).
+// Parses "random=50,zero=25,text=25" (missing kinds are 0; each a whole
+// number 0-100 in decimal digits; they must sum to 100).
 Result<FillSpec> ParseFill(const std::string& text);
 
 // Fills memory page by page; page i's kind and bytes depend only on (seed, i).
-void FillMemory(uint8_t* mem, uint64_t size, const FillSpec& spec, uint64_t seed);
+// Stops early, returning false, once `*stop` is true (checked every 1 MiB or
+// so per thread).
+bool FillMemory(uint8_t* mem, uint64_t size, const FillSpec& spec, uint64_t seed,
+                const std::atomic<bool>* stop = nullptr);
 
 class SyntheticGuest final : public GuestControl {
  public:
@@ -97,17 +111,36 @@ class SyntheticGuest final : public GuestControl {
 };
 
 // Destination memory: anonymous by default, or one file for one block.
+//
+// A memory file that did not exist is created and, unless Keep() is called
+// (the migration succeeded), removed again on destruction. A file that
+// existed is opened only when the stream's block list arrives (so a stream
+// refused before that leaves it untouched), then emptied and sized to the
+// block (the load needs zeroed memory: its old contents are gone from that
+// moment); on failure it is left in place with its old size restored.
 class DestinationMemory final : public RamBlockAllocator {
  public:
-  // `prealloc`: fault the memory in when it is allocated.
-  DestinationMemory(std::string file, bool prealloc) : file_(std::move(file)), prealloc_(prealloc) {}
+  // `prealloc`: fault the memory in when it is allocated. `max_bytes`: the
+  // most all blocks together may take (0 = no limit), `max_source` names
+  // that limit in messages.
+  DestinationMemory(std::string file, bool prealloc, uint64_t max_bytes = 0, std::string max_source = "")
+      : file_(std::move(file)), prealloc_(prealloc), max_bytes_(max_bytes), max_source_(std::move(max_source)) {}
+  ~DestinationMemory() override;
   Result<uint8_t*> Allocate(const std::string& name, uint64_t length) override;
   std::vector<Mapping>& mappings() { return maps_; }
+  // The migration succeeded: keep the memory file as it is.
+  void Keep() { keep_ = true; }
 
  private:
   std::string file_;
   bool prealloc_;
+  uint64_t max_bytes_;
+  std::string max_source_;
+  uint64_t allocated_ = 0;
   std::vector<Mapping> maps_;
+  bool keep_ = false;
+  bool created_ = false;                   // file_ did not exist before
+  std::optional<uint64_t> original_size_;  // of a file that existed, once ferry changed it
 };
 
 }  // namespace ferry::cli

@@ -18,6 +18,7 @@
 #include <thread>
 
 #include "cli/guest.h"
+#include "cli/limits.h"
 #include "cli/report.h"
 #include "core/dirty_tracker.h"
 #include "core/migration.h"
@@ -81,10 +82,13 @@ void BlockTermSignals() {
   signal(SIGPIPE, SIG_IGN);
 }
 
-void Note(std::string_view line) { std::cerr << "ferry: " << line << "\n"; }
+// Messages may quote names and bytes from a stream: escaped for the terminal.
+void Note(std::string_view line) { std::cerr << "ferry: " << TerminalText(line) << "\n"; }
+
+void PrintError(const Status& s) { std::cerr << "ferry: error: " << TerminalText(s.message()) << "\n"; }
 
 int Fail(const Status& s, int code = kExitFailed) {
-  std::cerr << "ferry: error: " << s.message() << "\n";
+  PrintError(s);
   return code;
 }
 
@@ -122,12 +126,14 @@ struct SendOpts : CommonOpts {
   std::string hot_set = "64M";
   double connect_timeout = 30;
   std::string tracker = "best";
+  bool force = false;  // --force: a synthetic guest larger than the available memory
 };
 
 struct RecvOpts : CommonOpts {
   std::string ready_file;
   bool prealloc = false;
   double timeout = 300;
+  std::string max_ram;  // --max-ram
 };
 
 // The migration's configuration from --qemu-compat, -p, -c and --uuid,
@@ -185,15 +191,31 @@ mapped_ram::FileOptions FileOptionsFor(const MigrationParams& p) {
   return f;
 }
 
+// `to_stderr`: stdout carries the migration stream (send fd:1).
 void PrintResult(const std::string& role, const MigrationStats& st, bool json, const std::string& tracker,
-                 bool multifd) {
+                 bool multifd, bool to_stderr = false) {
+  std::ostream& out = to_stderr ? std::cerr : std::cout;
   if (json) {
     nlohmann::json j = StatsJson(st, multifd);
     if (!tracker.empty()) j["dirty-tracker"] = tracker;
-    std::cout << j.dump() << std::endl;
+    out << DumpJson(j) << std::endl;
   } else {
-    std::cout << Summary(role, st, tracker) << std::flush;
+    out << Summary(role, st, tracker) << std::flush;
   }
+}
+
+// Whether the stream goes to the same file as stdout (`send fd:1 > f`,
+// `save /dev/stdout`): then the summary must not be appended to it.
+bool StreamIsStdout(const Uri& uri) {
+  struct stat out, st;
+  if (fstat(STDOUT_FILENO, &out) != 0) return false;
+  if (uri.kind == Uri::Kind::kFd) {
+    return uri.fd == STDOUT_FILENO || (fstat(uri.fd, &st) == 0 && st.st_dev == out.st_dev && st.st_ino == out.st_ino);
+  }
+  if (uri.kind == Uri::Kind::kFile) {
+    return stat(uri.path.c_str(), &st) == 0 && st.st_dev == out.st_dev && st.st_ino == out.st_ino;
+  }
+  return false;
 }
 
 int ExitCodeFor(const MigrationStats& st) {
@@ -241,9 +263,29 @@ int RunSend(const SendOpts& o) {
   } else {
     Result<uint64_t> ram = ParseSize(o.ram.empty() ? "1G" : o.ram);
     if (!ram.ok()) return Fail(ram.status().WithContext("--ram"), kExitUsage);
+    if (!o.force) {
+      Result<Limit> avail = AvailableMemory();
+      if (avail.ok() && (*ram > avail->bytes || avail->bytes - *ram < kSendMargin)) {
+        return Fail(Status::InvalidArgument(
+                        "--ram " + FormatBytes(*ram) + " (" + std::to_string(*ram) + " bytes) is more than this machine "
+                        "can hold: " + avail->source + " is " + FormatBytes(avail->bytes) + " (" +
+                        std::to_string(avail->bytes) + " bytes), and ferry needs " + FormatBytes(kSendMargin) +
+                        " of it for itself; use --force to try anyway"),
+                    kExitUsage);
+      }
+    }
     Result<Mapping> m = Mapping::Anonymous(*ram, /*huge=*/false);
     if (!m.ok()) return Fail(m.status(), kExitUsage);
-    FillMemory(m->data(), m->size(), *fill, o.seed);
+    std::atomic<bool> fill_stop{false};
+    bool filled = false;
+    {
+      SignalWatcher fill_signals([&] { fill_stop.store(true); });
+      filled = FillMemory(m->data(), m->size(), *fill, o.seed, &fill_stop);
+    }
+    if (!filled) {
+      Note("cancelled while filling the synthetic guest's memory");
+      return kExitCancelled;
+    }
     Status s = guest.Init(std::move(*m));
     if (!s.ok()) return Fail(s, kExitUsage);
   }
@@ -303,7 +345,7 @@ int RunSend(const SendOpts& o) {
     st.state = signals.fired() ? MigrationState::kCancelled : MigrationState::kFailed;
     st.error = signals.fired() ? "cancelled before connecting" : connected.message();
     st.ram.total = guest.size();
-    if (o.json) PrintResult("send", st, true, tracker_name, report_multifd);
+    if (o.json) PrintResult("send", st, true, tracker_name, report_multifd, StreamIsStdout(*uri));
     if (signals.fired()) {
       Note("cancelled before connecting");
       return kExitCancelled;
@@ -343,8 +385,8 @@ int RunSend(const SendOpts& o) {
       st.error = result.message();
     }
   }
-  PrintResult("send", st, o.json, tracker_name, report_multifd);
-  if (!result.ok() && result.code() != Code::kCancelled) std::cerr << "ferry: error: " << result.message() << "\n";
+  PrintResult("send", st, o.json, tracker_name, report_multifd, StreamIsStdout(*uri));
+  if (!result.ok() && result.code() != Code::kCancelled) PrintError(result);
   return ExitCodeFor(st);
 }
 
@@ -388,9 +430,11 @@ int RecvFromFile(const RecvOpts& o, const Uri& uri, const MigrationParams& param
     }
   }
   PrintResult("recv", st, o.json, "", false);
-  if (!result.ok()) std::cerr << "ferry: error: " << result.message() << "\n";
+  if (!result.ok()) PrintError(result);
   if (st.state == MigrationState::kCompleted && opts.expect_verify && !st.verified) return kExitFailed;
-  return ExitCodeFor(st);
+  const int rc = ExitCodeFor(st);
+  if (rc == kExitOk) memory.Keep();
+  return rc;
 }
 
 int RunRecv(const RecvOpts& o) {
@@ -412,11 +456,28 @@ int RunRecv(const RecvOpts& o) {
     opts.qemu_devices = true;
     opts.qemu_version = params.qemu_version;
   }
-  DestinationMemory memory(o.memory_file, o.prealloc);
+  // What the stream may make this side allocate, checked before anything is.
+  Result<Limit> cap = DestinationRamLimit(o.max_ram, o.memory_file);
+  if (!cap.ok()) return Fail(cap.status(), kExitUsage);
+  opts.max_ram = cap->bytes;
+  opts.max_ram_source = cap->source;
+  // A file or a pipe ends with the stream: anything after it is refused.
+  struct stat in_st;
+  opts.reject_trailing_bytes =
+      (uri->kind == Uri::Kind::kFile && stat(uri->path.c_str(), &in_st) == 0 && S_ISREG(in_st.st_mode)) ||
+      (uri->kind == Uri::Kind::kFd && !IsSocket(uri->fd));
+  DestinationMemory memory(o.memory_file, o.prealloc, cap->bytes, cap->source);
   RamBlockList blocks;
   if (!o.ram.empty()) {
     Result<uint64_t> ram = ParseSize(o.ram);
     if (!ram.ok()) return Fail(ram.status().WithContext("--ram"), kExitUsage);
+    if (*ram > cap->bytes) {
+      return Fail(Status::InvalidArgument("--ram " + FormatBytes(*ram) + " (" + std::to_string(*ram) +
+                                          " bytes) is more than this destination may allocate: " +
+                                          FormatBytes(cap->bytes) + " (" + std::to_string(cap->bytes) + " bytes), " +
+                                          cap->source),
+                  kExitUsage);
+    }
     Result<uint8_t*> host = memory.Allocate("ram", *ram);
     if (!host.ok()) return Fail(host.status(), kExitUsage);
     Status s = blocks.Add("ram", *host, *ram);
@@ -484,9 +545,11 @@ int RunRecv(const RecvOpts& o) {
   }
   MigrationStats st = dest->Stats();
   PrintResult("recv", st, o.json, "", multifd);
-  if (!result.ok()) std::cerr << "ferry: error: " << result.message() << "\n";
+  if (!result.ok()) PrintError(result);
   if (st.state == MigrationState::kCompleted && opts.expect_verify && !st.verified) return kExitFailed;
-  return ExitCodeFor(st);
+  const int rc = ExitCodeFor(st);
+  if (rc == kExitOk) memory.Keep();
+  return rc;
 }
 
 int RunDemo(const std::string& self, const std::string& ram, const std::string& dirty_rate) {
@@ -586,6 +649,8 @@ void AddSendOptions(CLI::App* s, SendOpts& send) {
   s->add_option("--connect-timeout", send.connect_timeout, "Seconds to keep retrying the connection")
       ->capture_default_str();
   s->add_option("--dirty-tracker", send.tracker, "best (default), uffd-wp, bitmap or all-once (guest must be idle)");
+  s->add_flag("--force", send.force,
+              "Allow a synthetic guest (--ram) larger than the available memory less a margin for ferry itself");
   s->add_flag("--json", send.json, "Print one JSON object (query-migrate fields) instead of the summary");
 
 }
@@ -614,6 +679,10 @@ void AddRecvOptions(CLI::App* r, RecvOpts& recv) {
                 "Seconds to wait for the source's connections (with multifd: all of them) and their first bytes")
       ->capture_default_str();
   r->add_flag("--json", recv.json, "Print one JSON object (query-migrate fields + verified) instead of the summary");
+  r->add_option("--max-ram", recv.max_ram,
+                "The most RAM the stream may make this side allocate, e.g. 64G; a stream announcing more is refused "
+                "before anything is allocated (default: the available memory; with --memory-file the free space "
+                "where the file goes, and the available memory too when that is tmpfs)");
 
 }
 

@@ -2,12 +2,67 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 
 namespace ferry::cli {
 
 namespace {
+
+// Length of the valid UTF-8 sequence at p (1-4; its code point in *cp), or 0
+// when p does not start one: a stray continuation byte, a truncated or
+// overlong sequence, a surrogate, or a code point above U+10FFFF.
+size_t Utf8Sequence(const unsigned char* p, size_t n, uint32_t* cp) {
+  const unsigned char b = p[0];
+  if (b < 0x80) {
+    *cp = b;
+    return 1;
+  }
+  size_t len = 0;
+  uint32_t min = 0;
+  if (b >= 0xc2 && b <= 0xdf) {
+    len = 2, min = 0x80, *cp = b & 0x1f;
+  } else if (b >= 0xe0 && b <= 0xef) {
+    len = 3, min = 0x800, *cp = b & 0x0f;
+  } else if (b >= 0xf0 && b <= 0xf4) {
+    len = 4, min = 0x10000, *cp = b & 0x07;
+  } else {
+    return 0;
+  }
+  if (n < len) return 0;
+  for (size_t i = 1; i < len; ++i) {
+    if ((p[i] & 0xc0) != 0x80) return 0;
+    *cp = (*cp << 6) | (p[i] & 0x3f);
+  }
+  if (*cp < min || *cp > 0x10ffff || (*cp >= 0xd800 && *cp <= 0xdfff)) return 0;
+  return len;
+}
+
+void AppendHexByte(std::string& out, unsigned char c) {
+  static const char* d = "0123456789abcdef";
+  out += "\\x";
+  out += d[c >> 4];
+  out += d[c & 15];
+}
+
+bool IsBidiControl(uint32_t cp) { return (cp >= 0x202a && cp <= 0x202e) || (cp >= 0x2066 && cp <= 0x2069); }
+
+nlohmann::json WithValidUtf8(const nlohmann::json& j) {
+  if (j.is_string()) return ValidUtf8(j.get_ref<const std::string&>());
+  if (j.is_array()) {
+    nlohmann::json out = nlohmann::json::array();
+    for (const auto& v : j) out.push_back(WithValidUtf8(v));
+    return out;
+  }
+  if (j.is_object()) {
+    nlohmann::json out = nlohmann::json::object();
+    for (auto it = j.begin(); it != j.end(); ++it) out[ValidUtf8(it.key())] = WithValidUtf8(it.value());
+    return out;
+  }
+  return j;
+}
+
 const char* SectionTypeName(uint8_t t) {
   switch (t) {
     case 1: return "start";
@@ -19,6 +74,69 @@ const char* SectionTypeName(uint8_t t) {
   }
 }
 }  // namespace
+
+std::string TerminalText(std::string_view s) {
+  std::string out;
+  out.reserve(s.size());
+  const auto* p = reinterpret_cast<const unsigned char*>(s.data());
+  size_t i = 0;
+  while (i < s.size()) {
+    uint32_t cp = 0;
+    const size_t len = Utf8Sequence(p + i, s.size() - i, &cp);
+    if (len == 0 || cp < 0x20 || cp == 0x7f || (cp >= 0x80 && cp <= 0x9f)) {
+      // Not text, or a control character: every byte of it escaped.
+      const size_t n = len == 0 ? 1 : len;
+      for (size_t k = 0; k < n; ++k) AppendHexByte(out, p[i + k]);
+      i += n;
+      continue;
+    }
+    if (IsBidiControl(cp)) {
+      char buf[8];
+      snprintf(buf, sizeof(buf), "\\u%04x", cp);
+      out += buf;
+    } else {
+      out.append(s.data() + i, len);
+    }
+    i += len;
+  }
+  return out;
+}
+
+std::string ValidUtf8(std::string_view s) {
+  std::string out;
+  out.reserve(s.size());
+  const auto* p = reinterpret_cast<const unsigned char*>(s.data());
+  size_t i = 0;
+  while (i < s.size()) {
+    uint32_t cp = 0;
+    const size_t len = Utf8Sequence(p + i, s.size() - i, &cp);
+    if (len == 0) {
+      AppendHexByte(out, p[i]);
+      ++i;
+    } else {
+      out.append(s.data() + i, len);
+      i += len;
+    }
+  }
+  return out;
+}
+
+std::string DumpJson(const nlohmann::json& j) {
+  // After WithValidUtf8 nothing can be invalid; `replace` keeps a bug here
+  // from ever becoming an abort.
+  return WithValidUtf8(j).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
+double ProgressPercent(const MigrationStats& s) {
+  if (s.ram.total == 0) return 0;
+  const double total = static_cast<double>(s.ram.total);
+  double pct = 100.0 * static_cast<double>(s.ram.normal + s.ram.duplicate) * 4096 / total;
+  if (s.ram.remaining > 0) {
+    const double clean = total - std::min(total, static_cast<double>(s.ram.remaining));
+    pct = std::min(pct, 100.0 * clean / total);
+  }
+  return std::clamp(pct, 0.0, 100.0);
+}
 
 std::string InspectText(const InspectReport& r, bool json) {
   if (json) {
@@ -70,14 +188,16 @@ std::string InspectText(const InspectReport& r, bool json) {
       j["vmdesc-offset"] = r.vmdesc_offset;
       j["vmdesc-bytes"] = r.vmdesc_bytes;
     }
+    if (r.trailing_bytes != 0) j["trailing-bytes"] = r.trailing_bytes;
     j["complete"] = r.complete();
     j["verdict"] = r.Verdict();
     if (!r.problem.empty()) j["problem"] = r.problem;
-    // Names come from the file and need not be UTF-8: replace, do not throw.
-    return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
+    // Names come from the file and need not be UTF-8.
+    return DumpJson(j) + "\n";
   }
   std::string out;
-  auto line = [&](const std::string& s) { out += s + "\n"; };
+  // Every line may hold names from the file.
+  auto line = [&](const std::string& s) { out += TerminalText(s) + "\n"; };
   line("file " + r.path + ": " + std::to_string(r.file_size) + " bytes, stream at offset " + std::to_string(r.offset));
   char buf[64];
   std::snprintf(buf, sizeof(buf), "header: magic 0x%08x, version %u%s", r.magic, r.version,
@@ -199,7 +319,7 @@ std::string Summary(const std::string& role, const MigrationStats& s, const std:
            std::string(StateName(s.state)).c_str(), secs, (unsigned long long)s.setup_time_ms,
            (unsigned long long)s.downtime_ms);
   out += buf;
-  if (!s.error.empty()) out += "  error: " + s.error + "\n";
+  if (!s.error.empty()) out += "  error: " + TerminalText(s.error) + "\n";
   if (s.file_sync_ms) {
     snprintf(buf, sizeof(buf), "  then %llu ms flushing the file to stable storage\n",
              (unsigned long long)s.file_sync_ms);
@@ -257,9 +377,8 @@ Progress::Progress(std::function<MigrationStats()> poll, std::string role)
       MigrationStats s = poll_();
       if (s.state != MigrationState::kNone) {
         const double secs = std::max<uint64_t>(1, s.total_time_ms) / 1000.0;
-        const double pct = s.ram.total ? 100.0 * (s.ram.normal + s.ram.duplicate) * 4096 / s.ram.total : 0;
         fprintf(stderr, "\r\033[K[%s %s] %5.1f%%  %.2f GiB/s  remaining %s  dirty %s/s  iteration %llu",
-                role_.c_str(), std::string(StateName(s.state)).c_str(), std::min(pct, 999.9),
+                role_.c_str(), std::string(StateName(s.state)).c_str(), ProgressPercent(s),
                 (s.ram.normal + s.ram.duplicate) * 4096.0 / 1073741824.0 / secs, FormatBytes(s.ram.remaining).c_str(),
                 FormatBytes(s.ram.dirty_pages_rate * 4096.0).c_str(), (unsigned long long)s.iteration);
         fflush(stderr);

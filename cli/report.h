@@ -13,6 +13,25 @@
 
 namespace ferry::cli {
 
+// Text that came from outside ferry (a name or message from a stream or a
+// file, a peer's verdict), made safe for a terminal: valid UTF-8 stays as it
+// is, except that control characters (C0, DEL, C1) and the bidirectional
+// overrides (U+202A-U+202E, U+2066-U+2069) become visible escapes, \xNN
+// per byte (\u202e for the overrides); every byte that is not part of valid
+// UTF-8 becomes \xNN. Everything ferry prints for people goes through it.
+std::string TerminalText(std::string_view s);
+// `s` with every byte that is not part of valid UTF-8 replaced by the four
+// characters \xNN; valid UTF-8 (control characters included, which JSON
+// escapes itself) is unchanged.
+std::string ValidUtf8(std::string_view s);
+// Serializes a JSON value for output: every string in it (keys too) passes
+// through ValidUtf8 first, so the dump never throws on bytes from a stream.
+std::string DumpJson(const nlohmann::json& j);
+// The progress display's percentage: pages copied over RAM size, never
+// above 100, and for a live source never above the share of memory that is
+// not dirty (re-sent pages do not count twice).
+double ProgressPercent(const MigrationStats& s);
+
 // The --json object. `multifd`: the capability is on, so the "multifd"
 // member is present even when the migration failed before any channel
 // counted anything. ram.multifd-bytes is always there (0 without multifd).

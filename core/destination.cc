@@ -3,6 +3,7 @@
 #include <map>
 
 #include "core/configuration.h"
+#include "core/sigbus.h"
 #include "core/migration.h"
 #include "core/stream.h"
 #include "core/verify.h"
@@ -124,6 +125,10 @@ Status MigrationDestination::Run(Channel& channel) {
     stats_.state = MigrationState::kActive;
   }
   Status s = RunInner(channel);
+  if (!s.ok() && !cancel_.load(std::memory_order_acquire)) {
+    // EFAULT from a read into a truncated memory file: say why.
+    if (Status m = CheckMappedFiles(blocks_); !m.ok()) s = m;
+  }
   if (options_.receiver) {
     if (!s.ok()) options_.receiver->Abort();
     Status fin = options_.receiver->Finish();
@@ -179,6 +184,7 @@ Status MigrationDestination::RunInner(Channel& channel) {
   StreamReader r(&channel);
   ram_ = std::make_unique<RamLoader>(blocks_, allocator_, options_.fresh_memory, options_.receiver,
                                      options_.multifd_sync_on_eos);
+  ram_->SetMaxRam(options_.max_ram, options_.max_ram_source);
   if (options_.receiver) {
     FERRY_RETURN_IF_ERROR(options_.receiver->Start([this](const Status& err) {
       std::lock_guard<std::mutex> lock(mu_);
@@ -292,7 +298,10 @@ Status MigrationDestination::RunInner(Channel& channel) {
                               std::to_string(footer_id));
     }
     if (type == wire::kSectionEnd || type == wire::kSectionFull) open.erase(id);
-    if ((++sections & 15) == 0) UpdateStats(r.offset());
+    if ((++sections & 15) == 0) {
+      UpdateStats(r.offset());
+      FERRY_RETURN_IF_ERROR(CheckMappedFiles(blocks_));  // a memory file truncated under us
+    }
   }
 
   // Optional VM description after EOF (QEMU always sends one).
@@ -305,6 +314,16 @@ Status MigrationDestination::RunInner(Channel& channel) {
     if (n > (64u << 20)) return Status::Protocol("VM description of " + std::to_string(n) + " bytes is too large");
     r.Skip(n);
     FERRY_RETURN_IF_ERROR(r.status().WithContext("reading the VM description"));
+    if (options_.reject_trailing_bytes) {
+      const uint64_t end = r.offset();
+      const int more = r.Peek8();
+      FERRY_RETURN_IF_ERROR(r.status());
+      if (more >= 0) {
+        return Status::Protocol("the input goes on after the end of the stream (byte " + Hex(more) +
+                                " at stream offset " + std::to_string(end) +
+                                ", after the VM description): it is not the single migration stream it claims to be");
+      }
+    }
   } else if (next >= 0) {
     return Status::Protocol("unexpected byte " + Hex(next) + " after the end of the stream");
   } else if (options_.expect_verify) {
@@ -322,6 +341,7 @@ Status MigrationDestination::RunInner(Channel& channel) {
   if (options_.expect_verify && !verify.seen()) {
     return Status::Protocol("the stream has no verification section (is the source QEMU? then use --qemu-compat)");
   }
+  FERRY_RETURN_IF_ERROR(CheckMappedFiles(blocks_));
   std::lock_guard<std::mutex> lock(mu_);
   stats_.verified = options_.expect_verify && verify.verified();
   return Status::Ok();

@@ -108,6 +108,15 @@ struct DestinationOptions {
   bool fresh_memory = true;       // blocks start zeroed (fresh mappings)
   PageReceiver* receiver = nullptr;  // multifd receivers; not owned
   bool multifd_sync_on_eos = false;  // QEMU <= 7.2 barrier placement
+  // The most RAM (the sum of the block sizes) the stream may announce; a
+  // larger announcement is refused before anything is allocated. 0 = no
+  // limit. `max_ram_source` says where the limit comes from, for the message.
+  uint64_t max_ram = 0;
+  std::string max_ram_source;
+  // The input is one-way and ends where the stream ends (a file, a pipe):
+  // bytes after the VM description are refused. Never on a two-way channel,
+  // where the source waits for the verdict instead of closing.
+  bool reject_trailing_bytes = false;
 };
 
 class MigrationDestination {

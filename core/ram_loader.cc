@@ -19,11 +19,32 @@ std::string Hex(uint64_t v) {
 
 std::string At(uint64_t offset) { return " (stream offset " + std::to_string(offset) + ")"; }
 
+// "1099511627776 bytes (1.00 TiB)"
+std::string Size(uint64_t n) {
+  const char* units[] = {"KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
+  double v = static_cast<double>(n);
+  int u = -1;
+  while (v >= 1024 && u < 5) {
+    v /= 1024;
+    ++u;
+  }
+  std::string out = std::to_string(n) + " bytes";
+  if (u < 0) return out;
+  char buf[32];
+  snprintf(buf, sizeof(buf), " (%.2f %s)", v, units[u]);
+  return out + buf;
+}
+
 }  // namespace
 
 Status RamLoader::LoadBlockList(StreamReader& r, uint64_t total) {
   if (setup_seen_) return Status::Protocol("RAM block list sent twice");
   if (total == 0) return Status::Protocol("RAM block list announces 0 bytes of RAM");
+  if (max_ram_ != 0 && total > max_ram_) {
+    return Status::InvalidArgument("the stream announces " + Size(total) +
+                                   " of RAM, more than this destination may allocate: " + Size(max_ram_) +
+                                   (max_ram_source_.empty() ? "" : ", " + max_ram_source_));
+  }
   uint64_t sum = 0;
   std::vector<bool> named(blocks_.size(), false);
   while (sum < total) {

@@ -86,6 +86,13 @@ class RamLoader final : public SectionLoader {
   uint32_t version() const override { return 4; }
   Status Load(StreamReader& r, uint32_t version) override;
 
+  // Refuse a block list announcing more than `bytes` of RAM (0 = no limit),
+  // before any block is allocated; `source` says where the limit comes from.
+  void SetMaxRam(uint64_t bytes, std::string source) {
+    max_ram_ = bytes;
+    max_ram_source_ = std::move(source);
+  }
+
   bool setup_seen() const { return setup_seen_; }
   const RamLoaderCounters& counters() const { return counters_; }
 
@@ -105,6 +112,8 @@ class RamLoader final : public SectionLoader {
   RamBlock* last_block_ = nullptr;
   std::vector<DirtyBitmap> written_;  // per block, pages holding non-zero data
   RamLoaderCounters counters_;
+  uint64_t max_ram_ = 0;
+  std::string max_ram_source_;
 };
 
 }  // namespace ferry

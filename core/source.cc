@@ -4,6 +4,7 @@
 #include "core/configuration.h"
 #include "core/migration.h"
 #include "core/ram_saver.h"
+#include "core/sigbus.h"
 #include "core/stream.h"
 #include "core/verify.h"
 #include "core/wire.h"
@@ -131,6 +132,10 @@ Status MigrationSource::Run(Channel& channel, bool await_confirmation) {
     stats_.state = MigrationState::kSetup;
   }
   Status s = RunInner(channel, await_confirmation);
+  if (!s.ok() && !cancelled()) {
+    // EFAULT from a kernel copy out of a truncated memory file: say why.
+    if (Status m = CheckMappedFiles(blocks_); !m.ok()) s = m;
+  }
   tracker_.Stop();
   std::lock_guard<std::mutex> lock(mu_);
   channel_ = nullptr;
@@ -240,6 +245,7 @@ Status MigrationSource::RunInner(Channel& channel, bool await_confirmation) {
       zero_ = saver.counters().zero_pages;
       remaining_ = saver.dirty_pages() * kPageSize;
       Publish(MigrationState::kActive);
+      FERRY_RETURN_IF_ERROR(CheckMappedFiles(blocks_));  // a memory file truncated under us
     }
     const double round_ms = std::max(1.0, std::chrono::duration<double, std::milli>(Clock::now() - round_start).count());
     const double bytes_per_ms = std::max(1.0, (saver.bytes() - round_bytes0) / round_ms);
@@ -304,6 +310,9 @@ Status MigrationSource::RunInner(Channel& channel, bool await_confirmation) {
     WriteFooter(w, id);
   }
   vmdesc += "]}";
+  // Every page has been read: a memory file that shrank meanwhile gave zeros
+  // for some of them, and the stream must not end as if it were complete.
+  FERRY_RETURN_IF_ERROR(CheckMappedFiles(blocks_));
   w.Put8(wire::kSectionEof);
   w.Put8(wire::kVmDescription);
   w.PutBe32(static_cast<uint32_t>(vmdesc.size()));

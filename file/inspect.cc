@@ -146,6 +146,21 @@ std::string Printable(const std::string& s, size_t max) {
   return out;
 }
 
+// Names in a stream (machine, sections, RAM blocks, capabilities,
+// subsections) are printable ASCII in every QEMU and in ferry; anything else
+// is corruption. Returns the problem ("" if none), naming `what` and `at`.
+std::string NameProblem(const std::string& what, const std::string& name, uint64_t at, bool may_be_empty = false) {
+  const std::string where = " at offset " + std::to_string(at);
+  if (name.empty()) return may_be_empty ? "" : what + where + " is empty";
+  for (char ch : name) {
+    const auto c = static_cast<uint8_t>(ch);
+    if (c < 0x20 || c >= 0x7f) {
+      return what + " '" + Printable(name, 64) + "'" + where + " is not printable text (corrupted?)";
+    }
+  }
+  return "";
+}
+
 // A member that is a non-negative integer, if there is one.
 std::optional<uint64_t> UnsignedMember(const Json& o, const char* key) {
   if (!o.is_object()) return std::nullopt;
@@ -204,6 +219,8 @@ class Walker {
           r_.machine.assign(len, '\0');
           if (!c_.Read(r_.machine.data(), len, "the configuration section", &e)) return;
           r_.has_configuration = true;
+          e = NameProblem("the configuration's machine name", r_.machine, at + 5, /*may_be_empty=*/true);
+          if (!e.empty()) return;
           if (!ConfigurationSubsections(at)) return;
           break;
         }
@@ -220,6 +237,11 @@ class Walker {
           r_.eof_present = true;
           Vmdesc();
           r_.stream_end = c_.pos();
+          if (e.empty() && r_.vmdesc_present && c_.left() > 0) {
+            r_.trailing_bytes = c_.left();
+            e = std::to_string(c_.left()) + " trailing bytes after the VM description (from offset " +
+                std::to_string(c_.pos()) + " to the end of the file): not part of the stream";
+          }
           return;
         default:
           e = "unknown section type " + Hex(type) + " at offset " + std::to_string(at);
@@ -261,6 +283,8 @@ class Walker {
           !c_.Be32(&version, "configuration subsection '" + Printable(name, 64) + "'", &e)) {
         return false;
       }
+      e = NameProblem("a configuration subsection's name", name, at);
+      if (!e.empty()) return false;
       const std::string where = "configuration subsection '" + Printable(name, 64) + "' at offset " + std::to_string(at);
       if (std::find(r_.configuration_subsections.begin(), r_.configuration_subsections.end(), name) !=
           r_.configuration_subsections.end()) {
@@ -293,6 +317,8 @@ class Walker {
             e = where + ": capability " + std::to_string(i) + " has an empty name";
             return false;
           }
+          e = NameProblem(where + ": capability " + std::to_string(i), cap, at);
+          if (!e.empty()) return false;
           r_.capabilities.push_back(std::move(cap));
         }
         r_.has_capabilities = true;
@@ -459,6 +485,8 @@ class Walker {
           !c_.Be32(&s.version, "a section header", &e)) {
         return false;
       }
+      e = NameProblem("the name of section id " + std::to_string(s.id), s.idstr, at);
+      if (!e.empty()) return false;
       if (ids_.count(s.id) && ids_[s.id] != s.idstr) {
         e = "section id " + std::to_string(s.id) + " names '" + s.idstr + "' but was '" + ids_[s.id] + "' before";
         return false;
@@ -781,7 +809,10 @@ class Walker {
     uint64_t sum = 0;
     while (sum < total) {
       InspectBlock b;
+      const uint64_t at = c_.pos();
       if (!c_.Name(&b.name, "the RAM block list", &e) || !c_.Be64(&b.size, "the RAM block list", &e)) return false;
+      e = NameProblem("RAM block name", b.name, at);
+      if (!e.empty()) return false;
       if (b.size == 0 || b.size % kPage != 0 || b.size > total - sum) {
         e = "RAM block '" + b.name + "' size " + std::to_string(b.size) + " does not fit the announced total " +
             std::to_string(total);

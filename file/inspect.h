@@ -88,6 +88,7 @@ struct InspectReport {
   uint64_t vmdesc_offset = 0;  // file offset of the 0x06 byte (when present)
   uint64_t vmdesc_bytes = 0;
   uint64_t stream_end = 0;  // file offset where the walk stopped
+  uint64_t trailing_bytes = 0;  // bytes after the VM description (a problem when not 0)
   std::string problem;      // the first inconsistency found (empty if none)
 
   bool complete() const { return Missing().empty(); }
