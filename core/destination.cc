@@ -1,3 +1,6 @@
+#include <poll.h>
+#include <sys/socket.h>
+
 #include <cinttypes>
 #include <cstring>
 #include <map>
@@ -148,6 +151,7 @@ Status MigrationDestination::Run(Channel& channel) {
                        __builtin_bswap32(static_cast<uint32_t>(msg.size()))};
     iovec iov[2] = {{hdr, sizeof(hdr)}, {msg.data(), msg.size()}};
     Status sent = channel.WriteAll(std::span<iovec>(iov, 2));
+    if (!s.ok() && sent.ok()) DrainAfterFailure(channel);
     if (s.ok()) {
       // Completed only once the source has taken the verdict and let its
       // guest go; a source that gave up resumed its guest and closed.
@@ -345,6 +349,25 @@ Status MigrationDestination::RunInner(Channel& channel) {
   std::lock_guard<std::mutex> lock(mu_);
   stats_.verified = options_.expect_verify && verify.verified();
   return Status::Ok();
+}
+
+void MigrationDestination::DrainAfterFailure(Channel& channel) {
+  // Closing with unread bytes would reset the connection and could discard
+  // the verdict before the source reads it. Say we are done writing and
+  // swallow what the source still sends until it notices (it checks between
+  // slices) and closes — for a few seconds at most.
+  const int fd = channel.fd();
+  if (fd < 0 || ::shutdown(fd, SHUT_WR) != 0) return;
+  const auto deadline = Clock::now() + std::chrono::seconds(5);
+  std::vector<uint8_t> sink(64 * 1024);
+  while (Clock::now() < deadline) {
+    pollfd p{fd, POLLIN, 0};
+    const int left = static_cast<int>(
+        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count());
+    if (::poll(&p, 1, std::max(left, 1)) <= 0) return;
+    Result<size_t> n = channel.ReadSome(sink.data(), sink.size());
+    if (!n.ok() || *n == 0) return;
+  }
 }
 
 Status MigrationDestination::SendReturnPath(Channel& channel, uint16_t type, const void* data, uint16_t len) {

@@ -65,6 +65,9 @@ class MigrationSource {
 
  private:
   Status RunInner(Channel& channel, bool await_confirmation);
+  // Reads a ferry destination's verdict: OK for code 0, kMismatch with its
+  // message otherwise, kClosed/kProtocol when there is none.
+  Status ReadVerdict(Channel& channel);
   // Reads QEMU's return-path messages until SHUT.
   Status AwaitQemuShut(Channel& channel);
   Status Throttle(uint64_t* budget);
@@ -133,6 +136,9 @@ class MigrationDestination {
   Status RunInner(Channel& channel);
   // A command section (QEMU_VM_COMMAND) after its type byte.
   Status HandleCommand(StreamReader& r, Channel& channel, uint64_t at);
+  // After a failure verdict on a socket: half-close and swallow the source's
+  // remaining bytes for a while, so the verdict is read rather than reset.
+  void DrainAfterFailure(Channel& channel);
   // Writes one return-path message (be16 type, be16 length, payload).
   Status SendReturnPath(Channel& channel, uint16_t type, const void* data, uint16_t len);
   void UpdateStats(uint64_t bytes);

@@ -1,3 +1,5 @@
+#include <poll.h>
+
 #include <algorithm>
 #include <cstring>
 
@@ -17,6 +19,13 @@ using Clock = std::chrono::steady_clock;
 // Unlimited bandwidth still sends in slices so cancel and progress are seen
 // several times a second.
 constexpr uint64_t kSliceBytes = 32ull << 20;
+
+// True once `fd` has something to read within `wait_ms` (a ferry destination
+// writes nothing before its verdict, so that is the verdict or its close).
+bool Readable(int fd, int wait_ms) {
+  pollfd p{fd, POLLIN, 0};
+  return fd >= 0 && ::poll(&p, 1, wait_ms) > 0 && (p.revents & (POLLIN | POLLHUP | POLLERR));
+}
 // max-bandwidth is enforced per 100 ms window, as QEMU does.
 constexpr auto kWindow = std::chrono::milliseconds(100);
 
@@ -132,6 +141,13 @@ Status MigrationSource::Run(Channel& channel, bool await_confirmation) {
     stats_.state = MigrationState::kSetup;
   }
   Status s = RunInner(channel, await_confirmation);
+  if (!s.ok() && !cancelled() && await_confirmation && !params_.qemu_compat &&
+      (s.code() == Code::kIo || s.code() == Code::kClosed || s.code() == Code::kProtocol) &&
+      Readable(channel.fd(), 2000)) {
+    // A destination that failed sends its reason before it closes: a broken
+    // pipe here is only the symptom.
+    if (Status why = ReadVerdict(channel); !why.ok() && why.code() == Code::kMismatch) s = why;
+  }
   if (!s.ok() && !cancelled()) {
     // EFAULT from a kernel copy out of a truncated memory file: say why.
     if (Status m = CheckMappedFiles(blocks_); !m.ok()) s = m;
@@ -239,6 +255,11 @@ Status MigrationSource::RunInner(Channel& channel, bool await_confirmation) {
       FERRY_RETURN_IF_ERROR(saver.EndIterateSection(done));
       WriteFooter(w, ram_id);
       FERRY_RETURN_IF_ERROR(w.Flush().WithContext("sending RAM to " + channel.Describe()));
+      if (await_confirmation && !params_.qemu_compat && Readable(channel.fd(), 0)) {
+        // The destination answered before the end of the stream: it failed.
+        FERRY_RETURN_IF_ERROR(ReadVerdict(channel));
+        return Status::Protocol("the destination confirmed a migration that was not finished");
+      }
       window_bytes_ += saver.bytes() - before;
       bytes_sent_ = saver.bytes();
       normal_ = saver.counters().normal_pages;
@@ -333,20 +354,7 @@ Status MigrationSource::RunInner(Channel& channel, bool await_confirmation) {
   if (await_confirmation && !params_.qemu_compat) {
     // The destination answers once it has loaded (and, with verify, checked)
     // everything: with verify off too, its "completed" is the only success.
-    uint32_t hdr[3];
-    Status rs = channel.ReadExact(hdr, sizeof(hdr));
-    if (!rs.ok()) {
-      return Status::Closed("the destination closed the connection without confirming the migration (" +
-                            rs.message() + ")");
-    }
-    if (__builtin_bswap32(hdr[0]) != wire::kVerdictMagic) {
-      return Status::Protocol("the destination's reply is not a ferry verdict");
-    }
-    const uint32_t code = __builtin_bswap32(hdr[1]);
-    const uint32_t len = std::min<uint32_t>(__builtin_bswap32(hdr[2]), 64 * 1024);
-    std::string msg(len, '\0');
-    FERRY_RETURN_IF_ERROR(channel.ReadExact(msg.data(), len));
-    if (code != 0) return Status::Mismatch("the destination reports: " + msg);
+    FERRY_RETURN_IF_ERROR(ReadVerdict(channel));
     // Hand the guest over: from here on it lives on the destination.
     const uint32_t commit = __builtin_bswap32(wire::kCommitMagic);
     FERRY_RETURN_IF_ERROR(channel.WriteAll(&commit, sizeof(commit))
@@ -356,6 +364,24 @@ Status MigrationSource::RunInner(Channel& channel, bool await_confirmation) {
   }
   // The guest now lives on the destination: it stays paused here.
   resumer.armed = false;
+  return Status::Ok();
+}
+
+Status MigrationSource::ReadVerdict(Channel& channel) {
+  uint32_t hdr[3];
+  Status rs = channel.ReadExact(hdr, sizeof(hdr));
+  if (!rs.ok()) {
+    return Status::Closed("the destination closed the connection without confirming the migration (" + rs.message() +
+                          ")");
+  }
+  if (__builtin_bswap32(hdr[0]) != wire::kVerdictMagic) {
+    return Status::Protocol("the destination's reply is not a ferry verdict");
+  }
+  const uint32_t code = __builtin_bswap32(hdr[1]);
+  const uint32_t len = std::min<uint32_t>(__builtin_bswap32(hdr[2]), 64 * 1024);
+  std::string msg(len, '\0');
+  FERRY_RETURN_IF_ERROR(channel.ReadExact(msg.data(), len));
+  if (code != 0) return Status::Mismatch("the destination reports: " + msg);
   return Status::Ok();
 }
 

@@ -659,7 +659,9 @@ TEST_F(OutOfSpaceTest, DestinationMemoryFile) {
   Process recv, send;
   std::string uri;
   const std::string out = mnt_ + "/guest.mem";
-  ASSERT_NO_FATAL_FAILURE(StartRecv({"--memory-file", out, "--timeout", "30"}, &recv, &uri));
+  // --max-ram above the tmpfs's size: the file itself must run out of space
+  // (the default cap would refuse the stream before that, with another message).
+  ASSERT_NO_FATAL_FAILURE(StartRecv({"--memory-file", out, "--timeout", "30", "--max-ram", "64M"}, &recv, &uri));
   ASSERT_NO_FATAL_FAILURE(Start("send", {"send", uri, "--memory-file", P("source.mem"), "--json"}, &send));
   EXPECT_TRUE(ExitsWithCode(recv, 1, seconds(30))) << "sender:\n" << send.Report();
   EXPECT_TRUE(Contains(recv.Stderr(), "No space left on device")) << recv.Report();
@@ -678,7 +680,8 @@ TEST_F(OutOfSpaceTest, LoadIntoMemoryFile) {
   ASSERT_NO_FATAL_FAILURE(Start("save", {"save", P("guest.mig"), "--ram", "32M", "--fill", "random=100"}, &save));
   ASSERT_TRUE(ExitsWithCode(save, 0, seconds(60)));
   const std::string out = mnt_ + "/guest.mem";
-  ASSERT_NO_FATAL_FAILURE(Start("load", {"load", P("guest.mig"), "--memory-file", out, "--json"}, &load));
+  ASSERT_NO_FATAL_FAILURE(
+      Start("load", {"load", P("guest.mig"), "--memory-file", out, "--max-ram", "64M", "--json"}, &load));
   EXPECT_TRUE(ExitsWithCode(load, 1, seconds(30)));
   EXPECT_TRUE(Contains(load.Stderr(), "No space left on device")) << load.Report();
   ExpectRecvDidNotSucceed(load);
