@@ -123,6 +123,11 @@ Status MigrationDestination::Run(Channel& channel) {
     start_ = Clock::now();
     stats_.state = MigrationState::kActive;
   }
+  // Every wait on the main stream and on the multifd channels is bounded by
+  // one no-progress clock.
+  const ProgressBound bound = ProgressBound::Make(options_.no_progress_timeout);
+  channel.SetProgressBound(bound);
+  if (options_.receiver) options_.receiver->SetProgressBound(bound);
   Status s = RunInner(channel);
   if (options_.receiver) {
     if (!s.ok()) options_.receiver->Abort();
