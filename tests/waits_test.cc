@@ -23,6 +23,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstdlib>
 #include <future>
 #include <string>
 #include <thread>
@@ -107,6 +108,30 @@ Result<Ended> WaitEnded(Process& p, Clock::duration limit) {
   return Ended{*st, SecondsSince(start)};
 }
 
+// Resident memory of process `pid` in bytes (0 if unknown).
+uint64_t Rss(pid_t pid) {
+  const std::string status = ReadFileOrEmpty("/proc/" + std::to_string(pid) + "/status");
+  const size_t at = status.find("VmRSS:");
+  return at == std::string::npos ? 0 : std::strtoull(status.c_str() + at + 6, nullptr, 10) * 1024;
+}
+
+// Waits until the destination holds `bytes` more of guest memory than when
+// this was called: pages are arriving, the stream is flowing. (Socket reads
+// do not show in /proc/PID/io; the pages the destination writes do show in
+// its resident memory.)
+::testing::AssertionResult StreamFlowing(Process& recv, Process& send, uint64_t bytes = 16 << 20) {
+  const uint64_t base = Rss(recv.pid());
+  const auto start = Clock::now();
+  while (Rss(recv.pid()) < base + bytes) {
+    if (!recv.Running() || !send.Running()) {
+      return ::testing::AssertionFailure() << "a side ended early\n" << recv.Report() << "\n" << send.Report();
+    }
+    if (SecondsSince(start) > 120) return ::testing::AssertionFailure() << "the stream never got going";
+    std::this_thread::sleep_for(20ms);
+  }
+  return ::testing::AssertionSuccess();
+}
+
 std::string JsonError(const Process& p) {
   auto j = FerryJson(p);
   if (!j.ok()) return "";
@@ -122,8 +147,7 @@ TEST(Waits, DestinationStoppedMidStreamFailsTheSource) {
   Recv recv = StartRecv(dir, "recv", {"-p", kBound});
   auto send = StartFerry(dir, "send", EndlessSend(recv.uri));
   ASSERT_TRUE(send.ok()) << send.status().ToString();
-  std::this_thread::sleep_for(1500ms);  // the stream is flowing (it never ends by itself)
-  ASSERT_TRUE(send->Running()) << send->Report();
+  ASSERT_TRUE(StreamFlowing(recv.proc, *send));  // (it never ends by itself)
   ASSERT_TRUE(recv.proc.Signal(SIGSTOP).ok());
   auto ended = WaitEnded(*send, seconds(kBoundSeconds) + kSlack);
   ASSERT_TRUE(recv.proc.Signal(SIGCONT).ok());
@@ -140,8 +164,7 @@ TEST(Waits, SourceStoppedMidStreamFailsTheDestination) {
   Recv recv = StartRecv(dir, "recv", {"-p", kBound});
   auto send = StartFerry(dir, "send", EndlessSend(recv.uri));
   ASSERT_TRUE(send.ok()) << send.status().ToString();
-  std::this_thread::sleep_for(1500ms);
-  ASSERT_TRUE(send->Running()) << send->Report();
+  ASSERT_TRUE(StreamFlowing(recv.proc, *send));
   ASSERT_TRUE(send->Signal(SIGSTOP).ok());
   auto ended = WaitEnded(recv.proc, seconds(kBoundSeconds) + kSlack);
   ASSERT_TRUE(send->Signal(SIGCONT).ok());
@@ -161,8 +184,7 @@ TEST(Waits, MultifdDestinationStoppedFailsTheSource) {
   Recv recv = StartRecv(dir, "recv", recv_args);
   auto send = StartFerry(dir, "send", EndlessSend(recv.uri, mf));
   ASSERT_TRUE(send.ok()) << send.status().ToString();
-  std::this_thread::sleep_for(1500ms);
-  ASSERT_TRUE(send->Running()) << send->Report();
+  ASSERT_TRUE(StreamFlowing(recv.proc, *send));
   ASSERT_TRUE(recv.proc.Signal(SIGSTOP).ok());
   auto ended = WaitEnded(*send, seconds(kBoundSeconds) + kSlack);
   ASSERT_TRUE(recv.proc.Signal(SIGCONT).ok());
@@ -180,8 +202,7 @@ TEST(Waits, MultifdSourceStoppedFailsTheDestination) {
   Recv recv = StartRecv(dir, "recv", recv_args);
   auto send = StartFerry(dir, "send", EndlessSend(recv.uri, mf));
   ASSERT_TRUE(send.ok()) << send.status().ToString();
-  std::this_thread::sleep_for(1500ms);
-  ASSERT_TRUE(send->Running()) << send->Report();
+  ASSERT_TRUE(StreamFlowing(recv.proc, *send));
   ASSERT_TRUE(send->Signal(SIGSTOP).ok());
   auto ended = WaitEnded(recv.proc, seconds(kBoundSeconds) + kSlack);
   ASSERT_TRUE(send->Signal(SIGCONT).ok());
