@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <sstream>
+#include <thread>
 #include <vector>
 
 #include "core/unique_fd.h"
@@ -219,13 +220,39 @@ void SyntheticGuest::StopWriter() {
   if (writer_.joinable()) writer_.join();
 }
 
+namespace {
+
+// Test hook (tests/waits_test.cc): with FERRY_TEST_HOLD_AT_SWITCHOVER=PATH in
+// the environment, the guest, once paused for switchover, writes PATH and
+// holds the migration there until PATH is removed (at most 30 s), so a test
+// can act on the destination at exactly that moment; Resume() then writes
+// PATH.resumed. Not for production use.
+const char* SwitchoverHook() {
+  const char* path = std::getenv("FERRY_TEST_HOLD_AT_SWITCHOVER");
+  return path && *path ? path : nullptr;
+}
+
+void HoldAtSwitchover(const char* path) {
+  if (FILE* f = std::fopen(path, "w")) {
+    std::fputs("paused\n", f);
+    std::fclose(f);
+  }
+  for (int i = 0; i < 3000 && ::access(path, F_OK) == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+}
+
+}  // namespace
+
 void SyntheticGuest::Pause() {
-  std::unique_lock<std::mutex> lock(mu_);
-  pause_ = true;
-  cv_.notify_all();
-  // Wait until the writer is parked (or not running at all).
-  cv_.wait(lock, [&] { return parked_ || !writer_.joinable() || stop_; });
-  lock.unlock();
+  {
+    std::unique_lock<std::mutex> lock(mu_);
+    pause_ = true;
+    cv_.notify_all();
+    // Wait until the writer is parked (or not running at all).
+    cv_.wait(lock, [&] { return parked_ || !writer_.joinable() || stop_; });
+  }
+  if (const char* hook = SwitchoverHook()) HoldAtSwitchover(hook);
   // Test hook (tests/fault_matrix_test.cc): FERRY_TEST_PAUSE_AT=switchover:MS
   // holds the source MS ms with its guest paused for switchover, after saying
   // so on stderr, so that a test can fault a peer at exactly that moment.
@@ -242,6 +269,13 @@ void SyntheticGuest::Resume() {
     pause_ = false;
   }
   cv_.notify_all();
+  if (const char* hook = SwitchoverHook()) {
+    const std::string marker = std::string(hook) + ".resumed";
+    if (FILE* f = std::fopen(marker.c_str(), "w")) {
+      std::fputs("resumed\n", f);
+      std::fclose(f);
+    }
+  }
 }
 
 void SyntheticGuest::WriterLoop(uint64_t rate, uint64_t hot_set, DirtyTracker* tracker, uint64_t seed) {

@@ -165,6 +165,12 @@ Result<Config> ParseConfig(const CommonOpts& o, const Uri& uri) {
     c.uuid = *u;
   }
   FERRY_RETURN_IF_ERROR(c.params.Validate());
+  if (uri.kind == Uri::Kind::kFile && IsFifo(uri.path)) {
+    if (c.params.mapped_ram) {
+      return Status::InvalidArgument("mapped-ram needs a seekable file; " + uri.path + " is a FIFO");
+    }
+    if (uri.offset != 0) return Status::InvalidArgument(uri.path + " is a FIFO: it has no offsets");
+  }
   if (uri.kind == Uri::Kind::kFile) {
     if (c.params.multifd && !c.params.mapped_ram) {
       return Status::InvalidArgument("multifd to a file needs -c mapped-ram=on (then multifd-channels is the "
@@ -308,14 +314,24 @@ int RunSend(const SendOpts& o) {
 
   // The main stream first, then the multifd channels: QEMU 7.2 takes the
   // first connection it accepts as the main stream.
-  const bool to_file = uri->kind == Uri::Kind::kFile;
+  // A FIFO is a one-way stream like a pipe (fd:N), not a file.
+  const bool to_fifo = uri->kind == Uri::Kind::kFile && IsFifo(uri->path);
+  const bool to_file = uri->kind == Uri::Kind::kFile && !to_fifo;
   const bool report_multifd = multifd && !to_file;
   std::unique_ptr<FileChannel> file;
   std::unique_ptr<mapped_ram::MappedRamSinkFactory> mapped_sinks;
   const auto connect_timeout = std::chrono::milliseconds(static_cast<int64_t>(o.connect_timeout * 1000));
   const auto connect_start = std::chrono::steady_clock::now();
   Result<std::unique_ptr<Channel>> ch = std::unique_ptr<Channel>();
-  if (to_file) {
+  if (to_fifo) {
+    // Waits (bounded by --connect-timeout, ended by a signal) for a reader.
+    Result<UniqueFd> fd = OpenFifo(uri->path, /*write=*/true, connect_timeout, stop.get_token());
+    if (fd.ok()) {
+      ch = MakeFdChannel(std::move(*fd), "fifo:" + uri->path);
+    } else {
+      ch = fd.status();
+    }
+  } else if (to_file) {
     Result<std::unique_ptr<FileChannel>> f = CreateFileForSave(uri->path, uri->offset);
     if (f.ok()) {
       file = std::move(*f);
@@ -361,7 +377,7 @@ int RunSend(const SendOpts& o) {
     running = source.get();
     if (stop.stop_requested()) running->Cancel();  // a signal between connecting and here
   }
-  const bool two_way = !to_file && (uri->kind != Uri::Kind::kFd || IsSocket(uri->fd));
+  const bool two_way = !to_file && !to_fifo && (uri->kind != Uri::Kind::kFd || IsSocket(uri->fd));
   Channel& channel = to_file ? static_cast<Channel&>(*file) : **ch;
   guest.StartWriter(*dirty_rate, *hot_set, tracker->get(), o.seed);
 
@@ -437,6 +453,59 @@ int RecvFromFile(const RecvOpts& o, const Uri& uri, const MigrationParams& param
   return rc;
 }
 
+// recv (load) from a FIFO: a one-way stream like fd:N on a pipe. The wait
+// for a writer is bounded by --timeout (as a listener's) and ended by
+// SIGINT/SIGTERM; after that the channel's no-progress bound applies.
+int RecvFromFifo(const RecvOpts& o, const Uri& uri, DestinationOptions opts, RamBlockList& blocks,
+                 DestinationMemory& memory) {
+  opts.send_verdict = false;
+  std::mutex mu;
+  MigrationDestination* running = nullptr;  // guarded by mu
+  std::stop_source stop;
+  SignalWatcher signals([&] {
+    stop.request_stop();
+    std::lock_guard<std::mutex> lock(mu);
+    if (running) running->Cancel();
+  });
+  Note("reading FIFO " + uri.path + ": waiting for a writer");
+  Result<UniqueFd> fd =
+      OpenFifo(uri.path, /*write=*/false, std::chrono::milliseconds(static_cast<int64_t>(o.timeout * 1000)),
+               stop.get_token());
+  if (!fd.ok()) {
+    MigrationStats st;
+    st.state = signals.fired() ? MigrationState::kCancelled : MigrationState::kFailed;
+    st.error = fd.status().message();
+    if (o.json) PrintResult("recv", st, true, "", false);
+    if (signals.fired()) {
+      Note(fd.status().message());
+      return kExitCancelled;
+    }
+    return Fail(fd.status());
+  }
+  std::unique_ptr<Channel> channel = MakeFdChannel(std::move(*fd), "fifo:" + uri.path);
+  MigrationDestination dest(opts, blocks, o.ram.empty() ? &memory : nullptr);
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    running = &dest;
+    if (stop.stop_requested()) dest.Cancel();
+  }
+  Status result;
+  {
+    Progress progress([&] { return dest.Stats(); }, "recv");
+    result = dest.Run(*channel);
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    running = nullptr;
+  }
+  MigrationStats st = dest.Stats();
+  if (st.state == MigrationState::kCompleted && !result.ok()) st.state = MigrationState::kFailed;
+  PrintResult("recv", st, o.json, "", false);
+  if (!result.ok()) std::cerr << "ferry: error: " << result.message() << "\n";
+  if (st.state == MigrationState::kCompleted && opts.expect_verify && !st.verified) return kExitFailed;
+  return ExitCodeFor(st);
+}
+
 int RunRecv(const RecvOpts& o) {
   Result<Uri> uri = ParseUri(o.uri);
   if (!uri.ok()) return Fail(uri.status(), kExitUsage);
@@ -483,7 +552,9 @@ int RunRecv(const RecvOpts& o) {
     Status s = blocks.Add("ram", *host, *ram);
     if (!s.ok()) return Fail(s, kExitUsage);
   }
+  opts.no_progress_timeout = params.no_progress_timeout();
   if (uri->kind == Uri::Kind::kFd && !IsSocket(uri->fd)) opts.send_verdict = false;
+  if (uri->kind == Uri::Kind::kFile && IsFifo(uri->path)) return RecvFromFifo(o, *uri, opts, blocks, memory);
   if (uri->kind == Uri::Kind::kFile) return RecvFromFile(o, *uri, params, opts, blocks, memory);
 
   Result<std::unique_ptr<Listener>> listener = Listener::Listen(*uri);
@@ -608,6 +679,8 @@ int RunDemo(const std::string& self, const std::string& ram, const std::string& 
 }
 
 int RunInspect(const std::string& path, uint64_t offset, bool json) {
+  // Opening a FIFO would wait for a writer, with SIGINT blocked: refuse it.
+  if (IsFifo(path)) return Fail(Status::InvalidArgument(path + " is a FIFO: inspect walks a saved file"), kExitUsage);
   Result<InspectReport> rep = InspectFile(path, offset);
   if (!rep.ok()) return Fail(rep.status(), kExitUsage);
   const InspectReport& r = *rep;
@@ -620,7 +693,10 @@ constexpr const char* kParamHelp =
     "unlimited), multifd-channels (1-255, default 2), zero-page-detection (none|legacy|multifd, default "
     "multifd), multifd-compression (none|zstd), multifd-zstd-level (0-20, default 1), "
     "multifd-flush-after-each-section (on|off, default off; on for QEMU 7.2), direct-io (on|off: page data through "
-    "O_DIRECT; save reserves the file's page regions up front and frees long zero runs at the end; needs mapped-ram)";
+    "O_DIRECT; save reserves the file's page regions up front and frees long zero runs at the end; needs mapped-ram), "
+    "no-progress-timeout (seconds any channel may move no byte before the migration fails, both sides, default 30, "
+    "0 = forever), max-stalled-passes (passes without the remaining dirty memory shrinking before the source gives "
+    "up, default 30, 0 = never), on-stall (fail|switchover: what it then does, default fail)";
 
 void AddSendOptions(CLI::App* s, SendOpts& send) {
   s->add_option("--ram", send.ram, "Size of the synthetic guest's RAM, e.g. 4G (default 1G)");

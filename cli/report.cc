@@ -377,10 +377,11 @@ Progress::Progress(std::function<MigrationStats()> poll, std::string role)
       MigrationStats s = poll_();
       if (s.state != MigrationState::kNone) {
         const double secs = std::max<uint64_t>(1, s.total_time_ms) / 1000.0;
-        fprintf(stderr, "\r\033[K[%s %s] %5.1f%%  %.2f GiB/s  remaining %s  dirty %s/s  iteration %llu",
+        fprintf(stderr, "\r\033[K[%s %s] %5.1f%%  %.2f GiB/s  remaining %s  dirty %s/s  iteration %llu%s",
                 role_.c_str(), std::string(StateName(s.state)).c_str(), ProgressPercent(s),
                 (s.ram.normal + s.ram.duplicate) * 4096.0 / 1073741824.0 / secs, FormatBytes(s.ram.remaining).c_str(),
-                FormatBytes(s.ram.dirty_pages_rate * 4096.0).c_str(), (unsigned long long)s.iteration);
+                FormatBytes(s.ram.dirty_pages_rate * 4096.0).c_str(), (unsigned long long)s.iteration,
+                s.not_converging ? "  not converging" : "");
         fflush(stderr);
         printed = true;
       }

@@ -18,6 +18,7 @@
 #include <span>
 #include <string>
 
+#include "core/progress.h"
 #include "core/status.h"
 
 namespace ferry {
@@ -43,6 +44,14 @@ class Channel {
 
   // The underlying descriptor, or -1 when there is none (TLS, RDMA).
   virtual int fd() const { return -1; }
+
+  // Bounds every blocking wait of this channel (core/progress.h): a call
+  // fails with kTimeout ("no progress for N s") once neither it nor any
+  // channel sharing the bound's clock moved a byte for bound.limit. Call
+  // before the channel's I/O starts, not while another thread uses it.
+  // Channels that never wait (regular files) ignore it.
+  virtual void SetProgressBound(const ProgressBound& bound) { (void)bound; }
+  virtual ProgressBound progress_bound() const { return {}; }
 
   // Reads exactly len bytes; a premature end of stream is kProtocol
   // ("stream ended after N of M bytes").

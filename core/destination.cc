@@ -127,6 +127,11 @@ Status MigrationDestination::Run(Channel& channel) {
     start_ = Clock::now();
     stats_.state = MigrationState::kActive;
   }
+  // Every wait on the main stream and on the multifd channels is bounded by
+  // one no-progress clock.
+  const ProgressBound bound = ProgressBound::Make(options_.no_progress_timeout);
+  channel.SetProgressBound(bound);
+  if (options_.receiver) options_.receiver->SetProgressBound(bound);
   Status s = RunInner(channel);
   if (!s.ok() && !cancel_.load(std::memory_order_acquire)) {
     // EFAULT from a read into a truncated memory file: say why.
@@ -179,6 +184,7 @@ Status MigrationDestination::Run(Channel& channel) {
     stats_.state = MigrationState::kCompleted;
   } else {
     stats_.state = s.code() == Code::kCancelled ? MigrationState::kCancelled : MigrationState::kFailed;
+    stats_.verified = false;  // a copy that must not be used is not "verified", whatever its digest said
     stats_.error = s.message();
   }
   return s;

@@ -13,7 +13,10 @@
 //   ... src.Stats() for progress ... src.Cancel() to stop ...
 //
 // A failed or cancelled source resumes the guest (if it paused it) and
-// leaves its memory untouched; tracking is stopped.
+// leaves its memory untouched; tracking is stopped. Every wait on the
+// channels is bounded by no-progress-timeout (both sides), so a silent peer
+// ends in an error — at switchover too, where the guest is resumed before
+// Run() returns the error.
 #pragma once
 
 #include <atomic>
@@ -69,7 +72,9 @@ class MigrationSource {
   // message otherwise, kClosed/kProtocol when there is none.
   Status ReadVerdict(Channel& channel);
   // Reads QEMU's return-path messages until SHUT.
-  Status AwaitQemuShut(Channel& channel);
+  // Reads QEMU's return-path messages until SHUT. `unconfirmed`: set when
+  // the answer did not come (as opposed to QEMU reporting a failure).
+  Status AwaitQemuShut(Channel& channel, bool* unconfirmed);
   Status Throttle(uint64_t* budget);
   void Publish(MigrationState state);
   bool cancelled() const { return cancel_.load(std::memory_order_acquire); }
@@ -120,6 +125,10 @@ struct DestinationOptions {
   // bytes after the VM description are refused. Never on a two-way channel,
   // where the source waits for the verdict instead of closing.
   bool reject_trailing_bytes = false;
+  // How long the channels (main stream and multifd, one shared clock) may
+  // move no byte before the migration fails (MigrationParams'
+  // no-progress-timeout); 0 = wait forever.
+  std::chrono::milliseconds no_progress_timeout{30000};
 };
 
 class MigrationDestination {

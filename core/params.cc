@@ -62,6 +62,30 @@ Status MigrationParams::SetParameter(std::string_view name, std::string_view val
     max_bandwidth = v;
     return Status::Ok();
   }
+  if (name == "no-progress-timeout") {
+    FERRY_ASSIGN_OR_RETURN(uint64_t v, ParseUint(name, value));
+    if (v > 7 * 24 * 3600) {
+      return Status::InvalidArgument("no-progress-timeout must be at most 604800 s (a week; 0 waits forever), got " +
+                                     std::string(value));
+    }
+    no_progress_timeout_s = static_cast<uint32_t>(v);
+    return Status::Ok();
+  }
+  if (name == "max-stalled-passes") {
+    FERRY_ASSIGN_OR_RETURN(uint64_t v, ParseUint(name, value));
+    if (v > 1000000) {
+      return Status::InvalidArgument("max-stalled-passes must be at most 1000000 (0 = never give up), got " +
+                                     std::string(value));
+    }
+    max_stalled_passes = v;
+    return Status::Ok();
+  }
+  if (name == "on-stall") {
+    if (value == "fail") on_stall = OnStall::kFail;
+    else if (value == "switchover") on_stall = OnStall::kSwitchover;
+    else return Status::InvalidArgument("on-stall must be fail or switchover, got '" + std::string(value) + "'");
+    return Status::Ok();
+  }
   if (name == "multifd-channels") {
     FERRY_ASSIGN_OR_RETURN(uint64_t v, ParseUint(name, value));
     if (v < 1 || v > 255) return Status::InvalidArgument("multifd-channels must be 1-255, got " + std::string(value));
@@ -100,7 +124,8 @@ Status MigrationParams::SetParameter(std::string_view name, std::string_view val
     return Status::Ok();
   }
   return Status::InvalidArgument("unknown parameter '" + std::string(name) +
-                                 "' (ferry knows: downtime-limit, max-bandwidth, multifd-channels, "
+                                 "' (ferry knows: downtime-limit, max-bandwidth, no-progress-timeout, max-stalled-passes, on-stall, "
+                                 "multifd-channels, "
                                  "zero-page-detection, multifd-compression, multifd-zstd-level, "
                                  "multifd-flush-after-each-section, direct-io)");
 }

@@ -6,6 +6,7 @@
 //   FERRY_RETURN_IF_ERROR(p.SetCapability("verify", false));
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -20,6 +21,18 @@ struct MigrationParams {
   // Parameters.
   uint64_t downtime_limit_ms = 300;  // "downtime-limit": switch over when the rest fits in this
   uint64_t max_bandwidth = 0;        // "max-bandwidth": bytes/s, 0 = unlimited
+  // "no-progress-timeout": seconds any channel may move no byte, both sides,
+  // every phase, before the migration fails (0 = wait forever).
+  uint32_t no_progress_timeout_s = 30;
+  // "max-stalled-passes": passes in a row in which the remaining dirty memory
+  // did not shrink before the source gives up (0 = never), and
+  // "on-stall": what it then does.
+  uint64_t max_stalled_passes = 30;
+  enum class OnStall { kFail, kSwitchover };
+  OnStall on_stall = OnStall::kFail;
+  std::chrono::milliseconds no_progress_timeout() const {
+    return std::chrono::milliseconds(uint64_t{no_progress_timeout_s} * 1000);
+  }
 
   // multifd parameters (used when the capability is on).
   enum class ZeroPageDetection { kNone, kLegacy, kMultifd };

@@ -57,6 +57,9 @@ class PageReceiver {
   virtual Status Finish() = 0;
   // Adds multifd counters. Any thread.
   virtual void FillStats(MigrationStats& stats) const { (void)stats; }
+  // Bounds the receivers' waits like the main stream's, sharing its clock
+  // (core/progress.h). Called before Start().
+  virtual void SetProgressBound(const ProgressBound& bound) { (void)bound; }
 };
 
 struct RamLoaderCounters {

@@ -1,6 +1,7 @@
 #include <poll.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <cstring>
 
 #include "core/configuration.h"
@@ -46,6 +47,38 @@ void WriteFooter(StreamWriter& w, uint32_t id) {
   w.Put8(wire::kFooter);
   w.PutBe32(id);
 }
+
+// "12.5 MiB": for messages.
+std::string Mib(uint64_t bytes) {
+  char buf[48];
+  std::snprintf(buf, sizeof(buf), "%.1f MiB", static_cast<double>(bytes) / (1 << 20));
+  return buf;
+}
+
+// The same status with `suffix` appended to its message.
+Status WithSuffix(const Status& s, const std::string& suffix) {
+  const std::string msg = s.message() + suffix;
+  switch (s.code()) {
+    case Code::kOk: return s;
+    case Code::kInvalidArgument: return Status::InvalidArgument(msg);
+    case Code::kIo: return Status::Io(msg, s.sys_errno());
+    case Code::kProtocol: return Status::Protocol(msg);
+    case Code::kMismatch: return Status::Mismatch(msg);
+    case Code::kCancelled: return Status::Cancelled(msg);
+    case Code::kTimeout: return Status::Timeout(msg);
+    case Code::kUnsupported: return Status::Unsupported(msg);
+    case Code::kClosed: return Status::Closed(msg);
+    case Code::kInternal: return Status::Internal(msg);
+  }
+  return Status::Internal(msg);
+}
+
+// A pass "shrinks" what is left when it ends with less than this share of
+// the smallest remainder seen so far (9/10): noise does not count.
+constexpr uint64_t kShrinkNum = 9, kShrinkDen = 10;
+// The progress line says "not converging" after this many stalled passes
+// (or max-stalled-passes, when that is smaller).
+constexpr uint64_t kNotConvergingAfter = 3;
 
 std::string JsonEscape(const std::string& s) {
   std::string out;
@@ -140,6 +173,9 @@ Status MigrationSource::Run(Channel& channel, bool await_confirmation) {
     start_ = Clock::now();
     stats_.state = MigrationState::kSetup;
   }
+  // Every wait on this channel (and, through the sink, on the multifd
+  // channels, which share the clock) is bounded by no-progress-timeout.
+  channel.SetProgressBound(ProgressBound::Make(params_.no_progress_timeout()));
   Status s = RunInner(channel, await_confirmation);
   if (!s.ok() && !cancelled() && await_confirmation && !params_.qemu_compat &&
       (s.code() == Code::kIo || s.code() == Code::kClosed || s.code() == Code::kProtocol) &&
@@ -234,8 +270,11 @@ Status MigrationSource::RunInner(Channel& channel, bool await_confirmation) {
   window_start_ = Clock::now();
   Publish(MigrationState::kActive);
 
-  // Dirty rounds until the rest fits in the downtime limit.
+  // Dirty rounds until the rest fits in the downtime limit, or until the
+  // rest has stopped shrinking for max-stalled-passes passes.
   uint64_t iteration = 0;
+  uint64_t best_remaining = UINT64_MAX;  // smallest remainder after a pass that shrank it
+  uint64_t stalled = 0;                  // passes since then
   while (true) {
     ++iteration;
     const auto round_start = Clock::now();
@@ -275,95 +314,130 @@ Status MigrationSource::RunInner(Channel& channel, bool await_confirmation) {
     ++syncs;
     remaining_ = saver.dirty_pages() * kPageSize;
     const uint64_t expected_ms = static_cast<uint64_t>(remaining_ / bytes_per_ms);
+    const bool converged = expected_ms <= params_.downtime_limit_ms;
+    if (remaining_ < best_remaining / kShrinkDen * kShrinkNum || best_remaining == UINT64_MAX) {
+      best_remaining = remaining_;
+      stalled = 0;
+    } else {
+      ++stalled;
+    }
+    const uint64_t give_up = params_.max_stalled_passes;
+    const bool not_converging =
+        !converged && stalled >= (give_up ? std::min(give_up, kNotConvergingAfter) : kNotConvergingAfter);
     {
       std::lock_guard<std::mutex> lock(mu_);
       stats_.ram.dirty_sync_count = syncs;
       stats_.ram.dirty_pages_rate = static_cast<uint64_t>(newly * 1000 / round_ms);
       stats_.expected_downtime_ms = expected_ms;
       stats_.iteration = iteration;
+      stats_.stalled_passes = stalled;
+      stats_.not_converging = not_converging;
     }
     Publish(MigrationState::kActive);
-    if (expected_ms <= params_.downtime_limit_ms) break;
+    if (converged) break;
+    if (give_up != 0 && stalled >= give_up) {
+      if (params_.on_stall == MigrationParams::OnStall::kSwitchover) break;  // as the user chose
+      const uint64_t dirty_rate = static_cast<uint64_t>(newly * kPageSize * 1000 / round_ms);
+      const uint64_t bandwidth = static_cast<uint64_t>(bytes_per_ms * 1000);
+      return Status::Timeout(
+          "not converging: the remaining dirty memory (" + Mib(remaining_) + ") has not shrunk for " +
+          std::to_string(stalled) + " passes (max-stalled-passes); the guest dirties " + Mib(dirty_rate) +
+          "/s and the last pass moved " + Mib(bandwidth) + "/s, so the rest needs ~" + std::to_string(expected_ms) +
+          " ms of downtime (downtime-limit " + std::to_string(params_.downtime_limit_ms) +
+          " ms). The guest keeps running on the source. Raise downtime-limit or max-bandwidth, or choose "
+          "-p on-stall=switchover");
+    }
   }
 
-  // Switchover: stop the guest, send what is left and the device state.
+  // Switchover: stop the guest, send what is left and the device state,
+  // wait for the destination's confirmation. While the guest is paused,
+  // every failure (a timeout included: every wait is bounded) resumes the
+  // guest first; only then does the error leave this function.
   if (cancelled()) return Status::Cancelled("migration cancelled");
   const auto pause_start = Clock::now();
   if (guest_) guest_->Pause();
-  struct Resumer {
-    GuestControl* g;
-    bool armed = true;
-    ~Resumer() {
-      if (armed && g) g->Resume();
+  Publish(MigrationState::kDevice);
+  bool unconfirmed = false;  // everything was sent, but the confirmation did not come
+  Status paused = [&]() -> Status {
+    FERRY_ASSIGN_OR_RETURN(uint64_t last, tracker_.Sync(blocks_));
+    (void)last;
+    ++syncs;
+    saver.StartRound();
+    w.Put8(wire::kSectionEnd);
+    w.PutBe32(ram_id);
+    saver.BeginSection();
+    while (!saver.SendSome(kSliceBytes)) {
+      FERRY_RETURN_IF_ERROR(w.status());
+      if (cancelled()) return Status::Cancelled("migration cancelled");
     }
-  } resumer{guest_};
-  Publish(MigrationState::kDevice);
+    FERRY_RETURN_IF_ERROR(saver.EndCompleteSection());
+    WriteFooter(w, ram_id);
 
-  FERRY_ASSIGN_OR_RETURN(uint64_t last, tracker_.Sync(blocks_));
-  (void)last;
-  ++syncs;
-  saver.StartRound();
-  w.Put8(wire::kSectionEnd);
-  w.PutBe32(ram_id);
-  saver.BeginSection();
-  while (!saver.SendSome(kSliceBytes)) {
-    FERRY_RETURN_IF_ERROR(w.status());
-    if (cancelled()) return Status::Cancelled("migration cancelled");
-  }
-  FERRY_RETURN_IF_ERROR(saver.EndCompleteSection());
-  WriteFooter(w, ram_id);
+    std::string vmdesc = "{\"page_size\": 4096, \"devices\": [{\"name\": \"ram\", \"instance_id\": 0}";
+    for (DeviceHandler* d : devices_) {
+      const uint32_t id = next_id++;
+      WriteSectionHeader(w, wire::kSectionFull, id, d->idstr(), d->instance_id(), d->version());
+      FERRY_RETURN_IF_ERROR(d->Save(w).WithContext("saving device '" + d->idstr() + "'"));
+      WriteFooter(w, id);
+      vmdesc += ", {\"name\": \"" + JsonEscape(d->idstr()) + "\", \"instance_id\": " +
+                std::to_string(d->instance_id()) + "}";
+    }
+    FERRY_RETURN_IF_ERROR(w.Flush().WithContext("sending the final RAM to " + channel.Describe()));
+    const uint64_t downtime = MsSince(pause_start);
 
-  std::string vmdesc = "{\"page_size\": 4096, \"devices\": [{\"name\": \"ram\", \"instance_id\": 0}";
-  for (DeviceHandler* d : devices_) {
-    const uint32_t id = next_id++;
-    WriteSectionHeader(w, wire::kSectionFull, id, d->idstr(), d->instance_id(), d->version());
-    FERRY_RETURN_IF_ERROR(d->Save(w).WithContext("saving device '" + d->idstr() + "'"));
-    WriteFooter(w, id);
-    vmdesc += ", {\"name\": \"" + JsonEscape(d->idstr()) + "\", \"instance_id\": " + std::to_string(d->instance_id()) + "}";
-  }
-  FERRY_RETURN_IF_ERROR(w.Flush().WithContext("sending the final RAM to " + channel.Describe()));
-  const uint64_t downtime = MsSince(pause_start);
+    if (verify) {
+      const uint32_t id = next_id++;
+      WriteSectionHeader(w, wire::kSectionFull, id, wire::kVerifyIdstr, 0, wire::kVerifyVersion);
+      WriteVerifyPayload(w, blocks_);
+      WriteFooter(w, id);
+    }
+    vmdesc += "]}";
+    // Every page has been read: a memory file that shrank meanwhile gave zeros
+    // for some of them, and the stream must not end as if it were complete.
+    FERRY_RETURN_IF_ERROR(CheckMappedFiles(blocks_));
+    w.Put8(wire::kSectionEof);
+    w.Put8(wire::kVmDescription);
+    w.PutBe32(static_cast<uint32_t>(vmdesc.size()));
+    w.PutBytes(vmdesc.data(), vmdesc.size());
+    FERRY_RETURN_IF_ERROR(w.Flush().WithContext("finishing the stream to " + channel.Describe()));
+    bytes_sent_ = saver.bytes();
+    normal_ = saver.counters().normal_pages;
+    zero_ = saver.counters().zero_pages;
+    remaining_ = 0;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stats_.downtime_ms = downtime;
+      stats_.ram.dirty_sync_count = syncs;
+    }
+    Publish(MigrationState::kDevice);
 
-  if (verify) {
-    const uint32_t id = next_id++;
-    WriteSectionHeader(w, wire::kSectionFull, id, wire::kVerifyIdstr, 0, wire::kVerifyVersion);
-    WriteVerifyPayload(w, blocks_);
-    WriteFooter(w, id);
-  }
-  vmdesc += "]}";
-  // Every page has been read: a memory file that shrank meanwhile gave zeros
-  // for some of them, and the stream must not end as if it were complete.
-  FERRY_RETURN_IF_ERROR(CheckMappedFiles(blocks_));
-  w.Put8(wire::kSectionEof);
-  w.Put8(wire::kVmDescription);
-  w.PutBe32(static_cast<uint32_t>(vmdesc.size()));
-  w.PutBytes(vmdesc.data(), vmdesc.size());
-  FERRY_RETURN_IF_ERROR(w.Flush().WithContext("finishing the stream to " + channel.Describe()));
-  bytes_sent_ = saver.bytes();
-  normal_ = saver.counters().normal_pages;
-  zero_ = saver.counters().zero_pages;
-  remaining_ = 0;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    stats_.downtime_ms = downtime;
-    stats_.ram.dirty_sync_count = syncs;
-  }
-  Publish(MigrationState::kDevice);
-
-  if (qemu_return_path) FERRY_RETURN_IF_ERROR(AwaitQemuShut(channel));
-  if (await_confirmation && !params_.qemu_compat) {
-    // The destination answers once it has loaded (and, with verify, checked)
-    // everything: with verify off too, its "completed" is the only success.
-    FERRY_RETURN_IF_ERROR(ReadVerdict(channel));
-    // Hand the guest over: from here on it lives on the destination.
-    const uint32_t commit = __builtin_bswap32(wire::kCommitMagic);
-    FERRY_RETURN_IF_ERROR(channel.WriteAll(&commit, sizeof(commit))
-                              .WithContext("confirming the switchover to the destination"));
-    std::lock_guard<std::mutex> lock(mu_);
-    stats_.verified = verify;
+    if (qemu_return_path) FERRY_RETURN_IF_ERROR(AwaitQemuShut(channel, &unconfirmed));
+    if (await_confirmation && !params_.qemu_compat) {
+      // The destination answers once it has loaded (and, with verify, checked)
+      // everything: with verify off too, its "completed" is the only success.
+      if (Status v = ReadVerdict(channel); !v.ok()) {
+        unconfirmed = v.code() != Code::kMismatch && v.code() != Code::kProtocol;
+        return v;
+      }
+      // Hand the guest over: from here on it lives on the destination.
+      const uint32_t commit = __builtin_bswap32(wire::kCommitMagic);
+      FERRY_RETURN_IF_ERROR(channel.WriteAll(&commit, sizeof(commit))
+                                .WithContext("confirming the switchover to the destination"));
+      std::lock_guard<std::mutex> lock(mu_);
+      stats_.verified = verify;
+    }
+    return Status::Ok();
+  }();
+  if (!paused.ok()) {
+    if (guest_) guest_->Resume();
+    if (paused.code() == Code::kCancelled || cancelled()) return paused;
+    Status s = unconfirmed ? paused : paused.WithContext("switchover failed");
+    if (!guest_) return s;
+    return WithSuffix(s, unconfirmed ? "; the guest was resumed and keeps running on the source (the whole stream "
+                                       "was sent: do not start the guest on the destination)"
+                                     : "; the guest was resumed and keeps running on the source");
   }
   // The guest now lives on the destination: it stays paused here.
-  resumer.armed = false;
   return Status::Ok();
 }
 
@@ -371,6 +445,9 @@ Status MigrationSource::ReadVerdict(Channel& channel) {
   uint32_t hdr[3];
   Status rs = channel.ReadExact(hdr, sizeof(hdr));
   if (!rs.ok()) {
+    if (rs.code() == Code::kTimeout || rs.code() == Code::kCancelled) {
+      return rs.WithContext("the destination did not confirm the migration");
+    }
     return Status::Closed("the destination closed the connection without confirming the migration (" + rs.message() +
                           ")");
   }
@@ -385,11 +462,15 @@ Status MigrationSource::ReadVerdict(Channel& channel) {
   return Status::Ok();
 }
 
-Status MigrationSource::AwaitQemuShut(Channel& channel) {
+Status MigrationSource::AwaitQemuShut(Channel& channel, bool* unconfirmed) {
   while (true) {
     uint16_t hdr[2];
     Status rs = channel.ReadExact(hdr, sizeof(hdr));
     if (!rs.ok()) {
+      *unconfirmed = true;
+      if (rs.code() == Code::kTimeout || rs.code() == Code::kCancelled) {
+        return rs.WithContext("QEMU did not confirm that it loaded the migration");
+      }
       return Status::Closed("QEMU closed the connection without confirming that it loaded the migration (" +
                             rs.message() + "); see QEMU's own error output");
     }

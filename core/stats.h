@@ -60,6 +60,11 @@ struct MigrationStats {
   uint64_t downtime_ms = 0;
   uint64_t expected_downtime_ms = 0;
   uint64_t iteration = 0;  // dirty rounds so far
+  // Source: passes in a row in which the remaining dirty memory did not
+  // shrink (by a tenth), and whether that has gone on long enough to call
+  // the migration "not converging" (see max-stalled-passes).
+  uint64_t stalled_passes = 0;
+  bool not_converging = false;
   RamStats ram;
   // multifd (empty without it)
   uint64_t multifd_bytes = 0;

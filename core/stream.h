@@ -66,6 +66,8 @@ class StreamWriter {
   uint64_t bytes() const { return bytes_; }
   // Bytes queued by reference since the last flush.
   uint64_t pending_ref_bytes() const { return ref_bytes_; }
+  // The channel written to.
+  Channel* channel() const { return channel_; }
 
  private:
   size_t avail() const { return buf_.size() - used_; }

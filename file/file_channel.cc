@@ -11,6 +11,8 @@
 #include <limits.h>
 #include <linux/fs.h>
 #include <stdlib.h>
+#include <poll.h>
+#include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
@@ -20,11 +22,13 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cerrno>
 #include <cstddef>
 #include <cstdio>
 #include <cstring>
 #include <span>
+#include <stop_token>
 #include <string>
 #include <utility>
 
@@ -417,6 +421,86 @@ Result<std::unique_ptr<FileChannel>> OpenFileForLoad(const std::string& path, ui
     return ErrnoStatus("seeking " + path + " to offset " + std::to_string(offset));
   }
   return std::unique_ptr<FileChannel>(std::make_unique<FileChannelImpl>(std::move(fd), path, offset, block));
+}
+
+// ---------------------------------------------------------------------------
+// FIFOs
+
+bool IsFifo(const std::string& path) {
+  struct stat st {};
+  return !path.empty() && ::stat(path.c_str(), &st) == 0 && S_ISFIFO(st.st_mode);
+}
+
+Result<UniqueFd> OpenFifo(const std::string& path, bool write, std::chrono::milliseconds timeout,
+                          std::stop_token stop) {
+  using Clock = std::chrono::steady_clock;
+  // Pause between attempts to open a FIFO for writing while it has no reader.
+  constexpr std::chrono::milliseconds kRetry(50);
+  const std::string name = "FIFO " + path;
+  auto cancelled = [&] {
+    return Status::Cancelled(std::string(write ? "waiting for a reader of " : "waiting for a writer on ") + name +
+                             " cancelled");
+  };
+  if (stop.stop_requested()) return cancelled();
+
+  // A stop request makes this eventfd readable, so poll() below wakes.
+  UniqueFd wake(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  if (!wake.valid()) return ErrnoStatus("eventfd for " + name);
+  struct Signal {
+    int fd;
+    void operator()() const noexcept {
+      uint64_t one = 1;
+      if (::write(fd, &one, sizeof(one)) < 0) {
+        // Only a full counter fails, and that still wakes poll().
+      }
+    }
+  };
+  std::stop_callback<Signal> on_stop(stop, Signal{wake.get()});
+
+  const bool forever = timeout.count() <= 0 || timeout > std::chrono::hours(24 * 365);
+  const Clock::time_point deadline = forever ? Clock::time_point::max() : Clock::now() + timeout;
+  auto poll_ms = [&](std::chrono::milliseconds cap) {
+    if (forever) return static_cast<int>(cap.count());
+    const auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - Clock::now());
+    return static_cast<int>(std::clamp(left, std::chrono::milliseconds(0), cap).count());
+  };
+  constexpr std::chrono::milliseconds kStep = std::chrono::hours(1);
+
+  UniqueFd fd;
+  while (true) {
+    fd.Reset(::open(path.c_str(), (write ? O_WRONLY : O_RDONLY) | O_NONBLOCK | O_CLOEXEC));
+    if (fd.valid()) break;
+    const int err = errno;
+    if (err == EINTR) continue;
+    // ENXIO: opening for writing while nobody has the FIFO open for reading.
+    if (!(write && err == ENXIO)) return ErrnoStatus(std::string("opening ") + name, err);
+    if (Clock::now() >= deadline) {
+      return Status::Timeout("nobody opened " + name + " for reading within " + FormatDuration(timeout));
+    }
+    pollfd p{wake.get(), POLLIN, 0};
+    if (::poll(&p, 1, poll_ms(kRetry)) > 0 || stop.stop_requested()) return cancelled();
+  }
+  struct stat st {};
+  if (::fstat(fd.get(), &st) != 0) return ErrnoStatus("checking " + path);
+  if (!S_ISFIFO(st.st_mode)) return Status::InvalidArgument(path + " is no longer a FIFO");
+  if (write) return fd;
+
+  // A reader opened without a writer reads end-of-stream at once; wait
+  // until a writer has sent something (or came and went: then the stream
+  // is empty, which the loader reports).
+  while (true) {
+    pollfd p[2] = {{fd.get(), POLLIN, 0}, {wake.get(), POLLIN, 0}};
+    const int rc = ::poll(p, 2, poll_ms(kStep));
+    if (rc < 0) {
+      if (errno == EINTR) continue;
+      return ErrnoStatus("waiting for a writer on " + name);
+    }
+    if (p[1].revents != 0 || stop.stop_requested()) return cancelled();
+    if (p[0].revents != 0) return fd;
+    if (Clock::now() >= deadline) {
+      return Status::Timeout("nothing was written to " + name + " within " + FormatDuration(timeout));
+    }
+  }
 }
 
 // ---------------------------------------------------------------------------

@@ -10,8 +10,10 @@
 //   StreamReader r(f.get());
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <memory>
+#include <stop_token>
 #include <string>
 #include <string_view>
 
@@ -38,6 +40,16 @@ Result<std::unique_ptr<FileChannel>> CreateFileForSave(const std::string& path, 
 // Opens PATH for reading positioned at `offset`; kInvalidArgument if the file
 // is shorter than that or is not a regular file.
 Result<std::unique_ptr<FileChannel>> OpenFileForLoad(const std::string& path, uint64_t offset);
+
+// FIFOs (named pipes) as one-way streams, for `ferry load FIFO` and `ferry
+// save FIFO`. open() is done with O_NONBLOCK so that it never hangs: the
+// wait for the other end — a writer's first bytes when reading, a reader
+// when writing — is a poll bounded by `timeout` (kTimeout) and ended by
+// `stop` (kCancelled). The descriptor is returned non-blocking; wrap it with
+// MakeFdChannel (socket/), whose waits are bounded and cancellable.
+bool IsFifo(const std::string& path);
+Result<UniqueFd> OpenFifo(const std::string& path, bool write, std::chrono::milliseconds timeout,
+                          std::stop_token stop = {});
 
 // O_DIRECT support of the filesystem holding PATH: the alignment its direct
 // I/O needs for memory and file offsets (statx STATX_DIOALIGN, with a probe

@@ -119,6 +119,8 @@ class PrefixChannel final : public Channel {
   void Shutdown() override { inner_->Shutdown(); }
   std::string Describe() const override { return inner_->Describe(); }
   int fd() const override { return inner_->fd(); }
+  void SetProgressBound(const ProgressBound& bound) override { inner_->SetProgressBound(bound); }
+  ProgressBound progress_bound() const override { return inner_->progress_bound(); }
 
  private:
   std::unique_ptr<Channel> inner_;

@@ -54,6 +54,11 @@ class MultifdReceiver final : public PageReceiver {
   void Abort() override;
   Status Finish() override;
   void FillStats(MigrationStats& stats) const override;
+  void SetProgressBound(const ProgressBound& bound) override {
+    for (auto& r : receivers_) {
+      if (r->channel) r->channel->SetProgressBound(bound);
+    }
+  }
 
  private:
   struct Receiver {

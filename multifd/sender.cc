@@ -277,6 +277,11 @@ Status MultifdSink::Start() {
     return Status::InvalidArgument("zero-copy-send cannot be combined with multifd-compression");
   }
   if (detect_zero_) zero_check_ = &BestZeroCheck();
+  // Every channel's waits are bounded like the main stream's, on its clock
+  // (MigrationSource::Run set it): a channel idle while the others carry
+  // the pages is not a stall.
+  const ProgressBound bound = main_.channel() ? main_.channel()->progress_bound() : ProgressBound{};
+  for (auto& s : senders_) s->channel->SetProgressBound(bound);
   for (auto& s : senders_) {
     if (zero_copy_) {
       const int fd = s->channel->fd();
@@ -686,6 +691,10 @@ Status MultifdSink::SendSync(Sender& s) {
 
 Status MultifdSink::ZeroCopySend(Sender& s, std::span<iovec> iov) {
   const int fd = s.channel->fd();
+  // The descriptor is driven here, not through the channel: the same bound
+  // (MSG_DONTWAIT and a bounded poll; Shutdown() wakes the poll).
+  const ProgressBound bound = s.channel->progress_bound();
+  auto since = ProgressBound::Clock::now();
   size_t i = 0;
   while (true) {
     while (i < iov.size() && iov[i].iov_len == 0) ++i;
@@ -694,9 +703,11 @@ Status MultifdSink::ZeroCopySend(Sender& s, std::span<iovec> iov) {
     msghdr msg{};
     msg.msg_iov = &iov[i];
     msg.msg_iovlen = std::min(iov.size() - i, kMaxIov);
-    ssize_t n = ::sendmsg(fd, &msg, MSG_ZEROCOPY | MSG_NOSIGNAL);
+    ssize_t n = ::sendmsg(fd, &msg, MSG_ZEROCOPY | MSG_NOSIGNAL | MSG_DONTWAIT);
     if (n > 0) {
       s.zc.NoteIssued();
+      bound.Note();
+      since = ProgressBound::Clock::now();
     } else if (n == 0) {
       return Status::Io("write to " + s.channel->Describe() + " made no progress", EIO);
     } else {
@@ -709,15 +720,18 @@ Status MultifdSink::ZeroCopySend(Sender& s, std::span<iovec> iov) {
           FERRY_RETURN_IF_ERROR(WaitCompletions(s, s.zc.done_below() + 1));
           continue;
         }
-        n = ::sendmsg(fd, &msg, MSG_NOSIGNAL);
+        n = ::sendmsg(fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
         if (n < 0) {
-          if (errno == EINTR) continue;
+          if (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK) continue;
           return ErrnoStatus("write to " + s.channel->Describe());
         }
         s.zc.NoteFallback();
+        bound.Note();
+        since = ProgressBound::Clock::now();
       } else if (err == EAGAIN || err == EWOULDBLOCK) {
-        pollfd pfd{fd, POLLOUT, 0};
-        ::poll(&pfd, 1, 100);
+        Result<WaitResult> r = WaitForFd(fd, POLLOUT, -1, bound, since);
+        if (!r.ok()) return r.status().WithContext("write to " + s.channel->Describe());
+        if (*r == WaitResult::kExpired) return bound.Error("write to " + s.channel->Describe());
         continue;
       } else {
         if (stopping()) return Status::Cancelled("multifd: sending stopped");
@@ -760,10 +774,22 @@ Status MultifdSink::ReapCompletions(Sender& s) {
 
 Status MultifdSink::WaitCompletions(Sender& s, uint64_t id_end) {
   const int fd = s.channel->fd();
+  // Completions come as the peer acknowledges data: they are progress, and
+  // none for the bound's limit is a stall like a blocked write.
+  const ProgressBound bound = s.channel->progress_bound();
+  auto since = ProgressBound::Clock::now();
+  uint64_t seen = s.zc.done_below();
   while (true) {
     FERRY_RETURN_IF_ERROR(ReapCompletions(s));
     if (s.zc.DoneBelow(id_end)) return Status::Ok();
     if (stopping()) return Status::Cancelled("multifd: sending stopped");
+    if (s.zc.done_below() != seen) {
+      seen = s.zc.done_below();
+      bound.Note();
+      since = ProgressBound::Clock::now();
+    } else if (bound.Expired(since)) {
+      return bound.Error("zero-copy completions of " + s.channel->Describe());
+    }
     // The error queue raises POLLERR; a hung-up or failed socket wakes us
     // too, and then has to say why.
     pollfd pfd{fd, 0, 0};

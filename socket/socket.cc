@@ -341,11 +341,38 @@ void RaiseBuffer(int fd, int opt) {
   ::setsockopt(fd, SOL_SOCKET, opt, &want, sizeof(want));  // best effort
 }
 
+// TCP keepalive and TCP_USER_TIMEOUT, so that the kernel notices a peer
+// that vanished (a pulled cable, a crashed host) too. With a no-progress
+// limit T: keepalive probes after T/2 idle, every T/4, 4 of them, and
+// unacknowledged data given up after 1.5 T — both later than ferry's own
+// bound, whose message ("no progress for T") normally comes first. Without a
+// limit: probes after 60 s idle, every 10 s, 6 of them, and the kernel's
+// default for unacknowledged data. Best effort; only tcp sockets.
+void SetKeepalive(int fd, std::chrono::milliseconds limit) {
+  int protocol = 0;
+  socklen_t len = sizeof(protocol);
+  if (::getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &protocol, &len) != 0 || protocol != IPPROTO_TCP) return;
+  const int64_t t = limit.count() > 0 ? std::max<int64_t>(1, (limit.count() + 999) / 1000) : 0;
+  const int one = 1;
+  const int idle = t ? static_cast<int>(std::clamp<int64_t>(t / 2, 1, 32767)) : 60;
+  const int interval = t ? static_cast<int>(std::clamp<int64_t>(t / 4, 1, 32767)) : 10;
+  const int count = t ? 4 : 6;
+  const unsigned user_timeout = t ? static_cast<unsigned>(std::min<int64_t>(t * 1500, INT_MAX)) : 0;
+  ::setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
+  ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle));
+  ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &interval, sizeof(interval));
+  ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &count, sizeof(count));
+  ::setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &user_timeout, sizeof(user_timeout));
+}
+
 // Options for tcp sockets: before connect()/listen() so the buffer sizes
 // take part in window-scale negotiation, and again on accepted sockets.
+// Keepalive starts with the defaults of an unbounded channel; a channel's
+// SetProgressBound() derives it from the bound.
 void TuneTcp(int fd) {
   int one = 1;
   ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));  // best effort
+  SetKeepalive(fd, std::chrono::milliseconds(0));
   RaiseBuffer(fd, SO_SNDBUF);
   RaiseBuffer(fd, SO_RCVBUF);
 }
@@ -401,6 +428,13 @@ class ScopedSigpipeBlock {
 
 // ---------------------------------------------------------------------------
 // FdChannel
+//
+// Every blocking wait is a poll() bounded by the channel's ProgressBound and
+// woken by Shutdown(): sockets are driven with MSG_DONTWAIT (their descriptor
+// flags are left alone, the descriptor may be shared), pipes are switched to
+// O_NONBLOCK for the channel's lifetime (pipes have no per-call flag) and an
+// eventfd wakes their waits, since shutdown() does not work on them. Other
+// descriptors (regular files, devices) are used as they come.
 
 class FdChannel final : public Channel {
  public:
@@ -416,42 +450,82 @@ class FdChannel final : public Channel {
         kind_ = Kind::kPipe;
       }
     }
+    if (kind_ == Kind::kPipe) {
+      const int flags = ::fcntl(fd_.get(), F_GETFL);
+      if (flags >= 0 && !(flags & O_NONBLOCK) && ::fcntl(fd_.get(), F_SETFL, flags | O_NONBLOCK) == 0) {
+        restore_flags_ = flags;
+      }
+      // Without an eventfd (out of descriptors) a Shutdown() is still seen
+      // within kPipeWakeStep.
+      Result<UniqueFd> wake = MakeEventFd(description_);
+      if (wake.ok()) wake_ = std::move(wake).value();
+    }
   }
-  ~FdChannel() override = default;
+  ~FdChannel() override {
+    // The description may be shared with other processes (fd:0, fd:1).
+    if (restore_flags_ >= 0) ::fcntl(fd_.get(), F_SETFL, restore_flags_);
+  }
 
   Status WriteAll(std::span<iovec> iov) override;
   Result<size_t> ReadSome(void* buf, size_t len) override;
   void Shutdown() override;
   std::string Describe() const override { return description_; }
   int fd() const override { return fd_.get(); }
+  void SetProgressBound(const ProgressBound& bound) override;
+  ProgressBound progress_bound() const override { return bound_; }
 
  private:
+  // Poll steps for pipes that have no eventfd to wake them.
+  static constexpr int kPipeWakeStep = 100;
+
   Status ShutDownStatus() const { return Status::Cancelled(description_ + ": channel shut down"); }
   bool IsShut() const { return shut_.load(std::memory_order_acquire); }
-  // For descriptors somebody made non-blocking: wait until ready. Sockets
-  // are woken by Shutdown(); other descriptors are polled in short steps so
-  // that Shutdown() is noticed.
-  Status WaitReady(short events, const char* what);
+  // Waits until the descriptor is ready for `events`, the channel is shut
+  // down, or no byte moved for the bound's limit since `since`.
+  Status WaitReady(short events, const char* what, ProgressBound::Clock::time_point since);
 
   UniqueFd fd_;
   const std::string description_;
   Kind kind_ = Kind::kOther;
+  int restore_flags_ = -1;  // file status flags to put back (we set O_NONBLOCK)
+  UniqueFd wake_;           // pipes: signalled by Shutdown()
+  ProgressBound bound_;     // set before I/O starts
   std::atomic<bool> shut_{false};
 };
 
-Status FdChannel::WaitReady(short events, const char* what) {
+void FdChannel::SetProgressBound(const ProgressBound& bound) {
+  bound_ = bound;
+  if (kind_ == Kind::kSocket) SetKeepalive(fd_.get(), bound.limit);
+}
+
+Status FdChannel::WaitReady(short events, const char* what, ProgressBound::Clock::time_point since) {
+  const std::string where = std::string(what) + " " + description_;
   for (;;) {
     if (IsShut()) return ShutDownStatus();
-    pollfd p{fd_.get(), events, 0};
-    int rc = ::poll(&p, 1, kind_ == Kind::kSocket ? -1 : 100);
-    if (rc < 0 && errno != EINTR) return ErrnoStatus(std::string(what) + " " + description_);
-    if (rc > 0) return Status::Ok();
+    if (kind_ != Kind::kSocket && !wake_.valid()) {
+      // Nothing can wake this poll: look at shut_ now and then.
+      pollfd p{fd_.get(), events, 0};
+      const int rc = ::poll(&p, 1, bound_.PollMs(since, kPipeWakeStep));
+      if (rc < 0 && errno != EINTR) return ErrnoStatus(where);
+      if (rc > 0) return Status::Ok();
+      if (bound_.Expired(since)) return bound_.Error(where);
+      continue;
+    }
+    Result<WaitResult> r = WaitForFd(fd_.get(), events, wake_.get(), bound_, since);
+    if (!r.ok()) return r.status().WithContext(where);
+    switch (*r) {
+      case WaitResult::kReady: return Status::Ok();
+      case WaitResult::kWoken: return ShutDownStatus();
+      case WaitResult::kExpired: return bound_.Error(where);
+    }
   }
 }
 
 Status FdChannel::WriteAll(std::span<iovec> iov) {
   ScopedSigpipeBlock sigpipe(kind_ == Kind::kPipe);
   size_t i = 0;
+  ProgressBound::Clock::time_point since{};  // set when a wait begins
+  bool waited = false;
   for (;;) {
     while (i < iov.size() && iov[i].iov_len == 0) ++i;
     if (i == iov.size()) return Status::Ok();
@@ -463,7 +537,7 @@ Status FdChannel::WriteAll(std::span<iovec> iov) {
       msghdr msg{};
       msg.msg_iov = &iov[i];
       msg.msg_iovlen = count;
-      n = ::sendmsg(fd_.get(), &msg, MSG_NOSIGNAL);
+      n = ::sendmsg(fd_.get(), &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
     } else {
       n = ::writev(fd_.get(), &iov[i], static_cast<int>(count));
     }
@@ -471,32 +545,49 @@ Status FdChannel::WriteAll(std::span<iovec> iov) {
       int err = errno;
       if (err == EINTR) continue;
       if (err == EAGAIN || err == EWOULDBLOCK) {
-        FERRY_RETURN_IF_ERROR(WaitReady(POLLOUT, "waiting to write to"));
+        if (!waited) {
+          since = ProgressBound::Clock::now();
+          waited = true;
+        }
+        FERRY_RETURN_IF_ERROR(WaitReady(POLLOUT, "write to", since));
         continue;
       }
       if (err == EPIPE) sigpipe.NoteEpipe();
       if (IsShut()) return ShutDownStatus();
+      if (err == ETIMEDOUT && bound_.bounded()) {
+        // TCP_USER_TIMEOUT or keepalive: the kernel gave up on the peer.
+        return ErrnoStatus("write to " + description_ + ": no progress for " + FormatDuration(bound_.limit) +
+                               " or more, the kernel gave up on the connection",
+                           err);
+      }
       return ErrnoStatus("write to " + description_, err);
     }
     if (n == 0) {
       // Only possible for odd descriptors (a full device); never loop on it.
       return Status::Io("write to " + description_ + " made no progress", EIO);
     }
+    bound_.Note();
+    waited = false;  // progress: a later wait starts afresh
     i = AdvanceIovecs(iov, i, static_cast<size_t>(n));
   }
 }
 
 Result<size_t> FdChannel::ReadSome(void* buf, size_t len) {
   if (len == 0) return size_t{0};
+  ProgressBound::Clock::time_point since{};
+  bool waited = false;
   for (;;) {
     if (IsShut()) return ShutDownStatus();
     ssize_t n;
     if (kind_ == Kind::kSocket) {
-      n = ::recv(fd_.get(), buf, len, 0);
+      n = ::recv(fd_.get(), buf, len, MSG_DONTWAIT);
     } else {
       n = ::read(fd_.get(), buf, len);
     }
-    if (n > 0) return static_cast<size_t>(n);
+    if (n > 0) {
+      bound_.Note();
+      return static_cast<size_t>(n);
+    }
     if (n == 0) {
       // A socket that was shut down under us reads as end of stream.
       if (IsShut()) return ShutDownStatus();
@@ -505,10 +596,19 @@ Result<size_t> FdChannel::ReadSome(void* buf, size_t len) {
     int err = errno;
     if (err == EINTR) continue;
     if (err == EAGAIN || err == EWOULDBLOCK) {
-      FERRY_RETURN_IF_ERROR(WaitReady(POLLIN, "waiting to read from"));
+      if (!waited) {
+        since = ProgressBound::Clock::now();
+        waited = true;
+      }
+      FERRY_RETURN_IF_ERROR(WaitReady(POLLIN, "read from", since));
       continue;
     }
     if (IsShut()) return ShutDownStatus();
+    if (err == ETIMEDOUT && bound_.bounded()) {
+      return ErrnoStatus("read from " + description_ + ": no progress for " + FormatDuration(bound_.limit) +
+                             " or more, the kernel gave up on the connection",
+                         err);
+    }
     return ErrnoStatus("read from " + description_, err);
   }
 }
@@ -516,9 +616,10 @@ Result<size_t> FdChannel::ReadSome(void* buf, size_t len) {
 void FdChannel::Shutdown() {
   if (shut_.exchange(true, std::memory_order_acq_rel)) return;
   // The descriptor stays open until destruction, so this cannot race with a
-  // reuse of the number. Blocked recv() returns 0, blocked send() EPIPE.
-  // Pipes and files cannot be woken; later calls fail through shut_.
+  // reuse of the number. Blocked recv() returns 0, blocked send() EPIPE, and
+  // poll() wakes. Pipes are woken through their eventfd.
   if (kind_ == Kind::kSocket) ::shutdown(fd_.get(), SHUT_RDWR);
+  if (wake_.valid()) SignalEventFd(wake_.get());
 }
 
 std::unique_ptr<Channel> MakeSocketChannel(UniqueFd fd, std::string description) {

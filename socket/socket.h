@@ -25,11 +25,15 @@ namespace ferry {
 // Connects to a tcp: or unix: URI, retrying refused/absent endpoints every
 // ~50 ms until `timeout` passes (kTimeout) or `stop` is requested
 // (kCancelled). For fd: wraps the descriptor (it is not duplicated; the
-// channel closes it). tcp channels get TCP_NODELAY and large socket buffers.
+// channel closes it). tcp channels get TCP_NODELAY, large socket buffers and
+// TCP keepalive (tuned from the no-progress limit by SetProgressBound).
 Result<std::unique_ptr<Channel>> Connect(const Uri& uri, std::chrono::milliseconds timeout,
                                          std::stop_token stop = {});
 
 // Wraps an open descriptor (socket, pipe or regular file) as a Channel.
+// Waits on sockets and pipes are bounded by SetProgressBound() and woken by
+// Shutdown(); a pipe is put in O_NONBLOCK mode while the channel lives (its
+// flags are restored on destruction).
 std::unique_ptr<Channel> MakeFdChannel(UniqueFd fd, std::string description);
 
 class Listener {
