@@ -11,6 +11,8 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -20,6 +22,10 @@
 #include <vector>
 
 #include <gtest/gtest.h>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
 
 namespace ferry {
 namespace {
@@ -91,6 +97,16 @@ Mapping MapMemfd(size_t len) {
   int fd = ::memfd_create("ferry-dirty-test", MFD_CLOEXEC);
   if (fd < 0) return {};
   return MapSharedFd(fd, len);
+}
+
+// Evicts the cache line holding `p` from every cache, so that the next store
+// to it has to fetch the line first (x86; elsewhere a no-op).
+void EvictLine(const void* p) {
+#if defined(__x86_64__) || defined(__i386__)
+  _mm_clflush(p);
+#else
+  (void)p;
+#endif
 }
 
 std::vector<uint64_t> SetBits(const DirtyBitmap& bm) {
@@ -915,6 +931,170 @@ TEST(BitmapTrackerTest, ConcurrentMarkersAllSeen) {
   for (uint64_t p : SetBits(blocks[0].dirty)) seen.Set(p);
   EXPECT_EQ(seen.Count(), kPages);
   EXPECT_EQ(reported, kPages);  // each page marked once, reported once
+}
+
+// The lost-write stress for the bitmap tracker. Writers stamp pages with
+// increasing counters while a syncer keeps syncing and copying the reported
+// pages into a shadow (the destination's memory).
+//
+// Each writer owns a region of pages and goes through it a group of pages at
+// a time: a few rounds of one stamp into every page of the group, then the
+// marks for them (a writer may mark after a batch of writes, as after a
+// memcpy); all rounds after the first find the pages' bits already set. Then
+// it seals the group: it will not touch those pages again until the syncer
+// has checked them. The syncer, having seen the seal, syncs and copies once
+// more and then requires the shadow of every sealed page to equal memory:
+// the syncs so far must have reported each page after its last stamp was
+// visible. At the end, after a final sync, the whole shadow must equal memory.
+//
+// What it catches: a write that slips past Sync's clear unmarked. A tracker
+// whose writers skip the atomic OR when the bit already looks set loses
+// writes here: the writer's peek saw the bit set, Sync cleared it and copied
+// the page before the writer's store was visible (still in its core's store
+// buffer), and nothing reported the page again. That window is a store's way
+// to memory, shorter than Sync's path from the clear to the copy unless the
+// store misses the caches, so the writers make every stamp miss: they evict
+// the lines they are about to stamp (clflush on x86), and the regions are
+// small (one bitmap word each) so that the syncer's path is short.
+//
+// FERRY_DIRTY_STRESS_SECONDS sets how long it runs (default 3; longer to
+// hunt for rare interleavings).
+TEST(BitmapTrackerTest, StressNoWriteLostAcrossSyncs) {
+  double seconds = 3;
+  if (const char* v = std::getenv("FERRY_DIRTY_STRESS_SECONDS"); v && *v) seconds = std::atof(v);
+  constexpr int kWriters = 2;
+  constexpr uint64_t kPagesPerWriter = 64;  // one bitmap word each
+  constexpr uint64_t kPages = kWriters * kPagesPerWriter;
+  constexpr uint64_t kWordsPerPage = kPageSize / 8;
+  constexpr uint64_t kLinesPerPage = kPageSize / 64;
+  constexpr uint64_t kGroup = 16;  // pages stamped before their marks
+  constexpr uint64_t kGroupsPerWriter = kPagesPerWriter / kGroup;
+  constexpr uint64_t kRounds = 4;  // stamps per page per visit, each in its own cache line
+  static_assert(kPagesPerWriter % kGroup == 0);
+  Mapping m = MapAnon(kPages * kPageSize);
+  ASSERT_TRUE(m.get());
+  std::memset(m.get(), 0, m.size());
+  auto* mem = reinterpret_cast<uint64_t*>(m.get());
+  RamBlockList blocks;
+  ASSERT_TRUE(blocks.Add("ram", m.get(), m.size()).ok());
+  auto made = MakeDirtyTracker(DirtyTrackerKind::kBitmap);
+  ASSERT_TRUE(made.ok());
+  DirtyTracker& tracker = **made;
+  ASSERT_TRUE(tracker.Start(blocks).ok());
+
+  std::vector<uint64_t> shadow(kPages * kWordsPerPage, 0);  // memory is all zeros now
+  auto copy_page = [&](uint64_t p) {
+    for (uint64_t w = p * kWordsPerPage; w < (p + 1) * kWordsPerPage; ++w) {
+      shadow[w] = std::atomic_ref<uint64_t>(mem[w]).load(std::memory_order_relaxed);
+    }
+  };
+  auto page_matches = [&](uint64_t p) {
+    for (uint64_t w = p * kWordsPerPage; w < (p + 1) * kWordsPerPage; ++w) {
+      if (shadow[w] != std::atomic_ref<uint64_t>(mem[w]).load(std::memory_order_relaxed)) return false;
+    }
+    return true;
+  };
+  uint64_t syncs = 0;
+  uint64_t copies = 0;
+  auto sync_and_copy = [&] {
+    blocks[0].dirty.ClearAll();
+    Result<uint64_t> n = tracker.Sync(blocks);
+    ASSERT_TRUE(n.ok()) << n.status().ToString();
+    const DirtyBitmap& d = blocks[0].dirty;
+    for (uint64_t p = d.FindNextSet(0); p < d.size(); p = d.FindNextSet(p + 1)) {
+      copy_page(p);
+      ++copies;
+    }
+    ++syncs;
+  };
+
+  // Per writer, counted in groups since the start (a writer's group i is
+  // group i % kGroupsPerWriter of its region): how many it has sealed, and
+  // how many the syncer has checked. A writer stays less than a region
+  // ahead of the checks.
+  struct alignas(64) Progress {
+    std::atomic<uint64_t> sealed{0};
+    std::atomic<uint64_t> checked{0};
+  };
+  std::vector<Progress> progress(kWriters);
+  std::atomic<bool> stop{false};
+  std::vector<std::thread> writers;
+  for (int k = 0; k < kWriters; ++k) {
+    writers.emplace_back([&, k] {
+      uint64_t counter = 0;
+      for (uint64_t i = 0; !stop.load(std::memory_order_relaxed); ++i) {
+        while (i - progress[k].checked.load(std::memory_order_acquire) >= kGroupsPerWriter) {
+          if (stop.load(std::memory_order_relaxed)) return;
+          std::this_thread::yield();
+        }
+        const uint64_t first = k * kPagesPerWriter + (i % kGroupsPerWriter) * kGroup;
+        for (uint64_t r = 0; r < kRounds; ++r) {
+          // Each visit and round stamps another cache line of each page; the
+          // last round one near the start, which the copy reads first.
+          const uint64_t line = (kRounds - 1 - r) * (kLinesPerPage / kRounds) + (i / kGroupsPerWriter) % 16;
+          const uint64_t slot = (line % kLinesPerPage) * 8;
+          for (uint64_t p = first; p < first + kGroup; ++p) EvictLine(&mem[p * kWordsPerPage + slot]);
+          // Highest page first: the lowest, which the syncer copies first,
+          // is stored last and so is the longest on its way.
+          for (uint64_t p = first + kGroup; p-- > first;) {
+            std::atomic_ref<uint64_t>(mem[p * kWordsPerPage + slot]).store(++counter, std::memory_order_relaxed);
+          }
+          for (uint64_t p = first + kGroup; p-- > first;) {
+            tracker.MarkDirty(&mem[p * kWordsPerPage + slot], sizeof(uint64_t));
+          }
+        }
+        progress[k].sealed.store(i + 1, std::memory_order_release);
+      }
+    });
+  }
+
+  using Clock = std::chrono::steady_clock;
+  const auto deadline = Clock::now() + std::chrono::duration<double>(seconds);
+  uint64_t checked_groups = 0;
+  uint64_t bad_pages = 0;
+  std::string first_bad;
+  auto check = [&](int k, uint64_t from, uint64_t to) {
+    for (uint64_t i = from; i < to; ++i) {
+      const uint64_t first = k * kPagesPerWriter + (i % kGroupsPerWriter) * kGroup;
+      for (uint64_t p = first; p < first + kGroup; ++p) {
+        if (page_matches(p)) continue;
+        if (first_bad.empty()) first_bad = "page " + std::to_string(p) + " after " + std::to_string(syncs) + " syncs";
+        ++bad_pages;
+        copy_page(p);  // resynchronise so it is counted once
+      }
+    }
+    checked_groups += to - from;
+  };
+  // Progress conditions besides the time: every region gone through a few
+  // times.
+  while (Clock::now() < deadline || checked_groups < 8 * kWriters * kGroupsPerWriter) {
+    uint64_t sealed[kWriters];
+    for (int k = 0; k < kWriters; ++k) sealed[k] = progress[k].sealed.load(std::memory_order_acquire);
+    sync_and_copy();
+    if (HasFatalFailure()) break;
+    for (int k = 0; k < kWriters; ++k) {
+      const uint64_t from = progress[k].checked.load(std::memory_order_relaxed);
+      if (sealed[k] == from) continue;
+      check(k, from, sealed[k]);
+      progress[k].checked.store(sealed[k], std::memory_order_release);
+    }
+  }
+  stop.store(true);
+  for (auto& t : writers) t.join();
+  ASSERT_FALSE(HasFatalFailure());
+  sync_and_copy();  // the guest is stopped: the final round
+  for (int k = 0; k < kWriters; ++k) check(k, progress[k].checked.load(), progress[k].sealed.load());
+  uint64_t bad_at_end = 0;
+  for (uint64_t p = 0; p < kPages; ++p) bad_at_end += page_matches(p) ? 0 : 1;
+  tracker.Stop();
+  std::printf("bitmap stress: %llu syncs, %llu page copies, %llu pages checked after sealing "
+              "(%llu stamps); lost writes: %llu pages\n",
+              static_cast<unsigned long long>(syncs), static_cast<unsigned long long>(copies),
+              static_cast<unsigned long long>(checked_groups * kGroup),
+              static_cast<unsigned long long>(checked_groups * kGroup * kRounds),
+              static_cast<unsigned long long>(bad_pages));
+  EXPECT_EQ(bad_pages, 0u) << "pages whose last write was never reported; first: " << first_bad;
+  EXPECT_EQ(bad_at_end, 0u) << "pages that differ after the final sync";
 }
 
 // --------------------------------------------------------------------------
