@@ -16,6 +16,7 @@ set(FERRY_FUZZ_TARGETS
   "configuration:configuration"
   "multifd_packet:multifd"
   "multifd_recv:multifd"
+  "multifd_stream:multifd_stream"
   "mapped_ram:mapped_ram"
   "inspect:streams"
   "vmdesc:vmdesc"

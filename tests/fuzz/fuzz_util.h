@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -175,7 +176,34 @@ inline std::string AnnouncedMachine(const uint8_t* data, size_t size) {
   return std::string(reinterpret_cast<const char*>(data + 13), len);
 }
 
-// True if `needle` occurs in the first `limit` bytes of the input.
+// With FERRY_FUZZ_VERBOSE set, prints how a run ended (to see what the seeds
+// reach: `FERRY_FUZZ_VERBOSE=1 fuzz_stream_replay corpus/streams`).
+inline void Report(const char* what, const Status& s) {
+  static const bool verbose = std::getenv("FERRY_FUZZ_VERBOSE") != nullptr;
+  if (verbose) std::fprintf(stderr, "  %s: %s\n", what, s.ok() ? "OK" : s.ToString().c_str());
+}
+
+// True if a packet of the multifd channel bytes `p` (packets, after the init
+// packet) names zstd compression: walks the packets by their headers as far
+// as they hold together. The targets set up the destination for zstd then,
+// as a correctly configured destination would be.
+inline bool AnyZstdPacket(const uint8_t* p, size_t n) {
+  auto be32 = [p](size_t at) {
+    return (uint32_t{p[at]} << 24) | (uint32_t{p[at + 1]} << 16) | (uint32_t{p[at + 2]} << 8) | p[at + 3];
+  };
+  constexpr uint32_t kCompressionMask = 0x1fu << 1, kZstd = 2u << 1;
+  size_t pos = 0;
+  while (n - pos >= 320 + 1024 && be32(pos) == 0x11223344) {
+    const uint32_t flags = be32(pos + 8), normal = be32(pos + 16), next = be32(pos + 20);
+    if ((flags & kCompressionMask) == kZstd) return true;
+    const uint64_t data = normal == 0 ? 0 : (flags & kCompressionMask) ? next : uint64_t{normal} * 4096;
+    if (data > n - pos - 320 - 1024) break;
+    pos += 320 + 1024 + data;
+  }
+  return false;
+}
+
+// True if `needle` occurs in the input.
 inline bool Contains(const uint8_t* data, size_t size, std::string_view needle) {
   if (needle.empty() || size < needle.size()) return false;
   return std::string_view(reinterpret_cast<const char*>(data), size).find(needle) != std::string_view::npos;

@@ -19,7 +19,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   file->SetContents(data, size);
   Result<InspectReport> r = InspectFile(file->path(), 0);
   if (r.ok()) {
-    (void)r->Verdict();
+    fuzz::Report(("inspect: " + r->Verdict()).c_str(), Status::Ok());
     // Starting inside the file: the walk must hold up wherever it starts.
     Result<InspectReport> shifted = InspectFile(file->path(), size / 2);
     if (shifted.ok()) (void)shifted->Verdict();

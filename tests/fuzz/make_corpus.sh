@@ -90,7 +90,7 @@ for f in sorted(glob.glob(prefix + ".*.bin")):
 EOF
 }
 
-mkdir -p "$out"/{streams,configuration,multifd,mapped_ram,vmdesc}
+mkdir -p "$out"/{streams,configuration,multifd,multifd_stream,mapped_ram,vmdesc}
 
 # ---- plain streams ---------------------------------------------------------
 for gen in 7.2 10.0; do
@@ -128,6 +128,13 @@ done
 for f in "$tmp"/*-main.bin; do
   n=$(basename "$f" -main.bin)
   cp "$f" "$out/streams/$n-main.mig"
+  # The whole migration for multifd_stream: be32 length + main stream,
+  # be32 length + channel 0, channel 1.
+  python3 - "$f" "$tmp/$n-ch0.bin" "$tmp/$n-ch1.bin" "$out/multifd_stream/$n.multifd" <<'EOF'
+import struct, sys
+main, c0, c1 = (open(f, "rb").read() for f in sys.argv[1:4])
+open(sys.argv[4], "wb").write(struct.pack(">I", len(main)) + main + struct.pack(">I", len(c0)) + c0 + c1)
+EOF
 done
 cp "$tmp"/*-ch*.bin "$out/multifd/"
 

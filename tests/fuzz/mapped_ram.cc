@@ -31,7 +31,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   fuzz::WriteSparse(*file, data, size, kMaxFile);
 
   Result<InspectReport> report = InspectFile(file->path(), 0);
-  if (report.ok()) (void)report->Verdict();
+  if (report.ok()) fuzz::Report(("inspect: " + report->Verdict()).c_str(), Status::Ok());
 
   // The machine name and whether the file carries ferry's verification
   // section, read from the file itself.
@@ -59,7 +59,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   RamBlockList blocks;
   fuzz::CappedAllocator memory(kMemoryCap);
   MigrationDestination dest(options, blocks, &memory);
-  (void)dest.Run(**channel);
+  fuzz::Report("mapped-ram load", dest.Run(**channel));
   (void)dest.Stats();
   return 0;
 }

@@ -5,8 +5,8 @@
 //
 // Input: one multifd connection's bytes from its first byte, as
 // multifd_packet takes them; the init packet is skipped (the listener
-// consumes it before the receiver starts). The receiver expects the
-// compression the first packet names. The loader side announces the blocks
+// consumes it before the receiver starts). The receiver expects zstd if a
+// packet names it. The loader side announces the blocks
 // "ram" and "pc.ram" (4 MiB each) at once, then calls Sync() until it fails
 // or the channel has ended, then Finish().
 #include <cstdint>
@@ -27,10 +27,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   MigrationParams params;
   params.multifd = true;
   params.multifd_channels = 1;
-  if (in.size() >= 12) {
-    const uint32_t flags = (uint32_t{in[8]} << 24) | (uint32_t{in[9]} << 16) | (uint32_t{in[10]} << 8) | in[11];
-    if ((flags & kCompressionMask) == kCompressionZstd) params.multifd_compression = MigrationParams::Compression::kZstd;
-  }
+  if (fuzz::AnyZstdPacket(in.data(), in.size())) params.multifd_compression = MigrationParams::Compression::kZstd;
   constexpr uint64_t kBlockBytes = 4ull << 20;
   fuzz::CappedAllocator memory(2 * kBlockBytes);
   RamBlockList blocks;

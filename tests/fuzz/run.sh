@@ -66,12 +66,18 @@ fuzz_one() {
   local -a seeds=("$here/corpus/${seeds_of[$t]}")
   [ -d "$here/regressions/$t" ] && seeds+=("$here/regressions/$t")
   [ "$t" = vmdesc ] && seeds+=("$gen")
+  local dict
+  case "$t" in
+    multifd_*) dict=multifd ;;
+    vmdesc | uri | params) dict=$t ;;
+    *) dict=stream ;;
+  esac
   local rc=0
   # New inputs go to the first directory; the seed directories are only read.
   ASAN_OPTIONS=detect_leaks=1:allocator_may_return_null=1 \
   UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
     "$build/tests/fuzz_$t" -max_total_time="$seconds" -timeout=30 -rss_limit_mb=3072 \
-      -print_final_stats=1 -error_exitcode=77 -timeout_exitcode=78 -artifact_prefix="$artifacts/" \
+      -dict="$here/dict/$dict.dict" -print_final_stats=1 -error_exitcode=77 -timeout_exitcode=78 -artifact_prefix="$artifacts/" \
       "$corpus" "${seeds[@]}" >"$dir/log" 2>&1 || rc=$?
   local execs cov ft corp
   execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$dir/log" | tail -1)

@@ -34,7 +34,8 @@ void Load(const std::vector<uint8_t>& in, ferry::DestinationOptions options, boo
   }
   MigrationDestination dest(std::move(options), blocks, preset_block ? nullptr : &memory);
   test::MemoryChannel channel(in, max_read);
-  (void)dest.Run(channel);
+  fuzz::Report(preset_block ? "with --ram" : options.qemu_devices ? "as a QEMU peer" : "as a ferry peer",
+               dest.Run(channel));
   (void)dest.Stats();
 }
 
