@@ -39,6 +39,14 @@ class DirtyBitmap {
   bool Test(uint64_t i) const { return (words_[i >> 6] >> (i & 63)) & 1; }
   void Set(uint64_t i) { words_[i >> 6] |= 1ull << (i & 63); }
   void Clear(uint64_t i) { words_[i >> 6] &= ~(1ull << (i & 63)); }
+  // For bitmaps that several threads update at once (multifd receivers
+  // marking the pages they wrote): atomic on the word.
+  void ClearAtomic(uint64_t i) {
+    std::atomic_ref<uint64_t>(words_[i >> 6]).fetch_and(~(1ull << (i & 63)), std::memory_order_relaxed);
+  }
+  void SetAtomic(uint64_t i) {
+    std::atomic_ref<uint64_t>(words_[i >> 6]).fetch_or(1ull << (i & 63), std::memory_order_relaxed);
+  }
   // Sets bits [first, first+count); returns how many were not set before.
   uint64_t SetRange(uint64_t first, uint64_t count);
   void SetAll() { SetRange(0, bits_); }
@@ -62,9 +70,17 @@ struct RamBlock {
   uint64_t used_length = 0;
   uint64_t page_size = kPageSize;
   DirtyBitmap dirty;       // pages not yet sent in the current round
+  // Pages known to hold only zeros without reading them: on a source, pages
+  // the guest never populated (found by PAGEMAP_SCAN, SEEK_HOLE or mincore;
+  // a bit is cleared when the dirty tracker reports a write to the page); on
+  // a destination, fresh pages not yet written in this migration. Empty (size
+  // 0) when nothing is known. Readers that find a bit set must not touch the
+  // page (a read of an unpopulated page allocates or faults it in).
+  DirtyBitmap known_zero;
 
   uint64_t pages() const { return used_length >> kPageShift; }
   uint8_t* page(uint64_t index) const { return host + (index << kPageShift); }
+  bool KnownZero(uint64_t index) const { return known_zero.size() != 0 && known_zero.Test(index); }
 };
 
 class RamBlockList {
