@@ -47,6 +47,11 @@ class DirtyBitmap {
   void SetAtomic(uint64_t i) {
     std::atomic_ref<uint64_t>(words_[i >> 6]).fetch_or(1ull << (i & 63), std::memory_order_relaxed);
   }
+  // Test for a bitmap other threads may be updating with the calls above.
+  bool TestAtomic(uint64_t i) const {
+    return (std::atomic_ref<uint64_t>(const_cast<uint64_t&>(words_[i >> 6])).load(std::memory_order_relaxed) >>
+            (i & 63)) & 1;
+  }
   // Sets bits [first, first+count); returns how many were not set before.
   uint64_t SetRange(uint64_t first, uint64_t count);
   void SetAll() { SetRange(0, bits_); }

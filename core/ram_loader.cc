@@ -3,7 +3,6 @@
 #include <cinttypes>
 #include <cstdio>
 #include <cstring>
-#include <cstring>
 
 #include "core/wire.h"
 #include "core/zero_page.h"
@@ -81,6 +80,12 @@ Status RamLoader::LoadBlockList(StreamReader& r, uint64_t total) {
     if (named[idx]) return Status::Protocol("RAM block '" + name + "' listed twice" + At(at));
     named[idx] = true;
     sum += length;
+    // Fresh memory: every page is known to be zero until something writes
+    // it (set before mapped-ram loads the block's pages below).
+    if (fresh_) {
+      b->known_zero.Resize(b->pages());
+      b->known_zero.SetAll();
+    }
     if (receiver_) FERRY_RETURN_IF_ERROR(receiver_->OnBlockListed(r, *b));
   }
   for (size_t i = 0; i < blocks_.size(); ++i) {
@@ -89,8 +94,6 @@ Status RamLoader::LoadBlockList(StreamReader& r, uint64_t total) {
                               "' which the stream does not carry");
     }
   }
-  written_.clear();
-  for (RamBlock& b : blocks_) written_.emplace_back(b.pages());
   setup_seen_ = true;
   return Status::Ok();
 }
@@ -156,7 +159,6 @@ Status RamLoader::Load(StreamReader& r, uint32_t version) {
         }
         const uint64_t index = addr >> kPageShift;
         uint8_t* host = b->page(index);
-        DirtyBitmap& written = written_[IndexOf(b)];
         if (kind == wire::kRamZero) {
           uint8_t fill = r.Get8();
           FERRY_RETURN_IF_ERROR(r.status());
@@ -164,17 +166,23 @@ Status RamLoader::Load(StreamReader& r, uint32_t version) {
             return Status::Protocol("zero-page record with fill byte " + Hex(fill) + " for block '" + b->name +
                                     "' offset " + Hex(addr) + At(at));
           }
-          // The loader only knows which pages it wrote itself: with multifd
-          // receivers also writing, a ZERO record must check the page.
-          if (!fresh_ || receiver_ || written.Test(index)) {
-            if (!IsZeroPage(host)) std::memset(host, 0, kPageSize);
-            written.Clear(index);
-          }
+          // A page still known to be zero costs nothing: no read, no write,
+          // no fault. Multifd receivers clear bits of the same words from
+          // their threads (the barrier orders a page's records).
+          const bool known_zero =
+              b->known_zero.size() != 0 && (receiver_ ? b->known_zero.TestAtomic(index) : b->known_zero.Test(index));
+          if (!known_zero && !IsZeroPage(host)) std::memset(host, 0, kPageSize);
           ++counters_.zero_pages;
         } else {
+          if (b->known_zero.size() != 0) {
+            if (receiver_) {
+              b->known_zero.ClearAtomic(index);
+            } else {
+              b->known_zero.Clear(index);
+            }
+          }
           r.GetBytes(host, kPageSize);
           FERRY_RETURN_IF_ERROR(r.status());
-          written.Set(index);
           ++counters_.normal_pages;
         }
         break;

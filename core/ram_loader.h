@@ -69,8 +69,11 @@ struct RamLoaderCounters {
 
 class RamLoader final : public SectionLoader {
  public:
-  // `fresh_memory`: every block starts all zeros (a new mapping), so a ZERO
-  // record for a page never written needs no write at all.
+  // `fresh_memory`: every block starts all zeros (a new mapping): the block
+  // list sets each block's known_zero bits, writes clear them (here, in the
+  // multifd receivers, in mapped-ram load), and a ZERO record for a page
+  // whose bit is still set costs nothing. Without it known_zero is left as
+  // the embedder set it (empty: every ZERO record checks its page).
   // `receiver`: multifd receivers (null without multifd); `sync_on_eos`:
   // every EOS is a barrier (QEMU <= 7.2, multifd-flush-after-each-section)
   // rather than only MULTIFD_FLUSH records. A source using the other
@@ -113,7 +116,6 @@ class RamLoader final : public SectionLoader {
   bool eos_seen_ = false;    // the first RAM section (setup) has ended
   bool flush_seen_ = false;  // a MULTIFD_FLUSH record was read
   RamBlock* last_block_ = nullptr;
-  std::vector<DirtyBitmap> written_;  // per block, pages holding non-zero data
   RamLoaderCounters counters_;
   uint64_t max_ram_ = 0;
   std::string max_ram_source_;

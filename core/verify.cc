@@ -41,8 +41,15 @@ uint64_t ZeroPageHash() {
 // over up to hardware_concurrency threads.
 void HashPages(const RamBlock& b, uint64_t first, uint64_t count, uint64_t* out) {
   const uint64_t zero_hash = ZeroPageHash();
+  // Pages known to be zero (never populated on a source, never written on a
+  // destination) are not read at all: a read would fault them in.
+  const bool known = b.known_zero.size() != 0;
   auto run = [&](uint64_t from, uint64_t to) {
     for (uint64_t i = from; i < to; ++i) {
+      if (known && b.known_zero.Test(first + i)) {
+        out[i] = zero_hash;
+        continue;
+      }
       const uint8_t* page = b.page(first + i);
       out[i] = IsZeroPage(page) ? zero_hash : XXH3_64bits(page, kPageSize);
     }

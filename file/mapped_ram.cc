@@ -645,6 +645,11 @@ class MappedRamReceiver final : public PageReceiver {
     }
 
     FERRY_RETURN_IF_ERROR(LoadPages(b, h, present).WithContext(where));
+    // The pages loaded are no longer known to be zero; holes (and gaps read
+    // along, zeroed again) still are.
+    if (b.known_zero.size() == pages) {
+      for (size_t w = 0; w < present.words().size(); ++w) b.known_zero.words()[w] &= ~present.words()[w];
+    }
 
     // The main stream goes on after the page region.
     const uint64_t resume = h.pages_offset + b.used_length;
@@ -717,6 +722,10 @@ class MappedRamReceiver final : public PageReceiver {
         }
         const uint64_t next = present.FindNextSet(j);
         if (next >= end || next - j >= kMinPunchPages || next + 1 - i > kMaxRunPages) break;
+        // A fresh destination reads along only gaps inside one 2 MiB region
+        // that receives data anyway (one huge-page fault): holes elsewhere
+        // stay unread and unpopulated.
+        if (b.known_zero.size() != 0 && ((j - 1) >> 9) != (next >> 9)) break;
         gaps.emplace_back(j, next);
         gap_pages += next - j;
         j = next;

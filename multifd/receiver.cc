@@ -439,8 +439,16 @@ Status MultifdReceiver::ReceiveLoop(Receiver& r) {
       return Status::Internal(who + ": compressed packet " + std::to_string(h.packet_num) + " validated without zstd");
     }
 
+    // Pages this thread writes are no longer known to be zero (atomic: other
+    // receivers and the loader update the same words); a zero page still
+    // known to be zero is left alone, without a read or a fault.
+    const bool tracked = block != nullptr && block->known_zero.size() != 0;
+    if (tracked) {
+      for (uint32_t k = 0; k < h.normal_pages; ++k) block->known_zero.ClearAtomic(offsets[k] >> kPageShift);
+    }
     FERRY_RETURN_IF_ERROR(ReadPages(r, h, block, offsets));
     for (uint32_t k = h.normal_pages; k < count; ++k) {
+      if (tracked && block->known_zero.TestAtomic(offsets[k] >> kPageShift)) continue;
       uint8_t* page = block->host + offsets[k];
       if (!IsZeroPage(page)) std::memset(page, 0, kPageSize);
     }
