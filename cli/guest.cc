@@ -40,8 +40,21 @@ Result<Mapping> Mapping::Anonymous(uint64_t size, bool huge) {
   if (size == 0 || size % kPageSize) {
     return Status::InvalidArgument("RAM size must be a non-zero multiple of 4 KiB, got " + std::to_string(size));
   }
-  void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  // With huge pages asked for, the mapping starts on a 2 MiB boundary (over-
+  // mapped, the ends trimmed): every 2 MiB region of the guest can then be
+  // one huge page, so a write faults in (and zeroes) 2 MiB at once, and a
+  // region the migration never writes stays unpopulated.
+  constexpr uint64_t kHuge = 2ull << 20;
+  const uint64_t slack = huge && size >= kHuge ? kHuge : 0;
+  void* p = mmap(nullptr, size + slack, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (p == MAP_FAILED) return ErrnoStatus("mmap of " + std::to_string(size) + " bytes of guest RAM");
+  if (slack) {
+    const auto start = reinterpret_cast<uintptr_t>(p);
+    const uintptr_t aligned = (start + kHuge - 1) & ~(kHuge - 1);
+    if (aligned > start) munmap(p, aligned - start);
+    if (const uint64_t tail = start + slack - aligned; tail > 0) munmap(reinterpret_cast<void*>(aligned + size), tail);
+    p = reinterpret_cast<void*>(aligned);
+  }
   if (huge) (void)madvise(p, size, MADV_HUGEPAGE);
   Mapping m;
   m.data_ = static_cast<uint8_t*>(p);
