@@ -1,8 +1,10 @@
 #include "cli/guest.h"
 
 #include <fcntl.h>
+#include <linux/magic.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -104,9 +106,20 @@ Result<Mapping> Mapping::ReserveFile(int fd, const std::string& path, uint64_t s
   if (ftruncate(fd, 0) != 0 || ftruncate(fd, static_cast<off_t>(size)) != 0) {
     return ErrnoStatus("sizing memory file " + path + " to " + std::to_string(size) + " bytes");
   }
-  // Every block on disk now, so no page fault later finds the filesystem full.
-  if (int err = posix_fallocate(fd, 0, static_cast<off_t>(size)); err != 0) {
-    return ErrnoStatus("reserving " + std::to_string(size) + " bytes for memory file " + path, err);
+  // On a disk filesystem every block is reserved now, so that no page fault
+  // later finds the filesystem full. Not on tmpfs (/dev/shm, memfd): there a
+  // reserved block is an allocated page of memory, and the pages the
+  // migration leaves zero would all be allocated for nothing. The space
+  // there was checked against the block size before (DestinationRamLimit);
+  // should it run out anyway, a write fault is absorbed by MappedFileGuard
+  // and reported as such, and a read() into such a page fails with EFAULT,
+  // which MigrationDestination explains (core/sigbus.h).
+  struct statfs fs;
+  const bool tmpfs = fstatfs(fd, &fs) == 0 && static_cast<uint64_t>(fs.f_type) == TMPFS_MAGIC;
+  if (!tmpfs) {
+    if (int err = posix_fallocate(fd, 0, static_cast<off_t>(size)); err != 0) {
+      return ErrnoStatus("reserving " + std::to_string(size) + " bytes for memory file " + path, err);
+    }
   }
   void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
   if (p == MAP_FAILED) return ErrnoStatus("mmap " + path);

@@ -45,7 +45,8 @@ class Mapping {
   // `fd`'s file set to `size` zero bytes (truncated first), its blocks
   // reserved with posix_fallocate before it is mapped (a full filesystem
   // fails here, "No space left on device", not with SIGBUS at the first
-  // write), MAP_SHARED, covered by MappedFileGuard. `path` names it.
+  // write) -- except on tmpfs, where that would allocate every zero page --
+  // MAP_SHARED, covered by MappedFileGuard. `path` names it.
   static Result<Mapping> ReserveFile(int fd, const std::string& path, uint64_t size);
 
   // Faults every page in now (MADV_POPULATE_*), so the migration does not

@@ -136,6 +136,7 @@ Status MigrationDestination::Run(Channel& channel) {
   if (!s.ok() && !cancel_.load(std::memory_order_acquire)) {
     // EFAULT from a read into a truncated memory file: say why.
     if (Status m = CheckMappedFiles(blocks_); !m.ok()) s = m;
+    s = ExplainMappedFileFault(blocks_, s);
   }
   if (options_.receiver) {
     if (!s.ok()) options_.receiver->Abort();
@@ -143,7 +144,9 @@ Status MigrationDestination::Run(Channel& channel) {
     if (s.ok()) s = fin;
     std::lock_guard<std::mutex> lock(mu_);
     // A receiver's failure is the cause; the main stream only stopped for it.
-    if (!receiver_error_.ok() && !cancel_.load(std::memory_order_acquire)) s = receiver_error_;
+    if (!receiver_error_.ok() && !cancel_.load(std::memory_order_acquire)) {
+      s = ExplainMappedFileFault(blocks_, receiver_error_);
+    }
   }
   if (!s.ok() && cancel_.load(std::memory_order_acquire)) s = Status::Cancelled("incoming migration cancelled");
   if (options_.send_verdict && s.code() != Code::kClosed && s.code() != Code::kCancelled) {

@@ -4,6 +4,7 @@
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -82,6 +83,12 @@ Status InstallLocked() {
 
 std::string Bytes(uint64_t n) { return std::to_string(n) + " bytes"; }
 
+std::string FreeSpace(int fd) {
+  struct statvfs v;
+  if (fstatvfs(fd, &v) != 0) return "free space unknown";
+  return Bytes(static_cast<uint64_t>(v.f_bavail) * v.f_frsize) + " free";
+}
+
 }  // namespace
 
 Result<std::unique_ptr<MappedFileGuard>> MappedFileGuard::Register(void* addr, uint64_t len, int fd,
@@ -127,6 +134,15 @@ Status MappedFileGuard::Check() const {
   const bool sized = fstat(fd_.get(), &st) == 0;
   const uint64_t now = sized ? static_cast<uint64_t>(st.st_size) : 0;
   if (n == 0 && (!sized || now >= len_)) return Status::Ok();
+  if (n > 0 && sized && now >= len_) {
+    // Still long enough: the pages could not be allocated (a full tmpfs,
+    // whose pages are allocated at the first write).
+    return Status::Io("the memory file " + path_ + " could not take " + std::to_string(n) + " page" +
+                          (n > 1 ? "s" : "") + " written during the migration (the first at offset " +
+                          std::to_string(g_slots[slot_].first_fault.load(std::memory_order_relaxed)) +
+                          "): is its filesystem full? (" + FreeSpace(fd_.get()) + ") This copy cannot be trusted",
+                      ENOSPC);
+  }
   std::string msg = "the memory file " + path_ + " shrank during the migration: ";
   msg += sized ? "it is now " + Bytes(now) + ", " + Bytes(len_) + " were mapped" : Bytes(len_) + " were mapped";
   if (n > 0) {
@@ -135,6 +151,23 @@ Status MappedFileGuard::Check() const {
   }
   msg += ", so this copy cannot be trusted (another process truncated the file)";
   return Status::Io(std::move(msg), 0);
+}
+
+Status ExplainMappedFileFault(const RamBlockList& blocks, const Status& s) {
+  if (s.sys_errno() != EFAULT) return s;
+  std::lock_guard<std::mutex> lock(g_mu);
+  for (const MappedFileGuard* g : g_guards) {
+    for (const RamBlock& b : blocks) {
+      if (!g->Overlaps(b.host, b.used_length)) continue;
+      struct statvfs v;
+      if (fstatvfs(g->fd(), &v) == 0 && v.f_bavail == 0) {
+        return Status::Io(s.message() + " -- the filesystem holding the memory file " + g->path() +
+                              " is full: its pages are allocated as they are written (tmpfs)",
+                          ENOSPC);
+      }
+    }
+  }
+  return s;
 }
 
 Status CheckMappedFiles(const RamBlockList& blocks) {

@@ -52,6 +52,8 @@ class MappedFileGuard {
   // OK while no page faulted and the file still covers the mapping.
   Status Check() const;
   bool Overlaps(const void* addr, uint64_t len) const;
+  int fd() const { return fd_.get(); }
+  const std::string& path() const { return path_; }
 
  private:
   MappedFileGuard(int slot, uintptr_t start, uint64_t len, UniqueFd fd, std::string path)
@@ -66,5 +68,11 @@ class MappedFileGuard {
 
 // The first failing Check() of the guards overlapping any of `blocks`.
 Status CheckMappedFiles(const RamBlockList& blocks);
+
+// `s` (a failure) with the likely cause added when it is EFAULT and a memory
+// file of `blocks` lies on a full filesystem: the kernel copying into a page
+// it cannot allocate (read() into a tmpfs file's hole) fails that way
+// instead of raising SIGBUS. Otherwise `s` as it is.
+Status ExplainMappedFileFault(const RamBlockList& blocks, const Status& s);
 
 }  // namespace ferry

@@ -16,7 +16,10 @@
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <sys/mman.h>
+#include <linux/magic.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -298,6 +301,38 @@ void CheckDestination(Mode mode) {
 TEST(DestinationMemory, PlainStreamLeavesZeroRunsUnpopulated) { CheckDestination(Mode::kPlain); }
 TEST(DestinationMemory, MultifdLeavesZeroRunsUnpopulated) { CheckDestination(Mode::kMultifd); }
 TEST(DestinationMemory, MappedRamLoadLeavesHolesUnpopulated) { CheckDestination(Mode::kMappedRam); }
+
+// `ferry recv --memory-file` on tmpfs: the zero pages of the guest are not
+// allocated (no posix_fallocate there); the file holds the guest exactly.
+TEST(DestinationMemory, TmpfsMemoryFileAllocatesOnlyData) {
+  struct statfs fs;
+  ASSERT_EQ(statfs("/dev/shm", &fs), 0) << "/dev/shm: " << strerror(errno);
+  ASSERT_EQ(static_cast<uint64_t>(fs.f_type), TMPFS_MAGIC) << "/dev/shm is not tmpfs here";
+  TempDir dir("ferry-dstmem");
+  const std::string guest = dir.Path("guest.mem");
+  WriteGuestFile(guest);
+  if (HasFatalFailure()) return;
+  const std::string mem = "/dev/shm/ferry-dstmem-" + std::to_string(getpid()) + ".mem";
+  unlink(mem.c_str());
+  Result<Process> recv = StartFerry(
+      dir, "recv", {"recv", "tcp:127.0.0.1:0", "--memory-file", mem, "--ready-file", dir.Path("ready"), "--json"});
+  ASSERT_TRUE(recv.ok()) << recv.status().ToString();
+  Result<std::string> uri = WaitForFile(dir.Path("ready"), kReadyTimeout, &*recv);
+  ASSERT_TRUE(uri.ok()) << uri.status().ToString() << "\n" << recv->Report();
+  Result<Process> send = StartFerry(dir, "send", {"send", *uri, "--memory-file", guest});
+  ASSERT_TRUE(send.ok()) << send.status().ToString();
+  EXPECT_TRUE(ExitsWithCode(*send, 0, 120s));
+  EXPECT_TRUE(ExitsWithCode(*recv, 0, 120s));
+  struct stat st;
+  ASSERT_EQ(stat(mem.c_str(), &st), 0) << mem << ": " << strerror(errno);
+  const uint64_t allocated = static_cast<uint64_t>(st.st_blocks) * 512;
+  std::cout << "tmpfs memory file: " << (allocated >> 20) << " MiB allocated for " << (kDataBytes >> 20)
+            << " MiB of data in a " << (kGuest >> 20) << " MiB guest\n";
+  EXPECT_EQ(static_cast<uint64_t>(st.st_size), kGuest);
+  EXPECT_LE(allocated, kDataBytes + kGuest / 100);
+  EXPECT_TRUE(FilesEqual(mem, guest));
+  unlink(mem.c_str());
+}
 
 }  // namespace
 }  // namespace ferry::test
