@@ -85,7 +85,7 @@ std::string Bytes(uint64_t n) { return std::to_string(n) + " bytes"; }
 
 std::string FreeSpace(int fd) {
   struct statvfs v;
-  if (fstatvfs(fd, &v) != 0) return "free space unknown";
+  if (fstatvfs(fd, &v) != 0) return "unknown free space";
   return Bytes(static_cast<uint64_t>(v.f_bavail) * v.f_frsize) + " free";
 }
 
@@ -137,11 +137,11 @@ Status MappedFileGuard::Check() const {
   if (n > 0 && sized && now >= len_) {
     // Still long enough: the pages could not be allocated (a full tmpfs,
     // whose pages are allocated at the first write).
-    return Status::Io("the memory file " + path_ + " could not take " + std::to_string(n) + " page" +
-                          (n > 1 ? "s" : "") + " written during the migration (the first at offset " +
-                          std::to_string(g_slots[slot_].first_fault.load(std::memory_order_relaxed)) +
-                          "): is its filesystem full? (" + FreeSpace(fd_.get()) + ") This copy cannot be trusted",
-                      ENOSPC);
+    return ErrnoStatus("the memory file " + path_ + " could not take " + std::to_string(n) + " page" +
+                           (n > 1 ? "s" : "") + " written during the migration (the first at offset " +
+                           std::to_string(g_slots[slot_].first_fault.load(std::memory_order_relaxed)) +
+                           "; its filesystem has " + FreeSpace(fd_.get()) + "), so this copy cannot be trusted",
+                       ENOSPC);
   }
   std::string msg = "the memory file " + path_ + " shrank during the migration: ";
   msg += sized ? "it is now " + Bytes(now) + ", " + Bytes(len_) + " were mapped" : Bytes(len_) + " were mapped";
@@ -161,9 +161,9 @@ Status ExplainMappedFileFault(const RamBlockList& blocks, const Status& s) {
       if (!g->Overlaps(b.host, b.used_length)) continue;
       struct statvfs v;
       if (fstatvfs(g->fd(), &v) == 0 && v.f_bavail == 0) {
-        return Status::Io(s.message() + " -- the filesystem holding the memory file " + g->path() +
-                              " is full: its pages are allocated as they are written (tmpfs)",
-                          ENOSPC);
+        return ErrnoStatus(s.message() + " -- the filesystem holding the memory file " + g->path() +
+                               " is full (its pages are allocated as they are written)",
+                           ENOSPC);
       }
     }
   }
