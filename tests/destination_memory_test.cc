@@ -102,17 +102,18 @@ uint64_t StatusKiB(const char* field) {
   return 0;
 }
 
-// AnonHugePages of the mapping that starts at `addr` (/proc/self/smaps).
+// AnonHugePages of the mapping (VMA) holding `addr` (/proc/self/smaps).
 uint64_t HugeBytesAt(const void* addr) {
   std::ifstream f("/proc/self/smaps");
   std::string line;
-  char want[32];
-  std::snprintf(want, sizeof(want), "%lx-", reinterpret_cast<unsigned long>(addr));
+  const auto a = reinterpret_cast<uintptr_t>(addr);
   bool in = false;
   while (std::getline(f, line)) {
-    if (!line.empty() && std::isxdigit(static_cast<unsigned char>(line[0])) && line.find('-') != std::string::npos &&
-        line.find(' ') > line.find('-')) {
-      in = line.rfind(want, 0) == 0;
+    unsigned long start = 0, end = 0;
+    char dash = 0;
+    std::istringstream head(line);
+    if (head >> std::hex >> start >> dash >> end && dash == '-' && line.find(':') > line.find(' ')) {
+      in = start <= a && a < end;
       continue;
     }
     if (in && line.rfind("AnonHugePages:", 0) == 0) {
