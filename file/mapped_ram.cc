@@ -19,6 +19,7 @@
 #include <utility>
 #include <vector>
 
+#include "core/thp.h"
 #include "core/wire.h"
 #include "core/zero_page.h"
 #include "file/io_engine.h"
@@ -644,6 +645,7 @@ class MappedRamReceiver final : public PageReceiver {
       }
     }
 
+    huge_ = ThpEligible(b.host);
     FERRY_RETURN_IF_ERROR(LoadPages(b, h, present).WithContext(where));
     // The pages loaded are no longer known to be zero; holes (and gaps read
     // along, zeroed again) still are.
@@ -723,9 +725,9 @@ class MappedRamReceiver final : public PageReceiver {
         const uint64_t next = present.FindNextSet(j);
         if (next >= end || next - j >= kMinPunchPages || next + 1 - i > kMaxRunPages) break;
         // A fresh destination reads along only gaps inside one 2 MiB region
-        // that receives data anyway (one huge-page fault): holes elsewhere
-        // stay unread and unpopulated.
-        if (b.known_zero.size() != 0 && ((j - 1) >> 9) != (next >> 9)) break;
+        // that receives data anyway and is one huge page (one fault either
+        // way): holes elsewhere stay unread and unpopulated.
+        if (b.known_zero.size() != 0 && (!huge_ || ((j - 1) >> 9) != (next >> 9))) break;
         gaps.emplace_back(j, next);
         gap_pages += next - j;
         j = next;
@@ -801,6 +803,7 @@ class MappedRamReceiver final : public PageReceiver {
   const FileOptions options_;
   NoteOnce note_;
   bool opened_ = false;  // loader thread
+  bool huge_ = false;    // the block being loaded can take transparent huge pages
   std::vector<std::unique_ptr<Reader>> readers_;
   std::atomic<bool> aborted_{false};
 };
