@@ -96,7 +96,10 @@ void UnpopulatedFinder::Scan(RamBlock& b, Pass pass, bool markers_look_swapped) 
 // Begin: sets the bits of unpopulated pages (bits start clear). Confirm:
 // clears the bits of populated ones.
 bool UnpopulatedFinder::ScanIoctl(RamBlock& b, Pass pass, bool markers_look_swapped) {
-  std::vector<PageRegion> vec(kVecLen);
+  // Not zeroed: the kernel writes only the regions it returns, so only the
+  // pages of the vector it fills are ever faulted in.
+  if (!regions_) regions_ = std::make_unique_for_overwrite<uint8_t[]>(kVecLen * sizeof(PageRegion));
+  auto* vec = reinterpret_cast<PageRegion*>(regions_.get());
   const uint64_t base = reinterpret_cast<uint64_t>(b.host);
   const uint64_t end = base + b.used_length;
   // The regions returned are the populated ones ("any of" present, swapped);
@@ -117,8 +120,8 @@ bool UnpopulatedFinder::ScanIoctl(RamBlock& b, Pass pass, bool markers_look_swap
     a.size = sizeof(a);
     a.start = cur;
     a.end = end;
-    a.vec = reinterpret_cast<uint64_t>(vec.data());
-    a.vec_len = vec.size();
+    a.vec = reinterpret_cast<uint64_t>(vec);
+    a.vec_len = kVecLen;
     a.category_anyof_mask = populated;
     a.return_mask = populated | kPageIsPfnZero;
     int n;
@@ -140,7 +143,7 @@ bool UnpopulatedFinder::ScanIoctl(RamBlock& b, Pass pass, bool markers_look_swap
       gap_from = re;
       if (pass == Pass::kConfirm) ClearKnownZero(b, (rs - base) >> kPageShift, (re - rs) >> kPageShift);
     }
-    if (static_cast<size_t>(n) < vec.size()) break;  // walked to the end
+    if (static_cast<size_t>(n) < kVecLen) break;  // walked to the end
     // Vector full: resume where the walk stopped.
     const uint64_t next = std::max(a.walk_end, gap_from);
     if (next <= cur || next > end) {
@@ -155,7 +158,7 @@ bool UnpopulatedFinder::ScanIoctl(RamBlock& b, Pass pass, bool markers_look_swap
 }
 
 bool UnpopulatedFinder::ScanPagemapReads(RamBlock& b, Pass pass, bool markers_look_swapped) {
-  std::vector<uint64_t> e(kPagemapChunk);
+  auto e = std::make_unique_for_overwrite<uint64_t[]>(kPagemapChunk);
   const uint64_t first_vpn = reinterpret_cast<uint64_t>(b.host) >> kPageShift;
   const uint64_t pages = b.pages();
   const uint64_t populated = (pass == Pass::kConfirm && markers_look_swapped) ? kPmPresent : (kPmPresent | kPmSwap);
@@ -164,7 +167,7 @@ bool UnpopulatedFinder::ScanPagemapReads(RamBlock& b, Pass pass, bool markers_lo
     const ssize_t want = static_cast<ssize_t>(n * 8);
     ssize_t got;
     do {
-      got = ::pread(pagemap_.get(), e.data(), want, static_cast<off_t>((first_vpn + i) * 8));
+      got = ::pread(pagemap_.get(), e.get(), want, static_cast<off_t>((first_vpn + i) * 8));
     } while (got < 0 && errno == EINTR);
     ++stats_.calls;
     if (got != want) {

@@ -23,7 +23,9 @@
 // entries, so there it only drops pages that became present.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
+#include <memory>
 #include <string>
 
 #include "core/ram_block.h"
@@ -57,6 +59,7 @@ class UnpopulatedFinder {
   bool ScanHoles(RamBlock& b, Pass pass);
 
   UniqueFd pagemap_;
+  std::unique_ptr<uint8_t[]> regions_;  // PAGEMAP_SCAN result vector
   bool opened_ = false;
   bool ioctl_works_ = true;
   UnpopulatedStats stats_;
