@@ -26,13 +26,17 @@ Mapping::~Mapping() {
   if (data_) munmap(data_, size_);
 }
 Mapping::Mapping(Mapping&& o) noexcept
-    : data_(std::exchange(o.data_, nullptr)), size_(std::exchange(o.size_, 0)), guard_(std::move(o.guard_)) {}
+    : data_(std::exchange(o.data_, nullptr)),
+      size_(std::exchange(o.size_, 0)),
+      fd_(std::move(o.fd_)),
+      guard_(std::move(o.guard_)) {}
 Mapping& Mapping::operator=(Mapping&& o) noexcept {
   if (this != &o) {
     guard_.reset();
     if (data_) munmap(data_, size_);
     data_ = std::exchange(o.data_, nullptr);
     size_ = std::exchange(o.size_, 0);
+    fd_ = std::move(o.fd_);
     guard_ = std::move(o.guard_);
   }
   return *this;
@@ -79,6 +83,31 @@ Status Mapping::Populate(bool write) {
   return Status::Ok();
 }
 
+Status Mapping::PopulateData() {
+  if (!fd_.valid()) return Status::Ok();
+  const off_t end = static_cast<off_t>(size_);
+  off_t pos = 0;
+  while (pos < end) {
+    off_t data = lseek(fd_.get(), pos, SEEK_DATA);
+    if (data < 0) {
+      if (errno == ENXIO) break;  // only holes from here
+      return Populate(/*write=*/false);  // no SEEK_DATA: everything is data
+    }
+    off_t hole = lseek(fd_.get(), data, SEEK_HOLE);
+    if (hole < 0 || hole > end) hole = end;
+    const uint64_t first = static_cast<uint64_t>(data) & kPageMask;
+    const uint64_t last = std::min<uint64_t>((static_cast<uint64_t>(hole) + kPageSize - 1) & kPageMask, size_);
+    if (last > first && madvise(data_ + first, last - first, MADV_POPULATE_READ) != 0) {
+      if (errno != EINVAL) return ErrnoStatus("prefaulting guest memory");
+      volatile uint8_t sink = 0;
+      for (uint64_t off = first; off < last; off += kPageSize) sink = sink + data_[off];
+    }
+    if (hole <= pos) break;
+    pos = hole;
+  }
+  return Status::Ok();
+}
+
 Result<Mapping> Mapping::OpenFile(const std::string& path, bool writable) {
   UniqueFd fd(open(path.c_str(), (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC));
   if (!fd.valid()) return ErrnoStatus("open memory file " + path);
@@ -96,6 +125,7 @@ Result<Mapping> Mapping::OpenFile(const std::string& path, bool writable) {
   m.data_ = static_cast<uint8_t*>(p);
   m.size_ = size;
   FERRY_ASSIGN_OR_RETURN(m.guard_, MappedFileGuard::Register(p, size, fd.get(), path));
+  m.fd_ = std::move(fd);  // SEEK_HOLE finds the pages never written
   return m;
 }
 
@@ -158,6 +188,12 @@ Result<FillSpec> ParseFill(const std::string& text) {
   return f;
 }
 
+Result<FillSpec::Layout> ParseLayout(const std::string& text) {
+  if (text == "pages") return FillSpec::Layout::kPages;
+  if (text == "runs") return FillSpec::Layout::kRuns;
+  return Status::InvalidArgument("--layout must be pages or runs, got '" + text + "'");
+}
+
 namespace {
 
 uint64_t SplitMix(uint64_t& s) {
@@ -172,7 +208,12 @@ constexpr const char* kWords[] = {"migration ", "memory ", "page ", "guest ", "d
 
 void FillPage(uint8_t* page, uint64_t index, const FillSpec& spec, uint64_t seed) {
   uint64_t s = seed * 0x2545f4914f6cdd1dull + index;
-  const unsigned pick = SplitMix(s) % 100;
+  unsigned pick = SplitMix(s) % 100;
+  if (spec.layout == FillSpec::Layout::kRuns) {
+    // One pick per 2 MiB run (512 pages), from its own stream.
+    uint64_t rs = (seed ^ 0x52554e53ull) * 0x9e3779b97f4a7c15ull + (index >> 9);
+    pick = SplitMix(rs) % 100;
+  }
   if (pick < spec.random_pct) {
     // xorshift-multiply stream: fast and incompressible.
     uint64_t x = SplitMix(s) | 1;
@@ -225,15 +266,19 @@ SyntheticGuest::~SyntheticGuest() { StopWriter(); }
 
 Status SyntheticGuest::Init(Mapping memory) {
   mem_ = std::move(memory);
-  return blocks_.Add("ram", mem_.data(), mem_.size());
+  FERRY_RETURN_IF_ERROR(blocks_.Add("ram", mem_.data(), mem_.size()));
+  blocks_[0].backing_fd = mem_.fd();  // -1 for anonymous memory
+  return Status::Ok();
 }
 
-void SyntheticGuest::StartWriter(uint64_t rate, uint64_t hot_set, DirtyTracker* tracker, uint64_t seed) {
+void SyntheticGuest::StartWriter(uint64_t rate, uint64_t hot_set, DirtyTracker* tracker, uint64_t seed,
+                                 uint64_t hot_offset) {
   if (rate == 0 || writer_.joinable()) return;
-  hot_set = std::clamp<uint64_t>(hot_set & kPageMask, kPageSize, mem_.size());
+  hot_offset = std::min<uint64_t>(hot_offset & kPageMask, mem_.size() - kPageSize);
+  hot_set = std::clamp<uint64_t>(hot_set & kPageMask, kPageSize, mem_.size() - hot_offset);
   writer_ = std::thread([=, this] {
     pthread_setname_np(pthread_self(), "guest-writer");
-    WriterLoop(rate, hot_set, tracker, seed);
+    WriterLoop(rate, hot_offset, hot_set, tracker, seed);
   });
 }
 
@@ -304,7 +349,8 @@ void SyntheticGuest::Resume() {
   }
 }
 
-void SyntheticGuest::WriterLoop(uint64_t rate, uint64_t hot_set, DirtyTracker* tracker, uint64_t seed) {
+void SyntheticGuest::WriterLoop(uint64_t rate, uint64_t hot_offset, uint64_t hot_set, DirtyTracker* tracker,
+                                uint64_t seed) {
   using Clock = std::chrono::steady_clock;
   const bool mark = tracker && tracker->needs_mark_dirty();
   const uint64_t hot_pages = hot_set / kPageSize;
@@ -331,7 +377,7 @@ void SyntheticGuest::WriterLoop(uint64_t rate, uint64_t hot_set, DirtyTracker* t
     uint64_t batch = std::min<uint64_t>(due > done ? due - done : 0, 256);
     for (uint64_t k = 0; k < batch; ++k) {
       const uint64_t page = SplitMix(s) % hot_pages;
-      uint8_t* p = mem_.data() + page * kPageSize + (SplitMix(s) % (kPageSize / 8)) * 8;
+      uint8_t* p = mem_.data() + hot_offset + page * kPageSize + (SplitMix(s) % (kPageSize / 8)) * 8;
       ++counter;
       std::memcpy(p, &counter, 8);
       if (mark) tracker->MarkDirty(p, 8);

@@ -23,6 +23,7 @@
 #include "core/ram_loader.h"
 #include "core/sigbus.h"
 #include "core/status.h"
+#include "core/unique_fd.h"
 
 namespace ferry::cli {
 
@@ -52,13 +53,20 @@ class Mapping {
   // Faults every page in now (MADV_POPULATE_*), so the migration does not
   // pay for first-touch faults. `write` makes the pages private and writable.
   Status Populate(bool write);
+  // For a file mapping: maps (read) only the file's data ranges (SEEK_DATA),
+  // leaving its holes unpopulated as a running guest's untouched memory is;
+  // a read fault on a hole would allocate a page. Anonymous: no-op.
+  Status PopulateData();
 
   uint8_t* data() const { return data_; }
   uint64_t size() const { return size_; }
+  // The mapped file (OpenFile), or -1.
+  int fd() const { return fd_.get(); }
 
  private:
   uint8_t* data_ = nullptr;
   uint64_t size_ = 0;
+  UniqueFd fd_;
   std::unique_ptr<MappedFileGuard> guard_;  // file mappings; released before munmap
 };
 
@@ -66,7 +74,13 @@ struct FillSpec {
   unsigned random_pct = 50;
   unsigned zero_pct = 50;
   unsigned text_pct = 0;
+  // kPages: each 4 KiB page picks its kind; kRuns: each 2 MiB run does
+  // (all its pages the same kind). Zero pages are never written either way.
+  enum class Layout { kPages, kRuns };
+  Layout layout = Layout::kPages;
 };
+// "pages" or "runs".
+Result<FillSpec::Layout> ParseLayout(const std::string& text);
 // Parses "random=50,zero=25,text=25" (missing kinds are 0; each a whole
 // number 0-100 in decimal digits; they must sum to 100).
 Result<FillSpec> ParseFill(const std::string& text);
@@ -87,10 +101,11 @@ class SyntheticGuest final : public GuestControl {
   uint8_t* memory() const { return mem_.data(); }
   uint64_t size() const { return mem_.size(); }
 
-  // Starts one writer dirtying random pages of the first `hot_set` bytes at
-  // `rate` bytes of pages per second. Writes go through `tracker` when it
-  // needs to be told (the cooperative bitmap).
-  void StartWriter(uint64_t rate, uint64_t hot_set, DirtyTracker* tracker, uint64_t seed);
+  // Starts one writer dirtying random pages of the `hot_set` bytes from
+  // `hot_offset` at `rate` bytes of pages per second. Writes go through
+  // `tracker` when it needs to be told (the cooperative bitmap).
+  void StartWriter(uint64_t rate, uint64_t hot_set, DirtyTracker* tracker, uint64_t seed,
+                   uint64_t hot_offset = 0);
   void StopWriter();
   uint64_t writes() const { return writes_.load(std::memory_order_relaxed); }
 
@@ -98,7 +113,7 @@ class SyntheticGuest final : public GuestControl {
   void Resume() override;
 
  private:
-  void WriterLoop(uint64_t rate, uint64_t hot_set, DirtyTracker* tracker, uint64_t seed);
+  void WriterLoop(uint64_t rate, uint64_t hot_offset, uint64_t hot_set, DirtyTracker* tracker, uint64_t seed);
 
   Mapping mem_;
   RamBlockList blocks_;

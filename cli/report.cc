@@ -399,3 +399,26 @@ void Progress::Stop() {
 }
 
 }  // namespace ferry::cli
+
+namespace ferry::cli {
+
+nlohmann::json ResourcesJson(const ResourceUsage& u) {
+  nlohmann::json j;
+  j["minor-faults"] = u.minor_faults;
+  j["major-faults"] = u.major_faults;
+  j["peak-rss"] = u.peak_rss;
+  j["rss-at-start"] = u.rss_at_start;
+  j["cpu-seconds"] = u.cpu_seconds;
+  return j;
+}
+
+std::string ResourcesLine(const ResourceUsage& u, uint64_t guest_bytes) {
+  char buf[256];
+  const double gib = guest_bytes / 1073741824.0;
+  snprintf(buf, sizeof(buf), "  host: %llu minor faults (%.0f per GiB of guest RAM), peak RSS %s, %.2f s CPU\n",
+           (unsigned long long)u.minor_faults, gib > 0 ? u.minor_faults / gib : 0.0, FormatBytes(u.peak_rss).c_str(),
+           u.cpu_seconds);
+  return buf;
+}
+
+}  // namespace ferry::cli

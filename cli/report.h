@@ -8,6 +8,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/resources.h"
 #include "core/stats.h"
 #include "file/inspect.h"
 
@@ -39,6 +40,11 @@ nlohmann::json StatsJson(const MigrationStats& s, bool multifd = false);
 std::string FormatBytes(double bytes);
 // Multi-line summary for people. `role` is "send" or "recv".
 std::string Summary(const std::string& role, const MigrationStats& s, const std::string& tracker);
+// The --json "resources" member: {"minor-faults", "major-faults", "peak-rss"
+// (bytes), "rss-at-start" (bytes), "cpu-seconds"} of the migration phase.
+nlohmann::json ResourcesJson(const ResourceUsage& u);
+// One summary line: "  host: N minor faults (F/GiB of guest RAM), peak RSS X, C s CPU\n".
+std::string ResourcesLine(const ResourceUsage& u, uint64_t guest_bytes);
 
 // `ferry inspect`'s output: text for people (last line = the verdict) or
 // one JSON object.

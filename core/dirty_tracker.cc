@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "core/unique_fd.h"
+#include "core/unpopulated.h"
 
 // ---------------------------------------------------------------------------
 // Kernel ABI that Debian 12's headers predate (userfaultfd.h and fs.h of
@@ -257,6 +258,7 @@ class UffdWpTracker final : public DirtyTracker {
           if (re <= rs) continue;
           const uint64_t pages = (re - rs) >> kPageShift;
           b.dirty.SetRange((rs - base) >> kPageShift, pages);
+          ClearKnownZero(b, (rs - base) >> kPageShift, pages);  // written: no longer known zero
           reported += pages;
           last_end = std::max(last_end, re);
         }
@@ -403,6 +405,7 @@ class BitmapTracker final : public DirtyTracker {
         if (s->words[w].load(std::memory_order_relaxed) == 0) continue;
         const uint64_t v = s->words[w].exchange(0, std::memory_order_acquire);
         out[w] |= v;
+        if (w < b.known_zero.words().size()) b.known_zero.words()[w] &= ~v;  // written: not known zero
         reported += std::popcount(v);
       }
     }

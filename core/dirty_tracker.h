@@ -37,7 +37,8 @@ class DirtyTracker {
   virtual Status Start(RamBlockList& blocks) = 0;
 
   // Sets, in each block's `dirty` bitmap, the pages written since the
-  // previous Sync (or since Start), and re-arms tracking for them. Returns the
+  // previous Sync (or since Start), clears their `known_zero` bits, and
+  // re-arms tracking for them. Returns the
   // number of pages it reported (including ones already set in `dirty`).
   // No write is lost: a write racing with Sync shows up in this or the next.
   virtual Result<uint64_t> Sync(RamBlockList& blocks) = 0;

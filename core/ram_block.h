@@ -82,6 +82,12 @@ struct RamBlock {
   // 0) when nothing is known. Readers that find a bit set must not touch the
   // page (a read of an unpopulated page allocates or faults it in).
   DirtyBitmap known_zero;
+  // The file behind the block when it is a MAP_SHARED mapping of one (shmem,
+  // memfd, a file on disk), and where in that file the block starts; -1 for
+  // anonymous memory. Set by the embedder; lets the source find the block's
+  // never-written pages with SEEK_HOLE instead of the page tables. Not owned.
+  int backing_fd = -1;
+  uint64_t backing_offset = 0;
 
   uint64_t pages() const { return used_length >> kPageShift; }
   uint8_t* page(uint64_t index) const { return host + (index << kPageShift); }

@@ -45,8 +45,13 @@ bool RamSaver::SendSome(uint64_t budget) {
       if (i >= n) break;
       b.dirty.Clear(i);
       page_ = i + 1;
-      bool zero = detect_zero_ && IsZeroPage(b.page(i));
-      if (zero) {
+      // A page known to be zero (never populated) is not read: reading it
+      // would populate it. The sink gets it as zero whoever detects zeros
+      // (the multifd sink then puts it in a packet's zero list, or sends it
+      // as data from a zero buffer under zero-page-detection=none).
+      const bool known_zero = b.KnownZero(i);
+      bool zero = known_zero || (detect_zero_ && IsZeroPage(b.page(i)));
+      if (zero && detect_zero_) {
         ++counters_.zero_pages;
       } else {
         ++counters_.normal_pages;

@@ -7,7 +7,8 @@
 // The saver walks each block's dirty bitmap in order, clears a page's bit
 // before reading the page, and gives the page to its PageSink. With
 // `detect_zero` it tests pages itself (QEMU 7.2's "legacy" detection) and
-// sends zero pages as ZERO records.
+// sends zero pages as ZERO records. Pages whose RamBlock::known_zero bit is
+// set are never read: they go to the sink as zero pages in every mode.
 #pragma once
 
 #include <cstdint>

@@ -9,6 +9,7 @@
 #include "core/ram_saver.h"
 #include "core/sigbus.h"
 #include "core/stream.h"
+#include "core/unpopulated.h"
 #include "core/verify.h"
 #include "core/wire.h"
 
@@ -234,8 +235,15 @@ Status MigrationSource::RunInner(Channel& channel, bool await_confirmation) {
   RamSaver saver(blocks_, w, *sink, saver_zero);
   const bool verify = params_.verify && !params_.qemu_compat;
 
-  // Tracking starts before the first page is read, so no write is missed.
+  // Never-populated memory is found before tracking starts (the uffd-wp
+  // tracker's markers hide it afterwards) and confirmed right after: what
+  // the guest populated in between loses its bit; later writes are the
+  // tracker's to report. Tracking starts before the first page is read, so
+  // no write is missed.
+  UnpopulatedFinder unpopulated;
+  unpopulated.Begin(blocks_);
   FERRY_RETURN_IF_ERROR(tracker_.Start(blocks_).WithContext("dirty tracking (" + std::string(tracker_.name()) + ")"));
+  unpopulated.Confirm(blocks_, tracker_.name() == "uffd-wp");
   saver.MarkAllDirty();
   uint64_t syncs = 1;
 

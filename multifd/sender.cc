@@ -89,7 +89,14 @@ struct Batch {
   RamBlock* block = nullptr;
   uint32_t count = 0;
   uint64_t index[kPagesPerPacket];
+  // Bit k: page k is known to be zero (never populated): the sender does not
+  // read it. Set only for pages the saver flagged; see MultifdSink::Page.
+  uint64_t known_zero[kPagesPerPacket / 64] = {};
 };
+
+// Page data for known-zero pages sent as normal pages
+// (zero-page-detection=none): never written, so zero-copy may send it too.
+alignas(4096) const uint8_t kZeroPageData[kPageSize] = {};
 
 struct Job {
   enum class Kind : uint8_t { kPages, kSync };
@@ -221,6 +228,7 @@ class MultifdSink final : public PageSink {
   const bool flush_each_section_;
   const bool zero_copy_;
   const bool detect_zero_;        // sender threads test pages (zero-page-detection=multifd)
+  const bool legacy_zero_;        // the saver tests pages; zeros go to the main stream
   const uint32_t compression_;    // wire flag bits for packets with pages
   const int zstd_level_;
   const ZeroCheck* zero_check_ = nullptr;
@@ -258,6 +266,7 @@ MultifdSink::MultifdSink(const MigrationParams& params, std::vector<std::unique_
       flush_each_section_(params.multifd_flush_after_each_section),
       zero_copy_(params.zero_copy_send),
       detect_zero_(params.zero_page_detection == MigrationParams::ZeroPageDetection::kMultifd),
+      legacy_zero_(params.zero_page_detection == MigrationParams::ZeroPageDetection::kLegacy),
       compression_(params.multifd_compression == MigrationParams::Compression::kZstd ? kCompressionZstd
                                                                                      : kCompressionNone),
       zstd_level_(params.multifd_zstd_level) {
@@ -320,7 +329,12 @@ void MultifdSink::Page(RamBlock& block, uint64_t page_index, bool zero) {
     PropagateError();
     return;
   }
-  if (zero) {
+  // `zero` from a saver that detects zeros (legacy): a ZERO record in the main
+  // stream, as QEMU does. Otherwise the saver only flags pages known to be
+  // zero without reading them: they go in the packet like any page (as a
+  // zero page, or as data under zero-page-detection=none, as QEMU would put
+  // them on the wire), but the sender does not read them.
+  if (zero && legacy_zero_) {
     WriteZeroRecord(block, page_index);
     return;
   }
@@ -328,6 +342,7 @@ void MultifdSink::Page(RamBlock& block, uint64_t page_index, bool zero) {
     if (!Dispatch()) return PropagateError();
   }
   cur_.block = &block;
+  if (zero) cur_.known_zero[cur_.count >> 6] |= 1ull << (cur_.count & 63);
   cur_.index[cur_.count++] = page_index;
   if (cur_.count == kPagesPerPacket && !Dispatch()) PropagateError();
 }
@@ -373,6 +388,8 @@ bool MultifdSink::Dispatch() {
       j.batch.block = cur_.block;
       j.batch.count = cur_.count;
       std::memcpy(j.batch.index, cur_.index, cur_.count * sizeof(cur_.index[0]));
+      std::memcpy(j.batch.known_zero, cur_.known_zero, sizeof(cur_.known_zero));
+      std::memset(cur_.known_zero, 0, sizeof(cur_.known_zero));
       ++pick->size;
       dispatched_estimate_ += kMetaBytes + uint64_t{cur_.count} * kPageSize;
       next_channel_ = (pick->id + 1) % n;
@@ -573,6 +590,7 @@ void MultifdSink::SenderLoop(Sender& s) {
       job.batch.block = front.batch.block;
       job.batch.count = front.batch.count;
       std::memcpy(job.batch.index, front.batch.index, front.batch.count * sizeof(front.batch.index[0]));
+      std::memcpy(job.batch.known_zero, front.batch.known_zero, sizeof(front.batch.known_zero));
       s.head = (s.head + 1) % kQueueDepth;
       --s.size;
       producer_cv_.notify_all();
@@ -600,9 +618,14 @@ Status MultifdSink::SendPages(Sender& s, const Batch& b) {
   const uint8_t* normal_host[kPagesPerPacket];
   uint32_t normal = 0, zeros = 0;
   for (uint32_t k = 0; k < b.count; ++k) {
-    const uint8_t* host = b.block->page(b.index[k]);
     const uint64_t off = b.index[k] << kPageShift;
-    if (detect_zero_ && zero_check_->is_zero(host)) {
+    const bool known_zero = (b.known_zero[k >> 6] >> (k & 63)) & 1;
+    if (known_zero && detect_zero_) {
+      zero_off[zeros++] = off;
+      continue;
+    }
+    const uint8_t* host = known_zero ? kZeroPageData : b.block->page(b.index[k]);
+    if (!known_zero && detect_zero_ && zero_check_->is_zero(host)) {
       zero_off[zeros++] = off;
     } else {
       normal_host[normal] = host;

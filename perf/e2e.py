@@ -495,6 +495,75 @@ def meminfo_kib(key):
 # --------------------------------------------------------------------------
 # Pattern file
 
+def guest_touched(args, size):
+    """Bytes of guest RAM holding data: anon: half; sparse: --touched."""
+    if args.guest == "anon":
+        return size // 2
+    if args.guest == "sparse":
+        return min(args.touched, size)
+    return size // 2 if args.content == "halves" else size
+
+
+def make_random_pieces(prefix, nbytes):
+    """Files PREFIX.N of random data, 1 GiB each (the last one shorter), for
+    QEMU's -device loader. Reused when present with the right size."""
+    pieces = []
+    for i in range((nbytes + GIB - 1) // GIB):
+        n = min(GIB, nbytes - i * GIB)
+        path = f"{prefix}.{i}"
+        pieces.append(path)
+        if os.path.exists(path) and os.path.getsize(path) == n:
+            continue
+        tmp = f"{path}.{os.getpid()}.tmp"
+        RES.files.append(tmp)
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            def fill(off):
+                os.pwrite(fd, os.urandom(min(CHUNK, n - off)), off)
+            with ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1)) as ex:
+                for _ in ex.map(fill, range(0, n, CHUNK), chunksize=8):
+                    pass
+        finally:
+            os.close(fd)
+        os.rename(tmp, path)
+        RES.files.remove(tmp)
+    return pieces
+
+
+FAULT_PROBE = 1 * GIB
+
+
+def measure_fault_costs(nbytes=FAULT_PROBE):
+    """This machine's cost of one anonymous page fault, 4 KiB pages and 2 MiB
+    THP: touch fresh memory once per page, minus the loop's own cost (a second
+    pass over the same, now populated, pages). Microseconds per fault."""
+    import mmap
+    import resource
+    out = {}
+    for kind, step, advice in (("4k", 4096, getattr(mmap, "MADV_NOHUGEPAGE", None)),
+                               ("2m", 2 * MIB, getattr(mmap, "MADV_HUGEPAGE", None))):
+        m = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        try:
+            if advice is not None:
+                m.madvise(advice)
+            offs = range(0, nbytes, step)
+            f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            t0 = time.perf_counter()
+            for off in offs:
+                m[off] = 1
+            t1 = time.perf_counter()
+            f1 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            for off in offs:
+                m[off] = 2
+            t2 = time.perf_counter()
+        finally:
+            m.close()
+        faults = max(1, f1 - f0)
+        out[kind] = {"faults": f1 - f0, "us_per_fault": ((t1 - t0) - (t2 - t1)) / faults * 1e6,
+                     "bytes": nbytes}
+    return out
+
+
 def chunk_is_random(layout, idx, nchunks):
     if layout == "halves":
         return idx < nchunks // 2
@@ -635,7 +704,7 @@ def run_ferry(args, variant, pattern, size, workdir, run_idx):
         return BenchError("\n".join(parts))
 
     recv_cmd = [args.ferry, "recv", "tcp:127.0.0.1:0", "--ready-file", ready, "--json"]
-    if args.dst_prealloc:
+    if args.dst_prealloc and args.guest == "shmem":
         recv_cmd += ["--ram", str(size), "--prealloc"]
     recv_cmd += variant["args"] + args.ferry_recv_arg
     recv = RES.spawn(wrap_time(f["recv.time"], recv_cmd), f["recv.out"], f["recv.err"])
@@ -650,7 +719,14 @@ def run_ferry(args, variant, pattern, size, workdir, run_idx):
         RES.stop(recv)
         raise failure(f"recv wrote an unexpected URI {uri!r} to its ready file", "recv")
     port = int(m.group(2))
-    send_cmd = [args.ferry, "send", f"tcp:127.0.0.1:{port}", "--memory-file", pattern, "--json"]
+    if args.guest == "shmem":
+        send_cmd = [args.ferry, "send", f"tcp:127.0.0.1:{port}", "--memory-file", pattern, "--json"]
+    else:
+        # Anonymous synthetic guest, no prealloc: 2 MiB runs of random data
+        # (about `touched` bytes of them), the rest never touched.
+        pct = max(1, min(99, round(100 * guest_touched(args, size) / size)))
+        send_cmd = [args.ferry, "send", f"tcp:127.0.0.1:{port}", "--ram", str(size), "--json",
+                    "--fill", f"random={pct},zero={100 - pct}", "--layout", "runs"]
     send_cmd += variant["args"] + args.ferry_send_arg
     settle(args)
 
@@ -719,6 +795,12 @@ def run_ferry(args, variant, pattern, size, workdir, run_idx):
         if rmfd:
             wire, mfd, wire_from = rwire, rmfd, "recv"
             log("  note: ferry send's JSON has no multifd bytes; wire bytes from recv's JSON")
+    # The migration phase only (ferry's --json "resources"; GNU time's
+    # figures above include the guest's fill).
+    sres, rres = sj.get("resources") or {}, rj.get("resources") or {}
+    mig = {"mig_minflt_src": sres.get("minor-faults"), "mig_minflt_dst": rres.get("minor-faults"),
+           "mig_rss_growth_mib_src": ((sres["peak-rss"] - sres["rss-at-start"]) / MIB
+                                      if "peak-rss" in sres and "rss-at-start" in sres else None)}
     normal = (rj.get("ram") or {}).get("normal-bytes")
     normal_send = (sj.get("ram") or {}).get("normal-bytes")
     if not isinstance(normal, (int, float)):
@@ -740,6 +822,7 @@ def run_ferry(args, variant, pattern, size, workdir, run_idx):
         "minflt_src": st["minflt"], "minflt_dst": rt["minflt"],
         "majflt_src": st["majflt"], "majflt_dst": rt["majflt"],
         "verified": rj.get("verified"),
+        **mig,
         "send_time": st,
         "recv_time": rt,
         "send_json": sj,
@@ -814,16 +897,31 @@ class QMP:
             pass
 
 
-def qemu_spot_check(qmp, pattern, size):
-    """Compare 16 bytes at a few guest addresses with the pattern file (HMP xp)."""
+def qemu_spot_check(qmp, pattern, size, touched=None):
+    """Compare 16 bytes at a few guest addresses with the pattern file (HMP xp).
+    touched: the pattern file holds only the first `touched` bytes (anonymous
+    guests), zeros beyond."""
     nchunks = size // CHUNK
     offsets = sorted({0, CHUNK + 4096, size // 2 - 16, size // 2, size - 16,
                       (nchunks // 3) * CHUNK + 12345 * 16})
+    if touched is not None:
+        offsets = sorted(set(offsets) | {touched - 16, touched})
     bad = []
-    with open(pattern, "rb") as f:
+
+    def want_at(off):
+        if touched is None:
+            with open(pattern, "rb") as f:
+                f.seek(off)
+                return f.read(16)
+        if off + 16 > touched:
+            return bytes(16)
+        with open(pattern[off // GIB], "rb") as f:   # pieces of 1 GiB
+            f.seek(off % GIB)
+            return f.read(16)
+
+    if True:
         for off in offsets:
-            f.seek(off)
-            want = f.read(16)
+            want = want_at(off)
             out = qmp.execute("human-monitor-command", {"command-line": f"xp /2gx {off:#x}"})
             vals = re.findall(r"0x([0-9a-fA-F]{16})", out.split(":", 1)[-1])
             got = b"".join(int(v, 16).to_bytes(8, "little") for v in vals[:2])
@@ -849,7 +947,13 @@ def run_qemu(args, qemu, variant, pattern, size, workdir, run_idx):
     base = qemu_argv(qemu) + ["-M", "none", "-m", mem, "-accel", "tcg", "-nodefaults",
             "-nographic", "-display", "none", "-S"]
     src_cmd = list(base)
-    if args.qemu_ram == "loader":
+    if args.guest != "shmem":
+        # Default anonymous RAM, never prefaulted; -device loader writes the
+        # random data (pieces of at most 1 GiB: QEMU 7.2's loader reads a file
+        # with one read(), capped at 2 GiB - 4 KiB); the rest stays untouched.
+        for i, piece in enumerate(args.random_pieces):
+            src_cmd += ["-device", f"loader,file={piece},addr={i * GIB:#x},force-raw=on"]
+    elif args.qemu_ram == "loader":
         src_cmd += ["-device", f"loader,file={pattern},addr=0,force-raw=on"]
     else:
         # Guest RAM backed by the pattern file itself. private: MAP_PRIVATE and
@@ -866,7 +970,7 @@ def run_qemu(args, qemu, variant, pattern, size, workdir, run_idx):
     # The destination starts with -incoming defer: multifd's capability and
     # parameters must be set before it listens (QMP migrate-incoming).
     dst_cmd = list(base)
-    if args.dst_prealloc:
+    if args.dst_prealloc and args.guest == "shmem":
         # Same treatment as `ferry recv --prealloc`: guest RAM faulted in
         # before the migration starts.
         dst_cmd[dst_cmd.index("none")] = "none,memory-backend=ram"
@@ -941,7 +1045,9 @@ def run_qemu(args, qemu, variant, pattern, size, workdir, run_idx):
         lo_bytes = octets_delta(oct0)
         hwm_src = proc_status_kib(src.pid, "VmHWM") / 1024.0
         hwm_dst = proc_status_kib(dst.pid, "VmHWM") / 1024.0
-        bad = qemu_spot_check(dq, pattern, size)
+        src_rss_after = proc_status_kib(src.pid, "VmRSS") / 1024.0
+        bad = qemu_spot_check(dq, args.random_pieces if args.guest != "shmem" else pattern, size,
+                              guest_touched(args, size) if args.guest != "shmem" else None)
         if bad:
             raise BenchError(f"QEMU destination RAM differs from the pattern file at {len(bad)} "
                              f"spot(s), first: {bad[0]}")
@@ -978,6 +1084,10 @@ def run_qemu(args, qemu, variant, pattern, size, workdir, run_idx):
         # Faults and CPU during the migration only (QEMU's start-up and RAM fill excluded).
         "minflt_src": f_src1[0] - f_src0[0], "minflt_dst": f_dst1[0] - f_dst0[0],
         "majflt_src": f_src1[1] - f_src0[1], "majflt_dst": f_dst1[1] - f_dst0[1],
+        "mig_minflt_src": f_src1[0] - f_src0[0], "mig_minflt_dst": f_dst1[0] - f_dst0[0],
+        # VmHWM may predate the migration (the loader's copy): growth is
+        # measured on VmRSS before and after instead.
+        "mig_rss_growth_mib_src": src_rss_after - src_rss_before,
         "qemu_version": qemu.get("version"),
         "rss_before_migration_mib_src": src_rss_before,
         "rss_before_migration_mib_dst": dst_rss_before,
@@ -1049,7 +1159,8 @@ def run_iperf(args, variant, nbytes, workdir, run_idx):
 NUMERIC = ("time_s", "wall_s", "cpu_s_per_gib_src", "cpu_s_per_gib_dst",
            "peak_rss_mib_src", "peak_rss_mib_dst", "gib_per_s",
            "minflt_src", "minflt_dst", "majflt_src", "majflt_dst",
-           "wire_bytes", "multifd_bytes", "normal_bytes", "lo_bytes")
+           "wire_bytes", "multifd_bytes", "normal_bytes", "lo_bytes",
+           "mig_minflt_src", "mig_minflt_dst", "mig_rss_growth_mib_src")
 
 
 def summarize(runs):
@@ -1119,7 +1230,12 @@ def print_report(res, size, args):
     print()
     print(f"ferry e2e benchmark  {res['timestamp']}  host {res['host']['cpu']} "
           f"({res['host']['cpus']} CPUs)")
-    if args.content == "halves":
+    if args.guest != "shmem":
+        t = guest_touched(args, size)
+        print(f"guest RAM {fmt_size(size)}, {args.guest}: anonymous, {fmt_size(t)} random data, the rest never "
+              f"touched (ferry: 2 MiB runs; QEMU: -device loader from address 0), no prealloc on either side; "
+              f"idle; all on 127.0.0.1; repeat {args.repeat}")
+    elif args.content == "halves":
         print(f"guest RAM {fmt_size(size)}: {fmt_size(size // 2)} random + {fmt_size(size // 2)} zero "
               f"(layout {args.layout}), idle; all on 127.0.0.1; repeat {args.repeat}")
     else:
@@ -1216,6 +1332,29 @@ def print_report(res, size, args):
             print(f"{name:{w}} {kilo(m.get('minflt_src')):>10} {kilo(m.get('minflt_dst')):>8} "
                   f"{kilo(m.get('majflt_src')):>10} {kilo(m.get('majflt_dst')):>6}")
         print(f"Touching all of guest RAM once with 4 KiB pages = {size // 4096 / 1000:.1f} thousand minor faults.")
+
+        # Memory discipline (issue 13): the migration phase only, per GiB of guest RAM.
+        print()
+        print(f"{'migration phase (best run)':{w}} {'faults/GiB src':>14} {'dst':>8} {'RSS growth src':>15} "
+              f"{'peak RSS src':>13} {'dst':>7}")
+        for name, m in frows:
+            if name.startswith("iperf3"):
+                continue
+
+            def per_gib(x):
+                return f2(x / gib if isinstance(x, (int, float)) else None, ".0f")
+            print(f"{name:{w}} {per_gib(m.get('mig_minflt_src')):>14} {per_gib(m.get('mig_minflt_dst')):>8} "
+                  f"{f2(m.get('mig_rss_growth_mib_src'), '.0f') + ' MiB':>15} "
+                  f"{f2(m.get('peak_rss_mib_src'), '.0f'):>13} {f2(m.get('peak_rss_mib_dst'), '.0f'):>7}")
+        print("ferry: --json \"resources\" (getrusage deltas, VmHWM); QEMU: /proc/PID/stat minflt from migrate "
+              "to completed, VmHWM; RSS growth = peak - RSS at start (ferry), VmRSS after - before (QEMU). "
+              "Targets: source 0 faults for never-populated pages (<= 1 per 2 MiB populated + a constant), "
+              "RSS growth <= 64 MiB.")
+    fc = res.get("fault_cost")
+    if fc:
+        print(f"Page fault cost on this machine, same run: 4 KiB {fc['4k']['us_per_fault']:.2f} us "
+              f"({fc['4k']['faults']} faults), 2 MiB THP {fc['2m']['us_per_fault']:.1f} us "
+              f"({fc['2m']['faults']} faults) over {fmt_size(fc['4k']['bytes'])}.")
 
     # Bytes on the wire and compression (best run).
     wrows = [(f"ferry {n}", summ[f"ferry:{n}"]["best"]) for n in fvars if f"ferry:{n}" in summ]
@@ -1371,10 +1510,18 @@ def main(argv=None):
     add_qemu_options(ap)
     ap.add_argument("--iperf3", default="iperf3")
     ap.add_argument("--results-dir", default=os.path.join(PERF_DIR, "results"))
+    ap.add_argument("--guest", choices=("shmem", "anon", "sparse"), default="shmem",
+                    help="shmem (default): the pattern file in /dev/shm, ferry send --memory-file, QEMU per "
+                         "--qemu-ram; anon: anonymous guest RAM, nothing prefaulted on either side, half of it "
+                         "random data (ferry: --ram --fill random=50,zero=50 --layout runs; QEMU: default RAM, "
+                         "-device loader writing the random half), the rest never touched; sparse: as anon "
+                         "with only --touched bytes of data (use --size 16G)")
+    ap.add_argument("--touched", type=parse_size, default=parse_size("1G"),
+                    help="--guest sparse: bytes of guest RAM holding data (default 1G)")
     args = ap.parse_args(argv)
     if args.repeat < 1:
         ap.error("--repeat must be >= 1")
-    if args.qemu_ram == "loader" and args.size > 0x7ffff000 and not args.skip_qemu:
+    if args.qemu_ram == "loader" and args.size > 0x7ffff000 and not args.skip_qemu and args.guest == "shmem":
         ap.error("--qemu-ram loader: QEMU 7.2's loader reads the file with a single read(), "
                  "which Linux caps at 2 GiB - 4 KiB; use --size 1G or --qemu-ram private")
     qemus, qemu_missing = resolve_qemus(args)
@@ -1389,7 +1536,10 @@ def main(argv=None):
     ivars = [] if args.skip_iperf else parse_variant_list(
         args.iperf_variants or preset["iperf"], parse_iperf_variant, "iperf")
     size = args.size
-    data_bytes = size if args.content == "text" else size // 2
+    if args.guest != "shmem" and args.content != "halves":
+        ap.error("--guest anon/sparse: only --content halves (random data)")
+    data_bytes = guest_touched(args, size) if args.guest != "shmem" else (
+        size if args.content == "text" else size // 2)
     for tool, skip in ((args.iperf3, args.skip_iperf), ("/usr/bin/time", False)):
         if not skip and not shutil.which(tool):
             raise UsageError(f"{tool} not found")
@@ -1401,9 +1551,17 @@ def main(argv=None):
 
     pattern = f"/dev/shm/ferry-e2e-{size // MIB}M-" \
               f"{'text' if args.content == 'text' else args.layout}.pattern"
-    need_pattern = not (args.skip_ferry and args.skip_qemu)
+    need_pattern = not (args.skip_ferry and args.skip_qemu) and args.guest == "shmem"
     if need_pattern:
         check_memory(args, size, pattern)
+    args.random_pieces = []
+    if args.guest != "shmem" and not args.skip_qemu:
+        touched = guest_touched(args, size)
+        avail = meminfo_kib("MemAvailable") * 1024
+        need = touched + size + 512 * MIB   # the pieces + the larger of the processes' RAM
+        if avail < need:
+            raise UsageError(f"MemAvailable is {avail / GIB:.1f} GiB, --guest {args.guest} needs about "
+                             f"{need / GIB:.1f} GiB")
 
     workdir = tempfile.mkdtemp(prefix="ferry-e2e-")
     if not args.keep_files:
@@ -1433,6 +1591,15 @@ def main(argv=None):
     if need_pattern:
         RES.files.append(pattern)
         res["pattern_create_s"] = make_pattern(pattern, size, args.layout, args.content)
+    if args.guest != "shmem" and not args.skip_qemu:
+        prefix = f"/dev/shm/ferry-e2e-random-{guest_touched(args, size) // MIB}M"
+        args.random_pieces = make_random_pieces(prefix, guest_touched(args, size))
+        RES.files.extend(args.random_pieces)
+        pattern = None
+    res["config"]["guest"] = args.guest
+    res["config"]["touched_bytes"] = guest_touched(args, size)
+    log("measuring this machine's page fault cost (1 GiB, 4 KiB pages, then 2 MiB THP)")
+    res["fault_cost"] = measure_fault_costs()
 
     plan = []
     for v in fvars:
