@@ -12,10 +12,9 @@
 // right: the destination's --memory-file equals the same fill computed here
 // (FillMemory, the guest's own code), byte for byte.
 //
-// These runs use -c verify=off on both sides: the digest pass on the source
-// reads every page until core/verify.cc learns to skip known-zero pages (the
-// destination-side helper's change), and each read of an untouched page
-// under uffd-wp is a fault. The byte comparison replaces it here.
+// Verification stays on (as users run it): the digest pass hashes pages
+// known to be zero without reading them, so it must not fault either. The
+// byte comparison checks the result besides.
 //
 // A live run writes INTO the untouched runs while migrating (--dirty-rate,
 // --hot-set covering the whole guest): first writes to pages the source saw
@@ -145,7 +144,7 @@ class MemoryDisciplineTest : public ::testing::Test {
   std::unique_ptr<TempDir> dir_;
 };
 
-const std::vector<std::string> kNoVerify = {"-c", "verify=off"};
+const std::vector<std::string> kVerify = {"-c", "verify=on"};
 
 std::vector<std::string> Cat(std::vector<std::string> a, const std::vector<std::string>& b) {
   a.insert(a.end(), b.begin(), b.end());
@@ -157,7 +156,7 @@ class TrackerTest : public MemoryDisciplineTest, public ::testing::WithParamInte
 TEST_P(TrackerTest, OneChannelUntouchedRunsAreNotRead) {
   json s, r;
   ASSERT_NO_FATAL_FAILURE(
-      Migrate(Cat(kNoVerify, {"--dirty-tracker", GetParam()}), kNoVerify, &s, &r, P("out.ram")));
+      Migrate(Cat(kVerify, {"--dirty-tracker", GetParam()}), kVerify, &s, &r, P("out.ram")));
   ExpectSourceBounds(s);
   ExpectMemoryFileIsTheGuest(P("out.ram"));
 }
@@ -175,7 +174,7 @@ TEST_P(MultifdTest, UntouchedRunsAreNotRead) {
   const std::vector<std::string> mf = {"-c", "multifd=on", "-p", "multifd-channels=2", "-p",
                                        "zero-page-detection=" + GetParam()};
   json s, r;
-  ASSERT_NO_FATAL_FAILURE(Migrate(Cat(kNoVerify, mf), Cat(kNoVerify, mf), &s, &r, P("out.ram")));
+  ASSERT_NO_FATAL_FAILURE(Migrate(Cat(kVerify, mf), Cat(kVerify, mf), &s, &r, P("out.ram")));
   ExpectSourceBounds(s);
   ExpectMemoryFileIsTheGuest(P("out.ram"));
 }
@@ -186,7 +185,7 @@ TEST_F(MemoryDisciplineTest, MappedRamSaveSkipsUntouchedRuns) {
   const std::string mig = P("f.mig");
   std::vector<std::string> save = {"save", mig, "--json", "-c", "mapped-ram=on"};
   save.insert(save.end(), kGuest.begin(), kGuest.end());
-  save = Cat(save, kNoVerify);
+  save = Cat(save, kVerify);
   Result<Process> s = StartFerry(*dir_, "save", save);
   ASSERT_TRUE(s.ok()) << s.status().ToString();
   ASSERT_TRUE(ExitsWithCode(*s, 0, kMigrationTimeout));
@@ -195,7 +194,7 @@ TEST_F(MemoryDisciplineTest, MappedRamSaveSkipsUntouchedRuns) {
   ExpectSourceBounds(*sj);
   Result<Process> l = StartFerry(*dir_, "load", Cat({"load", mig, "--json", "-c", "mapped-ram=on", "--memory-file",
                                                      P("out.ram")},
-                                                    kNoVerify));
+                                                    kVerify));
   ASSERT_TRUE(l.ok()) << l.status().ToString();
   ASSERT_TRUE(ExitsWithCode(*l, 0, kMigrationTimeout));
   ExpectMemoryFileIsTheGuest(P("out.ram"));
