@@ -38,6 +38,7 @@
 #include "core/wire.h"
 #include "multifd/multifd.h"
 #include "multifd/zero_detect.h"
+#include "multifd/settings.h"
 #include "multifd/zstd_codec.h"
 
 #ifndef SO_EE_ORIGIN_ZEROCOPY
@@ -273,9 +274,9 @@ MultifdSink::~MultifdSink() { StopAndJoin(/*abandon=*/true); }
 
 Status MultifdSink::Start() {
   if (senders_.empty()) return Status::InvalidArgument("multifd needs at least one channel");
-  if (zero_copy_ && compression_ != kCompressionNone) {
-    return Status::InvalidArgument("zero-copy-send cannot be combined with multifd-compression");
-  }
+  FERRY_RETURN_IF_ERROR(CheckZeroCopy(zero_copy_, compression_ == kCompressionZstd
+                                                     ? MigrationParams::Compression::kZstd
+                                                     : MigrationParams::Compression::kNone));
   if (detect_zero_) zero_check_ = &BestZeroCheck();
   // Every channel's waits are bounded like the main stream's, on its clock
   // (MigrationSource::Run set it): a channel idle while the others carry
