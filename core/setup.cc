@@ -65,7 +65,6 @@ void Connection::Apply(DestinationOptions& options) const {
   options.receiver = receiver_.get();
   if (!two_way_) options.send_verdict = false;
   options.reject_trailing_bytes = reject_trailing_bytes_;
-  options.multifd_sync_on_eos = sync_on_eos_;
 }
 
 Status Connection::Finish(MigrationStats& stats) {
@@ -111,7 +110,6 @@ DestinationOptions MigrationPlan::destination_options() const {
   DestinationOptions opts;
   opts.expect_verify = params_.verify;
   opts.machine = params_.machine;
-  opts.mapped_ram = params_.mapped_ram;
   opts.uuid = params_.uuid;
   opts.note = spec_.note;
   if (params_.qemu_compat) {

@@ -111,7 +111,8 @@ class Connection {
   bool reject_trailing_bytes() const { return reject_trailing_bytes_; }
 
   // Fills the destination's options from this connection: receiver,
-  // send_verdict, reject_trailing_bytes, multifd_sync_on_eos.
+  // send_verdict, reject_trailing_bytes. (What the receiver implies — the
+  // capabilities it expects, EOS barriers — it says itself: PageReceiver.)
   void Apply(DestinationOptions& options) const;
   // After a completed migration: makes the result durable (a file's
   // fdatasync), timed into `stats` (file_sync_ms). On failure sets the
@@ -129,7 +130,6 @@ class Connection {
   void set_receiver(std::unique_ptr<PageReceiver> r) { receiver_ = std::move(r); }
   void set_two_way(bool v) { two_way_ = v; }
   void set_reject_trailing_bytes(bool v) { reject_trailing_bytes_ = v; }
-  void set_sync_on_eos(bool v) { sync_on_eos_ = v; }
   // `step` runs in Finish; its time goes to file_sync_ms.
   void set_finish(std::function<Status()> step) { finish_ = std::move(step); }
   void set_explain(std::function<Status(const Status&)> f) { explain_ = std::move(f); }
@@ -145,7 +145,6 @@ class Connection {
   std::unique_ptr<PageReceiver> receiver_;
   bool two_way_ = false;
   bool reject_trailing_bytes_ = false;
-  bool sync_on_eos_ = false;
   std::function<Status()> finish_;
   std::function<Status(const Status&)> explain_;
 };
@@ -223,9 +222,6 @@ class Transport {
     (void)plan;
     return Status::Ok();
   }
-  // Capabilities both ends must agree on, announced in the configuration
-  // section ("mapped-ram").
-  virtual std::vector<std::string> announced_capabilities() const { return {}; }
   // Whether the stats report multifd channels for this plan.
   virtual bool reports_multifd(const PlanView& plan) const {
     (void)plan;

@@ -54,14 +54,8 @@ class FileTransport final : public Transport {
     if (name == "mapped-ram") return mapped_ram_;
     return std::nullopt;
   }
-  void Contribute(MigrationParams& params) const override {
-    params.mapped_ram = mapped_ram_;
-    params.direct_io = direct_io_;
-  }
-  std::vector<std::string> announced_capabilities() const override {
-    if (mapped_ram_) return {"mapped-ram"};
-    return {};
-  }
+  // mapped-ram and direct-io stay here: the sink factory and the receiver
+  // this transport builds carry them (and announce "mapped-ram" themselves).
 
   Status Validate(const PlanView& plan) const override {
     const MigrationParams& p = plan.params();

@@ -53,6 +53,7 @@ class MultifdReceiver final : public PageReceiver {
   Status Sync() override;
   void Abort() override;
   Status Finish() override;
+  bool sync_on_eos() const override { return sync_on_eos_; }
   void FillStats(MigrationStats& stats) const override;
   void SetProgressBound(const ProgressBound& bound) override {
     for (auto& r : receivers_) {
@@ -89,6 +90,7 @@ class MultifdReceiver final : public PageReceiver {
   bool stopped() const;  // under mu_
 
   const uint32_t expected_compression_;
+  const bool sync_on_eos_;  // multifd-flush-after-each-section: every EOS is a barrier
   std::vector<std::unique_ptr<Receiver>> receivers_;
   std::function<void(const Status&)> on_error_;
 
@@ -108,7 +110,8 @@ class MultifdReceiver final : public PageReceiver {
 
 MultifdReceiver::MultifdReceiver(const MigrationParams& params, std::vector<std::unique_ptr<Channel>> channels)
     : expected_compression_(params.multifd_compression == MigrationParams::Compression::kZstd ? kCompressionZstd
-                                                                                            : kCompressionNone) {
+                                                                                            : kCompressionNone),
+      sync_on_eos_(params.multifd_flush_after_each_section) {
   for (size_t i = 0; i < channels.size(); ++i) {
     auto r = std::make_unique<Receiver>();
     r->id = static_cast<unsigned>(i);

@@ -60,7 +60,6 @@ class MultifdTransport final : public Transport {
     conn.set_channel(std::move(in.main));
     if (settings_.enabled) {
       conn.set_receiver(MakeMultifdReceiver(ctx.plan.params(), std::move(in.multifd)));
-      conn.set_sync_on_eos(settings_.flush_after_each_section);
     }
     return Status::Ok();
   }

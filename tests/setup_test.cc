@@ -133,7 +133,7 @@ TEST(Plan, OwnersAndFacts) {
   ASSERT_TRUE(mr.ok()) << mr.status().ToString();
   EXPECT_FALSE(mr->reports_multifd());
   EXPECT_TRUE(mr->capability("mapped-ram"));
-  EXPECT_TRUE(mr->params().direct_io);
+  EXPECT_FALSE(mr->params().mapped_ram) << "file/ keeps its settings; its sink announces mapped-ram";
   EXPECT_EQ(mr->params().multifd_channels, 4u);
   EXPECT_FALSE(mr->endpoint().two_way());
 
