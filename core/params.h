@@ -41,8 +41,11 @@ struct MigrationParams {
     return std::chrono::milliseconds(uint64_t{no_progress_timeout_s} * 1000);
   }
 
-  // multifd's and file's settings: owned, parsed and checked by multifd/
-  // and file/ (their Transport), copied here for the engines that read them.
+  // multifd's and file's settings are owned, parsed and checked by multifd/
+  // (multifd/settings.h) and file/ (file/file_transport.cc); Plan
+  // (core/setup.h) does not set the fields below. They remain for engines
+  // built by hand: MultifdSinkFactory / MakeMultifdReceiver take them
+  // (converted to multifd::Settings), ConfigurationFor announces mapped_ram.
   // multifd parameters (used when the capability is on).
   enum class ZeroPageDetection { kNone, kLegacy, kMultifd };
   enum class Compression { kNone, kZstd };

@@ -45,6 +45,11 @@ std::optional<bool> Transport::capability(std::string_view name) const {
   return std::nullopt;
 }
 
+std::optional<std::string> Transport::parameter(std::string_view name) const {
+  (void)name;
+  return std::nullopt;
+}
+
 std::chrono::milliseconds OpenContext::remaining() const {
   auto left = timeout - std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start);
   return std::max(left, std::chrono::milliseconds(0));
@@ -99,6 +104,13 @@ bool MigrationPlan::capability(std::string_view name) const {
     if (std::optional<bool> on = t->capability(name)) return *on;
   }
   return false;
+}
+
+std::optional<std::string> MigrationPlan::parameter(std::string_view name) const {
+  for (const auto& t : transports_) {
+    if (std::optional<std::string> v = t->parameter(name)) return v;
+  }
+  return std::nullopt;
 }
 
 bool MigrationPlan::reports_multifd() const {

@@ -160,6 +160,8 @@ class PlanView {
   virtual const Endpoint& endpoint() const = 0;
   // Whether a capability (any transport's) is on.
   virtual bool capability(std::string_view name) const = 0;
+  // A transport's parameter as text (nullopt: no transport has it).
+  virtual std::optional<std::string> parameter(std::string_view name) const = 0;
 };
 
 // Passed to the endpoint's transport and then to every transport when a
@@ -205,10 +207,14 @@ class Transport {
   virtual Status SetParameter(std::string_view name, std::string_view value);
   virtual Status SetCapability(std::string_view name, bool on);
   virtual std::optional<bool> capability(std::string_view name) const;
+  // A parameter's current value as text, for other transports (file/ asks
+  // multifd-channels: its thread count); nullopt if not its own.
+  virtual std::optional<std::string> parameter(std::string_view name) const;
   // --qemu-compat: that generation's defaults (7.2's multifd barriers),
   // before -p / -c apply.
   virtual void ApplyQemuCompat(const MigrationParams& core) { (void)core; }
-  // Copies its settings where core code still reads them (MigrationParams).
+  // Copies settings where core code reads them (MigrationParams); the
+  // built-in transports keep theirs to themselves.
   virtual void Contribute(MigrationParams& params) const { (void)params; }
   // Checks combinations of settings (its own with core's and other
   // transports'); called in registry order, after core's checks.
@@ -274,6 +280,7 @@ class MigrationPlan final : public PlanView {
   const MigrationParams& params() const override { return params_; }
   const Endpoint& endpoint() const override { return *endpoint_; }
   bool capability(std::string_view name) const override;
+  std::optional<std::string> parameter(std::string_view name) const override;
   // The uuid multifd channels announce / expect (all zeros without --uuid).
   const Uuid& uuid() const { return uuid_; }
   // Whether --json carries the "multifd" object.

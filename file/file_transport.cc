@@ -142,7 +142,9 @@ class FileTransport final : public Transport {
     mapped_ram::FileOptions fo;
     fo.direct_io = direct_io_;
     // multifd's channels are the file threads here.
-    fo.channels = ctx.plan.capability("multifd") ? ctx.plan.params().multifd_channels : 0;
+    if (ctx.plan.capability("multifd")) {
+      fo.channels = static_cast<uint32_t>(std::stoul(ctx.plan.parameter("multifd-channels").value_or("0")));
+    }
     fo.note = ctx.note;
     if (source) {
       conn.set_sink_factory(std::make_unique<mapped_ram::MappedRamSinkFactory>(*f, std::move(fo)));

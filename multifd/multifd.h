@@ -39,6 +39,7 @@
 #include "core/ram_loader.h"
 #include "core/uri.h"
 #include "multifd/packet.h"
+#include "multifd/settings.h"
 #include "socket/socket.h"
 
 namespace ferry::multifd {
@@ -64,20 +65,25 @@ Result<IncomingChannels> AcceptMigrationChannels(Acceptor& listener, uint32_t n,
 
 class MultifdSinkFactory final : public PageSinkFactory {
  public:
-  // `channels`: connected, init packets sent (ConnectMultifd). Uses
-  // multifd_channels, zero_page_detection, multifd_compression,
-  // multifd_zstd_level, multifd_flush_after_each_section, zero_copy_send.
+  // `channels`: connected, init packets sent (ConnectMultifd). multifd's
+  // settings (multifd/settings.h; Plan's multifd transport passes its own).
+  MultifdSinkFactory(const Settings& settings, std::vector<std::unique_ptr<Channel>> channels);
+  // The same from MigrationParams' copies of them (multifd_channels,
+  // zero_page_detection, multifd_compression, multifd_zstd_level,
+  // multifd_flush_after_each_section, zero_copy_send).
   MultifdSinkFactory(const MigrationParams& params, std::vector<std::unique_ptr<Channel>> channels);
   ~MultifdSinkFactory() override;
   Result<std::unique_ptr<PageSink>> Make(StreamWriter& main) override;
   bool saver_detects_zero() const override;
 
  private:
-  MigrationParams params_;
+  Settings settings_;
   std::vector<std::unique_ptr<Channel>> channels_;
 };
 
 // Destination side. Owns the multifd channels.
+std::unique_ptr<PageReceiver> MakeMultifdReceiver(const Settings& settings,
+                                                  std::vector<std::unique_ptr<Channel>> channels);
 std::unique_ptr<PageReceiver> MakeMultifdReceiver(const MigrationParams& params,
                                                   std::vector<std::unique_ptr<Channel>> channels);
 

@@ -25,6 +25,7 @@
 
 #include "core/zero_page.h"
 #include "multifd/multifd.h"
+#include "multifd/settings.h"
 #include "multifd/packet.h"
 #include "multifd/zstd_codec.h"
 
@@ -45,7 +46,7 @@ void NameThread(const char* prefix, unsigned id) {
 
 class MultifdReceiver final : public PageReceiver {
  public:
-  MultifdReceiver(const MigrationParams& params, std::vector<std::unique_ptr<Channel>> channels);
+  MultifdReceiver(const Settings& settings, std::vector<std::unique_ptr<Channel>> channels);
   ~MultifdReceiver() override;
 
   Status Start(std::function<void(const Status&)> on_error) override;
@@ -108,10 +109,10 @@ class MultifdReceiver final : public PageReceiver {
   Status error_;                     // first failure of a receiver
 };
 
-MultifdReceiver::MultifdReceiver(const MigrationParams& params, std::vector<std::unique_ptr<Channel>> channels)
-    : expected_compression_(params.multifd_compression == MigrationParams::Compression::kZstd ? kCompressionZstd
-                                                                                            : kCompressionNone),
-      sync_on_eos_(params.multifd_flush_after_each_section) {
+MultifdReceiver::MultifdReceiver(const Settings& settings, std::vector<std::unique_ptr<Channel>> channels)
+    : expected_compression_(settings.compression == MigrationParams::Compression::kZstd ? kCompressionZstd
+                                                                                      : kCompressionNone),
+      sync_on_eos_(settings.flush_after_each_section) {
   for (size_t i = 0; i < channels.size(); ++i) {
     auto r = std::make_unique<Receiver>();
     r->id = static_cast<unsigned>(i);
@@ -461,9 +462,14 @@ Status MultifdReceiver::ReceiveLoop(Receiver& r) {
 
 }  // namespace
 
+std::unique_ptr<PageReceiver> MakeMultifdReceiver(const Settings& settings,
+                                                  std::vector<std::unique_ptr<Channel>> channels) {
+  return std::make_unique<MultifdReceiver>(settings, std::move(channels));
+}
+
 std::unique_ptr<PageReceiver> MakeMultifdReceiver(const MigrationParams& params,
                                                   std::vector<std::unique_ptr<Channel>> channels) {
-  return std::make_unique<MultifdReceiver>(params, std::move(channels));
+  return MakeMultifdReceiver(Settings::From(params), std::move(channels));
 }
 
 }  // namespace ferry::multifd

@@ -89,7 +89,7 @@ struct Job {
 
 class MultifdSink final : public PageSink {
  public:
-  MultifdSink(const MigrationParams& params, std::vector<std::unique_ptr<Channel>> channels, StreamWriter& main);
+  MultifdSink(const Settings& settings, std::vector<std::unique_ptr<Channel>> channels, StreamWriter& main);
   ~MultifdSink() override;
 
   // Turns on SO_ZEROCOPY if asked and starts the sender threads.
@@ -194,15 +194,15 @@ class MultifdSink final : public PageSink {
   bool error_published_ = false;
 };
 
-MultifdSink::MultifdSink(const MigrationParams& params, std::vector<std::unique_ptr<Channel>> channels,
+MultifdSink::MultifdSink(const Settings& settings, std::vector<std::unique_ptr<Channel>> channels,
                          StreamWriter& main)
     : main_(main),
-      flush_each_section_(params.multifd_flush_after_each_section),
-      zero_copy_(params.zero_copy_send),
-      detect_zero_(params.zero_page_detection == MigrationParams::ZeroPageDetection::kMultifd),
-      compression_(params.multifd_compression == MigrationParams::Compression::kZstd ? kCompressionZstd
+      flush_each_section_(settings.flush_after_each_section),
+      zero_copy_(settings.zero_copy_send),
+      detect_zero_(settings.zero_page_detection == MigrationParams::ZeroPageDetection::kMultifd),
+      compression_(settings.compression == MigrationParams::Compression::kZstd ? kCompressionZstd
                                                                                      : kCompressionNone),
-      zstd_level_(params.multifd_zstd_level) {
+      zstd_level_(settings.zstd_level) {
   for (size_t i = 0; i < channels.size(); ++i) {
     auto s = std::make_unique<Sender>();
     s->id = static_cast<unsigned>(i);
@@ -638,7 +638,10 @@ Status MultifdSink::WaitCompletions(Sender& s, uint64_t id_end) {
 // --- factory -----------------------------------------------------------------
 
 MultifdSinkFactory::MultifdSinkFactory(const MigrationParams& params, std::vector<std::unique_ptr<Channel>> channels)
-    : params_(params), channels_(std::move(channels)) {}
+    : MultifdSinkFactory(Settings::From(params), std::move(channels)) {}
+
+MultifdSinkFactory::MultifdSinkFactory(const Settings& settings, std::vector<std::unique_ptr<Channel>> channels)
+    : settings_(settings), channels_(std::move(channels)) {}
 
 MultifdSinkFactory::~MultifdSinkFactory() = default;
 
@@ -649,14 +652,14 @@ Result<std::unique_ptr<PageSink>> MultifdSinkFactory::Make(StreamWriter& main) {
   for (size_t i = 0; i < channels_.size(); ++i) {
     if (!channels_[i]) return Status::InvalidArgument("multifd: channel " + std::to_string(i) + " is missing");
   }
-  auto sink = std::make_unique<MultifdSink>(params_, std::move(channels_), main);
+  auto sink = std::make_unique<MultifdSink>(settings_, std::move(channels_), main);
   channels_.clear();
   FERRY_RETURN_IF_ERROR(sink->Start());
   return std::unique_ptr<PageSink>(std::move(sink));
 }
 
 bool MultifdSinkFactory::saver_detects_zero() const {
-  return params_.zero_page_detection == MigrationParams::ZeroPageDetection::kLegacy;
+  return settings_.zero_page_detection == MigrationParams::ZeroPageDetection::kLegacy;
 }
 
 }  // namespace ferry::multifd

@@ -73,6 +73,20 @@ Status Settings::SetCapability(std::string_view name, bool on) {
   return Status::Ok();
 }
 
+std::optional<std::string> Settings::Get(std::string_view name) const {
+  using ZPD = MigrationParams::ZeroPageDetection;
+  if (name == "multifd-channels") return std::to_string(channels);
+  if (name == "zero-page-detection") {
+    return zero_page_detection == ZPD::kNone ? "none" : zero_page_detection == ZPD::kLegacy ? "legacy" : "multifd";
+  }
+  if (name == "multifd-compression") {
+    return compression == MigrationParams::Compression::kZstd ? "zstd" : "none";
+  }
+  if (name == "multifd-zstd-level") return std::to_string(zstd_level);
+  if (name == "multifd-flush-after-each-section") return flush_after_each_section ? "on" : "off";
+  return std::nullopt;
+}
+
 void Settings::ApplyQemu72() {
   flush_after_each_section = true;
   zero_page_detection = MigrationParams::ZeroPageDetection::kLegacy;
@@ -95,16 +109,6 @@ Status Settings::Validate(const MigrationParams& core) const {
                                    "zero_pages field): use -p zero-page-detection=legacy");
   }
   return Status::Ok();
-}
-
-void Settings::CopyTo(MigrationParams& p) const {
-  p.multifd = enabled;
-  p.multifd_channels = channels;
-  p.zero_page_detection = zero_page_detection;
-  p.multifd_compression = compression;
-  p.multifd_zstd_level = zstd_level;
-  p.multifd_flush_after_each_section = flush_after_each_section;
-  p.zero_copy_send = zero_copy_send;
 }
 
 Settings Settings::From(const MigrationParams& p) {

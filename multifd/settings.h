@@ -8,6 +8,8 @@
 //   capabilities: multifd, zero-copy-send
 #pragma once
 
+#include <optional>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -29,13 +31,14 @@ struct Settings {
   static const std::vector<std::string_view>& CapabilityNames();
   Status SetParameter(std::string_view name, std::string_view value);
   Status SetCapability(std::string_view name, bool on);
+  // A parameter's value as text ("4", "legacy", "on"); nullopt for other names.
+  std::optional<std::string> Get(std::string_view name) const;
   // QEMU 7.2's multifd: a barrier at every section end, zero pages in the
   // main stream.
   void ApplyQemu72();
   // Combinations refused whatever the URI.
   Status Validate(const MigrationParams& core) const;
-  // Into (and from) the MigrationParams fields the engines read.
-  void CopyTo(MigrationParams& p) const;
+  // From MigrationParams' copies (for engines built by hand from them).
   static Settings From(const MigrationParams& p);
 };
 

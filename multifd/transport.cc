@@ -25,7 +25,7 @@ class MultifdTransport final : public Transport {
   void ApplyQemuCompat(const MigrationParams& core) override {
     if (core.qemu_version == MigrationParams::QemuVersion::k7_2) settings_.ApplyQemu72();
   }
-  void Contribute(MigrationParams& params) const override { settings_.CopyTo(params); }
+  std::optional<std::string> parameter(std::string_view name) const override { return settings_.Get(name); }
   Status Validate(const PlanView& plan) const override { return settings_.Validate(plan.params()); }
   Status CheckEndpoint(const PlanView& plan) const override {
     const Endpoint& ep = plan.endpoint();
@@ -48,7 +48,7 @@ class MultifdTransport final : public Transport {
       FERRY_ASSIGN_OR_RETURN(auto chans,
                              ConnectMultifd(ctx.connect_more, settings_.channels, uuid(ctx),
                                             std::max(ctx.remaining(), std::chrono::milliseconds(1000)), ctx.stop));
-      conn.set_sink_factory(std::make_unique<MultifdSinkFactory>(ctx.plan.params(), std::move(chans)));
+      conn.set_sink_factory(std::make_unique<MultifdSinkFactory>(settings_, std::move(chans)));
       return Status::Ok();
     }
     if (!ctx.acceptor || conn.has_channel()) return Status::Ok();
@@ -59,7 +59,7 @@ class MultifdTransport final : public Transport {
                                                    uuid(ctx), ctx.remaining(), ctx.stop));
     conn.set_channel(std::move(in.main));
     if (settings_.enabled) {
-      conn.set_receiver(MakeMultifdReceiver(ctx.plan.params(), std::move(in.multifd)));
+      conn.set_receiver(MakeMultifdReceiver(settings_, std::move(in.multifd)));
     }
     return Status::Ok();
   }
