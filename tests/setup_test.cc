@@ -1,12 +1,16 @@
 // The library's setup (core/setup.h, transports/transports.h) without the
 // CLI: every refused combination gives its message from Plan; a planned and
 // opened source and destination migrate a buffer over a unix socket (plain,
-// multifd) and through a mapped-ram file, checked byte for byte.
+// multifd) and through a mapped-ram file, checked byte for byte; a layer
+// registered next to the built-in transports (what tls/ will be) wraps every
+// connection, and a transport for an unknown scheme (what rdma/ will be)
+// plugs in without core or CLI changes.
 #include <gtest/gtest.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstring>
 #include <future>
 #include <random>
@@ -305,6 +309,186 @@ TEST(Plan, OpenDestinationTimesOutAndStops) {
   auto conn2 = plan2->OpenDestination(stop.get_token());
   ASSERT_FALSE(conn2.ok());
   EXPECT_EQ(conn2.status().code(), Code::kCancelled) << conn2.status().ToString();
+}
+
+}  // namespace
+}  // namespace ferry
+
+namespace ferry {
+namespace {
+
+// A pass-through layer over every connection, counting them (what tls/ will
+// be: WrapChannel on every connection socket/ makes or accepts).
+class CountingChannel final : public Channel {
+ public:
+  CountingChannel(std::unique_ptr<Channel> inner, std::atomic<int>* bytes_seen)
+      : inner_(std::move(inner)), reads_(bytes_seen) {}
+  Status WriteAll(std::span<iovec> iov) override { return inner_->WriteAll(iov); }
+  Result<size_t> ReadSome(void* buf, size_t len) override {
+    Result<size_t> n = inner_->ReadSome(buf, len);
+    if (n.ok()) reads_->fetch_add(1);
+    return n;
+  }
+  void Shutdown() override { inner_->Shutdown(); }
+  std::string Describe() const override { return "counted " + inner_->Describe(); }
+  int fd() const override { return inner_->fd(); }
+  void SetProgressBound(const ProgressBound& bound) override { inner_->SetProgressBound(bound); }
+  ProgressBound progress_bound() const override { return inner_->progress_bound(); }
+
+ private:
+  std::unique_ptr<Channel> inner_;
+  std::atomic<int>* reads_;
+};
+
+struct LayerCounts {
+  std::atomic<int> source{0}, destination{0}, reads{0};
+};
+
+class CountingLayer final : public Transport {
+ public:
+  explicit CountingLayer(LayerCounts* counts) : counts_(counts) {}
+  std::string_view name() const override { return "counting"; }
+  std::vector<std::string_view> parameters() const override { return {"x-layer-tag"}; }
+  Status SetParameter(std::string_view name, std::string_view value) override {
+    (void)name;
+    tag_ = std::string(value);
+    return Status::Ok();
+  }
+  std::optional<std::string> parameter(std::string_view name) const override {
+    if (name == "x-layer-tag") return tag_;
+    return std::nullopt;
+  }
+  Result<std::unique_ptr<Channel>> WrapChannel(std::unique_ptr<Channel> ch, Side side) override {
+    (side == Side::kSource ? counts_->source : counts_->destination).fetch_add(1);
+    return std::unique_ptr<Channel>(std::make_unique<CountingChannel>(std::move(ch), &counts_->reads));
+  }
+
+ private:
+  LayerCounts* counts_;
+  std::string tag_;
+};
+
+// An endpoint transport for a scheme core knows nothing about.
+class FakeRdmaEndpoint final : public Endpoint {
+ public:
+  explicit FakeRdmaEndpoint(std::string text) : Endpoint(std::move(text)) {}
+  bool two_way() const override { return true; }
+};
+
+class FakeRdma final : public Transport {
+ public:
+  std::string_view name() const override { return "rdma"; }
+  std::vector<std::string_view> schemes() const override { return {"rdma"}; }
+  std::string_view uri_syntax() const override { return "rdma:HOST:PORT"; }
+  std::vector<std::string_view> capabilities() const override { return {"rdma-pin-all"}; }
+  Status SetCapability(std::string_view name, bool on) override {
+    (void)name;
+    pin_all_ = on;
+    return Status::Ok();
+  }
+  std::optional<bool> capability(std::string_view name) const override {
+    if (name == "rdma-pin-all") return pin_all_;
+    return std::nullopt;
+  }
+  Result<std::unique_ptr<Endpoint>> ParseEndpoint(std::string_view uri, Side side) override {
+    (void)side;
+    if (uri.find(':', 5) == std::string_view::npos) {
+      return Status::InvalidArgument("bad URI '" + std::string(uri) + "': missing ':PORT'");
+    }
+    return std::unique_ptr<Endpoint>(std::make_unique<FakeRdmaEndpoint>(std::string(uri)));
+  }
+  Status OpenEndpoint(OpenContext& ctx) override {
+    (void)ctx;
+    return Status::Unsupported("rdma: not in this test");
+  }
+
+ private:
+  bool pin_all_ = false;
+};
+
+TEST(Registry, ALayerWrapsEveryConnectionMainAndMultifd) {
+  LayerCounts counts;
+  TransportRegistry registry = BuiltinTransports();
+  registry.Add([&counts] { return std::make_unique<CountingLayer>(&counts); });
+  TempDir dir;
+  const std::string uri = "unix:" + dir.P("sock");
+  MigrationSpec spec = Spec(uri, {"multifd=on"}, {"multifd-channels=3", "x-layer-tag=t1"});
+  Result<MigrationPlan> sp = Plan(registry, Side::kSource, spec);
+  Result<MigrationPlan> dp = Plan(registry, Side::kDestination, spec);
+  ASSERT_TRUE(sp.ok()) << sp.status().ToString();
+  ASSERT_TRUE(dp.ok()) << dp.status().ToString();
+  EXPECT_EQ(sp->parameter("x-layer-tag"), "t1");
+
+  Memory src(2 << 20), dst(2 << 20);
+  ASSERT_TRUE(src.data && dst.data);
+  Fill(src);
+  RamBlockList src_blocks, dst_blocks;
+  ASSERT_TRUE(src_blocks.Add("ram", src.data, src.size).ok());
+  ASSERT_TRUE(dst_blocks.Add("ram", dst.data, dst.size).ok());
+  std::promise<void> listening;
+  std::future<void> ready = listening.get_future();
+  Status dst_status, src_status;
+  std::thread dst_thread([&] {
+    auto conn = dp->OpenDestination({}, [&](std::string_view) {
+      listening.set_value();
+      return Status::Ok();
+    });
+    if (!conn.ok()) {
+      dst_status = conn.status();
+      return;
+    }
+    DestinationOptions opts = dp->destination_options();
+    (*conn)->Apply(opts);
+    MigrationDestination d(opts, dst_blocks, nullptr);
+    dst_status = d.Run((*conn)->channel());
+  });
+  ASSERT_EQ(ready.wait_for(std::chrono::seconds(30)), std::future_status::ready);
+  {
+    auto conn = sp->OpenSource({});
+    ASSERT_TRUE(conn.ok()) << conn.status().ToString();
+    EXPECT_EQ((*conn)->channel().Describe().rfind("counted ", 0), 0u) << (*conn)->channel().Describe();
+    auto tracker = MakeDirtyTracker(DirtyTrackerKind::kAllOnce, [](std::string_view) {});
+    ASSERT_TRUE(tracker.ok());
+    MigrationSource s(sp->params(), src_blocks, **tracker, nullptr, {}, (*conn)->sink_factory());
+    src_status = s.Run((*conn)->channel(), (*conn)->two_way());
+  }
+  dst_thread.join();
+  ASSERT_TRUE(src_status.ok()) << src_status.ToString();
+  ASSERT_TRUE(dst_status.ok()) << dst_status.ToString();
+  EXPECT_EQ(std::memcmp(src.data, dst.data, src.size), 0);
+  // Main stream + 3 multifd channels on each side, all through the layer.
+  EXPECT_EQ(counts.source.load(), 4);
+  EXPECT_EQ(counts.destination.load(), 4);
+  EXPECT_GT(counts.reads.load(), 0);
+}
+
+TEST(Registry, ATransportOwnsItsSchemeAndCapability) {
+  TransportRegistry registry = BuiltinTransports();
+  registry.Add([] { return std::make_unique<FakeRdma>(); });
+  Result<MigrationPlan> p = Plan(registry, Side::kSource, Spec("rdma:10.0.0.1:4444", {"rdma-pin-all=on"}));
+  ASSERT_TRUE(p.ok()) << p.status().ToString();
+  EXPECT_TRUE(p->capability("rdma-pin-all"));
+  EXPECT_TRUE(p->endpoint().two_way());
+  auto conn = p->OpenSource({});
+  ASSERT_FALSE(conn.ok());
+  EXPECT_EQ(conn.status().code(), Code::kUnsupported);
+  // Its own URI messages, its syntax in the unknown-scheme one; multifd's
+  // and file's checks apply to it like to any endpoint.
+  Result<MigrationPlan> bad = Plan(registry, Side::kSource, Spec("rdma:10.0.0.1"));
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("missing ':PORT'"), std::string::npos) << bad.status().ToString();
+  Result<MigrationPlan> unknown = Plan(registry, Side::kSource, Spec("vsock:3:4"));
+  ASSERT_FALSE(unknown.ok());
+  EXPECT_NE(unknown.status().message().find("fd:N, file:PATH[,offset=N] or rdma:HOST:PORT"), std::string::npos)
+      << unknown.status().ToString();
+  Result<MigrationPlan> mf = Plan(registry, Side::kSource, Spec("rdma:10.0.0.1:4444", {"multifd=on"}));
+  ASSERT_FALSE(mf.ok());
+  EXPECT_NE(mf.status().message().find("the multifd capability needs a tcp: or unix: URI"), std::string::npos)
+      << mf.status().ToString();
+  // Without the registration the capability is QEMU's, not supported here.
+  Result<MigrationPlan> builtin = Plan(Side::kSource, Spec("tcp:127.0.0.1:1", {"rdma-pin-all=on"}));
+  ASSERT_FALSE(builtin.ok());
+  EXPECT_EQ(builtin.status().code(), Code::kUnsupported) << builtin.status().ToString();
 }
 
 }  // namespace
