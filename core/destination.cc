@@ -9,7 +9,6 @@
 #include "core/configuration.h"
 #include "core/sigbus.h"
 #include "core/migration.h"
-
 #include "core/stream.h"
 #include "core/verify.h"
 #include "core/wire.h"
