@@ -281,9 +281,11 @@ nlohmann::json StatsJson(const MigrationStats& s, bool multifd) {
       {"ram", ram},
       {"verified", s.verified},
   };
-  if (multifd || !s.multifd_channels.empty()) {
+  // mapped-ram's file threads are shown where multifd's channels are.
+  const std::vector<ChannelStats>& threads = s.multifd_channels.empty() ? s.file_threads : s.multifd_channels;
+  if (multifd || !threads.empty()) {
     nlohmann::json channels = nlohmann::json::array();
-    for (const ChannelStats& c : s.multifd_channels) {
+    for (const ChannelStats& c : threads) {
       channels.push_back({{"bytes", c.bytes}, {"pages", c.pages}, {"packets", c.packets}});
     }
     j["multifd"] = {{"channels", channels}, {"zero-pages", s.multifd_zero_pages}};
@@ -336,20 +338,21 @@ std::string Summary(const std::string& role, const MigrationStats& s, const std:
              tracker.empty() ? "" : ", dirty tracking: ", tracker.c_str());
     out += buf;
   }
-  if (!s.multifd_channels.empty()) {
+  const std::vector<ChannelStats>& threads = s.multifd_channels.empty() ? s.file_threads : s.multifd_channels;
+  if (!threads.empty()) {
     uint64_t packets = 0;
     uint64_t bytes = 0;
-    for (const ChannelStats& c : s.multifd_channels) {
+    for (const ChannelStats& c : threads) {
       packets += c.packets;
       bytes += c.bytes;
     }
     if (s.multifd_bytes == 0 && bytes > 0) {
       // mapped-ram file threads: page data at fixed offsets, no packets.
-      snprintf(buf, sizeof(buf), "  file threads: %zu, %s of pages in %llu requests\n", s.multifd_channels.size(),
+      snprintf(buf, sizeof(buf), "  file threads: %zu, %s of pages in %llu requests\n", threads.size(),
                FormatBytes(bytes).c_str(), (unsigned long long)packets);
     } else {
       snprintf(buf, sizeof(buf), "  multifd: %zu channels, %s in %llu packets, %llu zero pages listed in packets\n",
-               s.multifd_channels.size(), FormatBytes(s.multifd_bytes).c_str(), (unsigned long long)packets,
+               threads.size(), FormatBytes(s.multifd_bytes).c_str(), (unsigned long long)packets,
                (unsigned long long)s.multifd_zero_pages);
     }
     out += buf;

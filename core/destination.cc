@@ -1,6 +1,7 @@
 #include <poll.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <cinttypes>
 #include <cstring>
 #include <map>
@@ -195,8 +196,9 @@ Status MigrationDestination::Run(Channel& channel) {
 
 Status MigrationDestination::RunInner(Channel& channel) {
   StreamReader r(&channel);
-  ram_ = std::make_unique<RamLoader>(blocks_, allocator_, options_.fresh_memory, options_.receiver,
-                                     options_.multifd_sync_on_eos);
+  ram_ = std::make_unique<RamLoader>(
+      blocks_, allocator_, options_.fresh_memory, options_.receiver,
+      options_.multifd_sync_on_eos || (options_.receiver && options_.receiver->sync_on_eos()));
   ram_->SetMaxRam(options_.max_ram, options_.max_ram_source);
   if (options_.receiver) {
     FERRY_RETURN_IF_ERROR(options_.receiver->Start([this](const Status& err) {
@@ -237,6 +239,13 @@ Status MigrationDestination::RunInner(Channel& channel) {
   Configuration local;
   local.machine = options_.machine;
   if (options_.mapped_ram) local.capabilities.push_back("mapped-ram");
+  if (options_.receiver) {
+    for (std::string& c : options_.receiver->announced_capabilities()) {
+      if (std::find(local.capabilities.begin(), local.capabilities.end(), c) == local.capabilities.end()) {
+        local.capabilities.push_back(std::move(c));
+      }
+    }
+  }
   local.uuid = options_.uuid;
   FERRY_RETURN_IF_ERROR(CheckConfiguration(config, local, options_.note));
 

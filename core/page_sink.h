@@ -17,6 +17,8 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
+#include <vector>
 
 #include "core/ram_block.h"
 #include "core/stats.h"
@@ -65,6 +67,9 @@ class PageSinkFactory {
   // True: the saver tests pages for zeros itself and sends ZERO records in
   // the main stream (QEMU 7.2's "legacy" detection).
   virtual bool saver_detects_zero() const { return true; }
+  // Capabilities both ends must agree on that this sink implies, announced
+  // in the configuration section (mapped-ram's "mapped-ram").
+  virtual std::vector<std::string> announced_capabilities() const { return {}; }
 };
 
 // Page records in the main stream: be64 offset|flags, the block name unless

@@ -86,88 +86,21 @@ Status MigrationParams::SetParameter(std::string_view name, std::string_view val
     else return Status::InvalidArgument("on-stall must be fail or switchover, got '" + std::string(value) + "'");
     return Status::Ok();
   }
-  if (name == "multifd-channels") {
-    FERRY_ASSIGN_OR_RETURN(uint64_t v, ParseUint(name, value));
-    if (v < 1 || v > 255) return Status::InvalidArgument("multifd-channels must be 1-255, got " + std::string(value));
-    multifd_channels = static_cast<uint32_t>(v);
-    return Status::Ok();
-  }
-  if (name == "zero-page-detection") {
-    if (value == "none") zero_page_detection = ZeroPageDetection::kNone;
-    else if (value == "legacy") zero_page_detection = ZeroPageDetection::kLegacy;
-    else if (value == "multifd") zero_page_detection = ZeroPageDetection::kMultifd;
-    else return Status::InvalidArgument("zero-page-detection must be none, legacy or multifd, got '" + std::string(value) + "'");
-    return Status::Ok();
-  }
-  if (name == "multifd-compression") {
-    if (value == "none") multifd_compression = Compression::kNone;
-    else if (value == "zstd") multifd_compression = Compression::kZstd;
-    else return Status::InvalidArgument("multifd-compression must be none or zstd, got '" + std::string(value) + "'");
-    return Status::Ok();
-  }
-  if (name == "multifd-zstd-level") {
-    FERRY_ASSIGN_OR_RETURN(uint64_t v, ParseUint(name, value));
-    if (v > 20) return Status::InvalidArgument("multifd-zstd-level must be 0-20, got " + std::string(value));
-    multifd_zstd_level = static_cast<int>(v);
-    return Status::Ok();
-  }
-  if (name == "multifd-flush-after-each-section") {
-    if (value == "on") multifd_flush_after_each_section = true;
-    else if (value == "off") multifd_flush_after_each_section = false;
-    else return Status::InvalidArgument("multifd-flush-after-each-section must be on or off");
-    return Status::Ok();
-  }
-  if (name == "direct-io") {
-    if (value == "on") direct_io = true;
-    else if (value == "off") direct_io = false;
-    else return Status::InvalidArgument("direct-io must be on or off, got '" + std::string(value) + "'");
-    return Status::Ok();
-  }
-  return Status::InvalidArgument("unknown parameter '" + std::string(name) +
-                                 "' (ferry knows: downtime-limit, max-bandwidth, no-progress-timeout, max-stalled-passes, on-stall, "
-                                 "multifd-channels, "
-                                 "zero-page-detection, multifd-compression, multifd-zstd-level, "
-                                 "multifd-flush-after-each-section, direct-io)");
+  std::string known;
+  for (std::string_view n : kParameters) known += (known.empty() ? "" : ", ") + std::string(n);
+  return Status::InvalidArgument("unknown parameter '" + std::string(name) + "' (core knows: " + known +
+                                 "; the transports' parameters are set through Plan, core/setup.h)");
 }
 
+// Core's own combinations; the transports check theirs (core/setup.h: Plan).
 Status MigrationParams::Validate() const {
-  if (zero_copy_send && !multifd) return Status::InvalidArgument("zero-copy-send needs the multifd capability");
-  if (zero_copy_send && multifd_compression != Compression::kNone) {
-    return Status::InvalidArgument("zero-copy-send cannot be combined with multifd-compression (compressed "
-                                   "buffers are copied anyway)");
-  }
-  if (multifd && zero_page_detection == ZeroPageDetection::kMultifd && qemu_compat &&
-      qemu_version == QemuVersion::k7_2) {
-    return Status::InvalidArgument("QEMU 7.2 cannot take zero pages in multifd packets (its packets have no "
-                                   "zero_pages field): use -p zero-page-detection=legacy");
-  }
   if (validate_uuid && !uuid) {
     return Status::InvalidArgument("validate-uuid needs the VM's uuid (--uuid UUID) to put in the stream");
-  }
-  if (mapped_ram && qemu_compat && qemu_version == QemuVersion::k7_2) {
-    return Status::InvalidArgument("QEMU 7.2 has no mapped-ram (it arrived in QEMU 9.0): use --qemu-compat "
-                                   "MACHINE,version=10.0 or a plain stream");
-  }
-  if (direct_io && !mapped_ram) return Status::InvalidArgument("direct-io needs the mapped-ram capability");
-  if (mapped_ram && zero_copy_send) {
-    return Status::InvalidArgument("zero-copy-send cannot be used with mapped-ram (files have no MSG_ZEROCOPY)");
   }
   return Status::Ok();
 }
 
 Status MigrationParams::SetCapability(std::string_view name, bool on) {
-  if (name == "multifd") {
-    multifd = on;
-    return Status::Ok();
-  }
-  if (name == "zero-copy-send") {
-    zero_copy_send = on;
-    return Status::Ok();
-  }
-  if (name == "mapped-ram") {
-    mapped_ram = on;
-    return Status::Ok();
-  }
   if (name == "validate-uuid") {
     validate_uuid = on;
     return Status::Ok();
@@ -213,10 +146,6 @@ Status MigrationParams::SetQemuCompat(std::string_view spec) {
   verify = false;
   machine = std::string(machine_name);
   qemu_version = v;
-  if (v == QemuVersion::k7_2) {
-    multifd_flush_after_each_section = true;
-    zero_page_detection = ZeroPageDetection::kLegacy;
-  }
   return Status::Ok();
 }
 

@@ -11,6 +11,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "core/status.h"
 #include "core/uuid.h"
@@ -18,6 +19,12 @@
 namespace ferry {
 
 struct MigrationParams {
+  // The parameter and capability names core owns (SetParameter /
+  // SetCapability); the transports own the others (core/setup.h).
+  static inline const std::vector<std::string_view> kParameters = {
+      "downtime-limit", "max-bandwidth", "no-progress-timeout", "max-stalled-passes", "on-stall"};
+  static inline const std::vector<std::string_view> kCapabilities = {"verify", "validate-uuid"};
+
   // Parameters.
   uint64_t downtime_limit_ms = 300;  // "downtime-limit": switch over when the rest fits in this
   uint64_t max_bandwidth = 0;        // "max-bandwidth": bytes/s, 0 = unlimited
@@ -34,6 +41,11 @@ struct MigrationParams {
     return std::chrono::milliseconds(uint64_t{no_progress_timeout_s} * 1000);
   }
 
+  // multifd's and file's settings are owned, parsed and checked by multifd/
+  // (multifd/settings.h) and file/ (file/file_transport.cc); Plan
+  // (core/setup.h) does not set the fields below. They remain for engines
+  // built by hand: MultifdSinkFactory / MakeMultifdReceiver take them
+  // (converted to multifd::Settings), ConfigurationFor announces mapped_ram.
   // multifd parameters (used when the capability is on).
   enum class ZeroPageDetection { kNone, kLegacy, kMultifd };
   enum class Compression { kNone, kZstd };
@@ -58,8 +70,9 @@ struct MigrationParams {
   // channels and, with validate-uuid, in the configuration section.
   std::optional<Uuid> uuid;
 
-  // Checks combinations that cannot work together (call once, after all
-  // Set* calls).
+  // Checks combinations of core settings that cannot work together (call
+  // once, after all Set* calls). Plan (core/setup.h) calls it and then the
+  // transports' checks.
   Status Validate() const;
 
   // Stream shape.
@@ -74,10 +87,9 @@ struct MigrationParams {
   // Parses "-p NAME=VALUE" style names.
   Status SetParameter(std::string_view name, std::string_view value);
   Status SetCapability(std::string_view name, bool on);
-  // Makes the settings QEMU-compatible: "MACHINE[,version=7.2|10.0]". For
-  // 7.2 it also sets that generation's multifd behaviour (a barrier at every
-  // section end, zero pages in the main stream); -p given afterwards still
-  // overrides. Call before SetParameter/SetCapability.
+  // Makes the settings QEMU-compatible: "MACHINE[,version=7.2|10.0]". (For
+  // 7.2 multifd's transport also sets that generation's multifd behaviour;
+  // -p given afterwards still overrides.) Call before SetParameter/SetCapability.
   Status SetQemuCompat(std::string_view spec);
 };
 

@@ -45,6 +45,12 @@ class PageReceiver {
   // RAM record flags this stream must not contain (mapped-ram: pages and
   // MULTIFD_FLUSH never appear in its main stream).
   virtual uint64_t forbidden_flags() const { return 0; }
+  // Capabilities this receiver implies, expected in the stream's
+  // configuration section (mapped-ram's "mapped-ram").
+  virtual std::vector<std::string> announced_capabilities() const { return {}; }
+  // Every EOS is a barrier (QEMU <= 7.2's placement, multifd's
+  // multifd-flush-after-each-section), not only MULTIFD_FLUSH records.
+  virtual bool sync_on_eos() const { return false; }
   // The block list is known (after the MEM_SIZE record): pages may be
   // placed from now on. Receivers wait for this before touching memory.
   virtual void BlocksReady(RamBlockList& blocks) = 0;

@@ -249,7 +249,15 @@ Status MigrationSource::RunInner(Channel& channel, bool await_confirmation) {
 
   w.PutBe32(wire::kMagic);
   w.PutBe32(wire::kVersion);
-  WriteConfiguration(w, ConfigurationFor(params_));
+  Configuration config = ConfigurationFor(params_);
+  if (sink_factory_) {
+    for (std::string& c : sink_factory_->announced_capabilities()) {
+      if (std::find(config.capabilities.begin(), config.capabilities.end(), c) == config.capabilities.end()) {
+        config.capabilities.push_back(std::move(c));
+      }
+    }
+  }
+  WriteConfiguration(w, config);
   const bool qemu_return_path = params_.qemu_compat && await_confirmation;
   if (qemu_return_path) {
     // QEMU answers on the same connection from now on; its SHUT at the end

@@ -71,8 +71,10 @@ struct MigrationStats {
   uint64_t multifd_zero_pages = 0;  // zero pages found by the sender threads
   std::vector<ChannelStats> multifd_channels;
   ZeroCopyStats zero_copy;
-  // Saves into a file: milliseconds flushing it to stable storage after
-  // the migration completed (not part of total_time_ms).
+  // file/ (mapped-ram): per writer/reader thread (empty without multifd
+  // file threads); and, for saves, milliseconds flushing the file to stable
+  // storage after the migration completed (not part of total_time_ms).
+  std::vector<ChannelStats> file_threads;
   uint64_t file_sync_ms = 0;
   std::string error;     // set when failed/cancelled
   bool verified = false; // destination: digest matched; source: destination said so

@@ -311,9 +311,9 @@ class MappedRamSink final : public PageSink {
 
   void FillStats(MigrationStats& stats) const override {
     if (!threaded_) return;
-    stats.multifd_channels.assign(writers_.size(), ChannelStats{});
+    stats.file_threads.assign(writers_.size(), ChannelStats{});
     for (size_t i = 0; i < writers_.size(); ++i) {
-      ChannelStats& c = stats.multifd_channels[i];
+      ChannelStats& c = stats.file_threads[i];
       c.bytes = writers_[i]->bytes.load(std::memory_order_relaxed);
       c.pages = c.bytes / kPageSize;
       c.packets = writers_[i]->requests.load(std::memory_order_relaxed);
@@ -574,6 +574,7 @@ class MappedRamSink final : public PageSink {
 
 class MappedRamReceiver final : public PageReceiver {
  public:
+  std::vector<std::string> announced_capabilities() const override { return {"mapped-ram"}; }
   MappedRamReceiver(FileChannel& file, FileOptions options)
       : file_(file), options_(std::move(options)), note_(options_.note) {
     const size_t n = std::max<size_t>(1, options_.channels);
@@ -676,9 +677,9 @@ class MappedRamReceiver final : public PageReceiver {
     stats.ram.normal += pages;
     stats.ram.normal_bytes += pages * kPageSize;
     if (options_.channels == 0) return;
-    stats.multifd_channels.assign(readers_.size(), ChannelStats{});
+    stats.file_threads.assign(readers_.size(), ChannelStats{});
     for (size_t i = 0; i < readers_.size(); ++i) {
-      ChannelStats& c = stats.multifd_channels[i];
+      ChannelStats& c = stats.file_threads[i];
       c.pages = readers_[i]->pages.load(std::memory_order_relaxed);
       c.bytes = c.pages * kPageSize;
       c.packets = readers_[i]->requests.load(std::memory_order_relaxed);

@@ -97,6 +97,7 @@ class MappedRamSinkFactory final : public PageSinkFactory {
   ~MappedRamSinkFactory() override;
   Result<std::unique_ptr<PageSink>> Make(StreamWriter& main) override;
   bool saver_detects_zero() const override { return true; }
+  std::vector<std::string> announced_capabilities() const override { return {"mapped-ram"}; }
 
  private:
   FileChannel& main_;

@@ -293,20 +293,16 @@ std::unique_ptr<Channel> MakePrefixChannel(std::unique_ptr<Channel> inner, std::
 // ---------------------------------------------------------------------------
 // Source side
 
-Result<std::vector<std::unique_ptr<Channel>>> ConnectMultifd(const Uri& uri, uint32_t n, const Uuid& uuid,
+Result<std::vector<std::unique_ptr<Channel>>> ConnectMultifd(const ConnectFn& connect, uint32_t n, const Uuid& uuid,
                                                              std::chrono::milliseconds timeout,
                                                              std::stop_token stop) {
-  if (uri.kind == Uri::Kind::kFd) {
-    return Status::InvalidArgument("multifd needs a tcp: or unix: URI to open its extra connections; " +
-                                   uri.ToString() + " is a single descriptor");
-  }
   if (n > 256) return Status::InvalidArgument("at most 256 multifd channels (the channel id is one byte)");
   const Clock::time_point deadline = DeadlineAfter(timeout);
   std::vector<std::unique_ptr<Channel>> channels;
   channels.reserve(n);
   for (uint32_t id = 0; id < n; ++id) {
     const std::string what = "multifd channel " + std::to_string(id);
-    Result<std::unique_ptr<Channel>> ch = Connect(uri, Remaining(deadline), stop);
+    Result<std::unique_ptr<Channel>> ch = connect(Remaining(deadline), stop);
     if (!ch.ok()) return ch.status().WithContext(what);
     uint8_t init[kInitPacketSize];
     EncodeInitPacket(InitPacket{uuid, static_cast<uint8_t>(id)}, init);
@@ -320,7 +316,7 @@ Result<std::vector<std::unique_ptr<Channel>>> ConnectMultifd(const Uri& uri, uin
 // ---------------------------------------------------------------------------
 // Destination side
 
-Result<IncomingChannels> AcceptMigrationChannels(Listener& listener, uint32_t n, const Uuid& uuid,
+Result<IncomingChannels> AcceptMigrationChannels(Acceptor& listener, uint32_t n, const Uuid& uuid,
                                                  std::chrono::milliseconds timeout, std::stop_token stop) {
   if (n > 256) return Status::InvalidArgument("at most 256 multifd channels (the channel id is one byte)");
   const Clock::time_point deadline = DeadlineAfter(timeout);

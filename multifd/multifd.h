@@ -17,8 +17,9 @@
 // channel can never be overwritten by a stale copy of round N from another.
 //
 // Connection set-up:
-//   source:       main = Connect(uri); chans = ConnectMultifd(uri, n, uuid, ...)
-//   destination:  AcceptMigrationChannels(listener, n, uuid, ...) accepts n+1
+//   (multifd/transport.cc does this for a plan, core/setup.h)
+//   source:       main = Connect(uri); chans = ConnectMultifd(connect, n, uuid, ...)
+//   destination:  AcceptMigrationChannels(acceptor, n, uuid, ...) accepts n+1
 //                 connections in any order and tells them apart by their
 //                 first 4 bytes (QEVM magic = main stream, 0x11223344 =
 //                 multifd init packet, then validated: version, uuid, id < n,
@@ -26,6 +27,7 @@
 #pragma once
 
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <stop_token>
 #include <vector>
@@ -33,15 +35,21 @@
 #include "core/channel.h"
 #include "core/page_sink.h"
 #include "core/params.h"
+#include "core/setup.h"
 #include "core/ram_loader.h"
 #include "core/uri.h"
 #include "multifd/packet.h"
+#include "multifd/settings.h"
 #include "socket/socket.h"
 
 namespace ferry::multifd {
 
-// Opens n connections to `uri` and sends each its init packet (ids 0..n-1).
-Result<std::vector<std::unique_ptr<Channel>>> ConnectMultifd(const Uri& uri, uint32_t n, const Uuid& uuid,
+// Makes one more connection to the migration's endpoint (the plan's
+// OpenContext::connect_more: socket/ connects, channel layers applied).
+using ConnectFn = std::function<Result<std::unique_ptr<Channel>>(std::chrono::milliseconds, std::stop_token)>;
+
+// Opens n connections with `connect` and sends each its init packet (ids 0..n-1).
+Result<std::vector<std::unique_ptr<Channel>>> ConnectMultifd(const ConnectFn& connect, uint32_t n, const Uuid& uuid,
                                                              std::chrono::milliseconds timeout,
                                                              std::stop_token stop = {});
 
@@ -52,25 +60,30 @@ struct IncomingChannels {
 
 // Accepts the main connection and `n` multifd connections (n = 0: just the
 // main one), validating each init packet against `uuid`.
-Result<IncomingChannels> AcceptMigrationChannels(Listener& listener, uint32_t n, const Uuid& uuid,
+Result<IncomingChannels> AcceptMigrationChannels(Acceptor& listener, uint32_t n, const Uuid& uuid,
                                                  std::chrono::milliseconds timeout, std::stop_token stop = {});
 
 class MultifdSinkFactory final : public PageSinkFactory {
  public:
-  // `channels`: connected, init packets sent (ConnectMultifd). Uses
-  // multifd_channels, zero_page_detection, multifd_compression,
-  // multifd_zstd_level, multifd_flush_after_each_section, zero_copy_send.
+  // `channels`: connected, init packets sent (ConnectMultifd). multifd's
+  // settings (multifd/settings.h; Plan's multifd transport passes its own).
+  MultifdSinkFactory(const Settings& settings, std::vector<std::unique_ptr<Channel>> channels);
+  // The same from MigrationParams' copies of them (multifd_channels,
+  // zero_page_detection, multifd_compression, multifd_zstd_level,
+  // multifd_flush_after_each_section, zero_copy_send).
   MultifdSinkFactory(const MigrationParams& params, std::vector<std::unique_ptr<Channel>> channels);
   ~MultifdSinkFactory() override;
   Result<std::unique_ptr<PageSink>> Make(StreamWriter& main) override;
   bool saver_detects_zero() const override;
 
  private:
-  MigrationParams params_;
+  Settings settings_;
   std::vector<std::unique_ptr<Channel>> channels_;
 };
 
 // Destination side. Owns the multifd channels.
+std::unique_ptr<PageReceiver> MakeMultifdReceiver(const Settings& settings,
+                                                  std::vector<std::unique_ptr<Channel>> channels);
 std::unique_ptr<PageReceiver> MakeMultifdReceiver(const MigrationParams& params,
                                                   std::vector<std::unique_ptr<Channel>> channels);
 

@@ -25,6 +25,7 @@
 
 #include "core/zero_page.h"
 #include "multifd/multifd.h"
+#include "multifd/settings.h"
 #include "multifd/packet.h"
 #include "multifd/zstd_codec.h"
 
@@ -45,7 +46,7 @@ void NameThread(const char* prefix, unsigned id) {
 
 class MultifdReceiver final : public PageReceiver {
  public:
-  MultifdReceiver(const MigrationParams& params, std::vector<std::unique_ptr<Channel>> channels);
+  MultifdReceiver(const Settings& settings, std::vector<std::unique_ptr<Channel>> channels);
   ~MultifdReceiver() override;
 
   Status Start(std::function<void(const Status&)> on_error) override;
@@ -53,6 +54,7 @@ class MultifdReceiver final : public PageReceiver {
   Status Sync() override;
   void Abort() override;
   Status Finish() override;
+  bool sync_on_eos() const override { return sync_on_eos_; }
   void FillStats(MigrationStats& stats) const override;
   void SetProgressBound(const ProgressBound& bound) override {
     for (auto& r : receivers_) {
@@ -89,6 +91,7 @@ class MultifdReceiver final : public PageReceiver {
   bool stopped() const;  // under mu_
 
   const uint32_t expected_compression_;
+  const bool sync_on_eos_;  // multifd-flush-after-each-section: every EOS is a barrier
   std::vector<std::unique_ptr<Receiver>> receivers_;
   std::function<void(const Status&)> on_error_;
 
@@ -106,9 +109,10 @@ class MultifdReceiver final : public PageReceiver {
   Status error_;                     // first failure of a receiver
 };
 
-MultifdReceiver::MultifdReceiver(const MigrationParams& params, std::vector<std::unique_ptr<Channel>> channels)
-    : expected_compression_(params.multifd_compression == MigrationParams::Compression::kZstd ? kCompressionZstd
-                                                                                            : kCompressionNone) {
+MultifdReceiver::MultifdReceiver(const Settings& settings, std::vector<std::unique_ptr<Channel>> channels)
+    : expected_compression_(settings.compression == MigrationParams::Compression::kZstd ? kCompressionZstd
+                                                                                      : kCompressionNone),
+      sync_on_eos_(settings.flush_after_each_section) {
   for (size_t i = 0; i < channels.size(); ++i) {
     auto r = std::make_unique<Receiver>();
     r->id = static_cast<unsigned>(i);
@@ -466,9 +470,14 @@ Status MultifdReceiver::ReceiveLoop(Receiver& r) {
 
 }  // namespace
 
+std::unique_ptr<PageReceiver> MakeMultifdReceiver(const Settings& settings,
+                                                  std::vector<std::unique_ptr<Channel>> channels) {
+  return std::make_unique<MultifdReceiver>(settings, std::move(channels));
+}
+
 std::unique_ptr<PageReceiver> MakeMultifdReceiver(const MigrationParams& params,
                                                   std::vector<std::unique_ptr<Channel>> channels) {
-  return std::make_unique<MultifdReceiver>(params, std::move(channels));
+  return MakeMultifdReceiver(Settings::From(params), std::move(channels));
 }
 
 }  // namespace ferry::multifd

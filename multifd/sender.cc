@@ -2,7 +2,7 @@
 //
 // Layout of this file:
 //   - Batch / Job: what the migration thread hands to a sender thread
-//   - ZeroCopyLedger: MSG_ZEROCOPY completion bookkeeping of one socket
+//   - (MSG_ZEROCOPY sending and completion bookkeeping: multifd/zero_copy.cc)
 //   - MultifdSink: page batching on the migration thread, the bounded
 //     per-channel queues, the SYNC barrier, the sender threads
 //   - MultifdSinkFactory
@@ -20,7 +20,6 @@
 #include <sys/uio.h>
 #include <time.h>
 // After <time.h>: it uses struct timespec without including it.
-#include <linux/errqueue.h>
 
 #include <algorithm>
 #include <array>
@@ -38,20 +37,10 @@
 #include "core/wire.h"
 #include "multifd/multifd.h"
 #include "multifd/zero_detect.h"
+#include "multifd/settings.h"
+#include "multifd/zero_copy.h"
 #include "multifd/zstd_codec.h"
 
-#ifndef SO_EE_ORIGIN_ZEROCOPY
-#define SO_EE_ORIGIN_ZEROCOPY 5
-#endif
-#ifndef SO_EE_CODE_ZEROCOPY_COPIED
-#define SO_EE_CODE_ZEROCOPY_COPIED 1
-#endif
-#ifndef SO_ZEROCOPY
-#define SO_ZEROCOPY 60
-#endif
-#ifndef MSG_ZEROCOPY
-#define MSG_ZEROCOPY 0x4000000
-#endif
 
 namespace ferry::multifd {
 namespace {
@@ -105,56 +94,9 @@ struct Job {
   Batch batch;
 };
 
-// Completion tracking for MSG_ZEROCOPY on one socket. The kernel numbers
-// every sendmsg(MSG_ZEROCOPY) that queued data (0, 1, 2, ... as u32) and
-// reports finished ones as inclusive ranges on the error queue, possibly
-// merged and, in principle, out of order. Owned by the channel's sender
-// thread; the counters are atomics for FillStats.
-class ZeroCopyLedger {
- public:
-  uint64_t issued() const { return issued_; }
-  uint64_t done_below() const { return done_below_; }
-  bool AllDone() const { return done_below_ == issued_; }
-  // Every send numbered below `id_end` has completed.
-  bool DoneBelow(uint64_t id_end) const { return done_below_ >= id_end; }
-  void NoteIssued() { ++issued_; sends_.fetch_add(1, std::memory_order_relaxed); }
-
-  void NoteCompleted(uint32_t lo32, uint32_t hi32, bool copied) {
-    // Unwrap the u32 ids relative to the lowest id still outstanding.
-    const uint64_t lo = done_below_ + static_cast<uint32_t>(lo32 - static_cast<uint32_t>(done_below_));
-    const uint64_t n = static_cast<uint32_t>(hi32 - lo32) + 1ull;
-    completed_.fetch_add(n, std::memory_order_relaxed);
-    if (copied) copied_.fetch_add(n, std::memory_order_relaxed);
-    if (lo != done_below_) {
-      early_[lo] = lo + n;
-      return;
-    }
-    done_below_ = lo + n;
-    for (auto it = early_.begin(); it != early_.end() && it->first <= done_below_;) {
-      done_below_ = std::max(done_below_, it->second);
-      it = early_.erase(it);
-    }
-  }
-
-  void NoteFallback() { fallbacks_.fetch_add(1, std::memory_order_relaxed); }
-
-  void AddTo(ZeroCopyStats& r) const {
-    r.sends += sends_.load(std::memory_order_relaxed);
-    r.completed += completed_.load(std::memory_order_relaxed);
-    r.copied += copied_.load(std::memory_order_relaxed);
-    r.fallbacks += fallbacks_.load(std::memory_order_relaxed);
-  }
-
- private:
-  uint64_t issued_ = 0;
-  uint64_t done_below_ = 0;
-  std::map<uint64_t, uint64_t> early_;  // completed [lo, hi) above done_below_
-  std::atomic<uint64_t> sends_{0}, completed_{0}, copied_{0}, fallbacks_{0};
-};
-
 class MultifdSink final : public PageSink {
  public:
-  MultifdSink(const MigrationParams& params, std::vector<std::unique_ptr<Channel>> channels, StreamWriter& main);
+  MultifdSink(const Settings& settings, std::vector<std::unique_ptr<Channel>> channels, StreamWriter& main);
   ~MultifdSink() override;
 
   // Turns on SO_ZEROCOPY if asked and starts the sender threads.
@@ -260,16 +202,16 @@ class MultifdSink final : public PageSink {
   bool error_published_ = false;
 };
 
-MultifdSink::MultifdSink(const MigrationParams& params, std::vector<std::unique_ptr<Channel>> channels,
+MultifdSink::MultifdSink(const Settings& settings, std::vector<std::unique_ptr<Channel>> channels,
                          StreamWriter& main)
     : main_(main),
-      flush_each_section_(params.multifd_flush_after_each_section),
-      zero_copy_(params.zero_copy_send),
-      detect_zero_(params.zero_page_detection == MigrationParams::ZeroPageDetection::kMultifd),
-      legacy_zero_(params.zero_page_detection == MigrationParams::ZeroPageDetection::kLegacy),
-      compression_(params.multifd_compression == MigrationParams::Compression::kZstd ? kCompressionZstd
+      flush_each_section_(settings.flush_after_each_section),
+      zero_copy_(settings.zero_copy_send),
+      detect_zero_(settings.zero_page_detection == MigrationParams::ZeroPageDetection::kMultifd),
+      legacy_zero_(settings.zero_page_detection == MigrationParams::ZeroPageDetection::kLegacy),
+      compression_(settings.compression == MigrationParams::Compression::kZstd ? kCompressionZstd
                                                                                      : kCompressionNone),
-      zstd_level_(params.multifd_zstd_level) {
+      zstd_level_(settings.zstd_level) {
   for (size_t i = 0; i < channels.size(); ++i) {
     auto s = std::make_unique<Sender>();
     s->id = static_cast<unsigned>(i);
@@ -282,9 +224,9 @@ MultifdSink::~MultifdSink() { StopAndJoin(/*abandon=*/true); }
 
 Status MultifdSink::Start() {
   if (senders_.empty()) return Status::InvalidArgument("multifd needs at least one channel");
-  if (zero_copy_ && compression_ != kCompressionNone) {
-    return Status::InvalidArgument("zero-copy-send cannot be combined with multifd-compression");
-  }
+  FERRY_RETURN_IF_ERROR(CheckZeroCopy(zero_copy_, compression_ == kCompressionZstd
+                                                     ? MigrationParams::Compression::kZstd
+                                                     : MigrationParams::Compression::kNone));
   if (detect_zero_) zero_check_ = &BestZeroCheck();
   // Every channel's waits are bounded like the main stream's, on its clock
   // (MigrationSource::Run set it): a channel idle while the others carry
@@ -293,17 +235,7 @@ Status MultifdSink::Start() {
   for (auto& s : senders_) s->channel->SetProgressBound(bound);
   for (auto& s : senders_) {
     if (zero_copy_) {
-      const int fd = s->channel->fd();
-      if (fd < 0) {
-        return Status::Unsupported("zero-copy-send: multifd channel " + std::to_string(s->id) + " (" +
-                                   s->channel->Describe() + ") is not a plain socket");
-      }
-      int one = 1;
-      if (::setsockopt(fd, SOL_SOCKET, SO_ZEROCOPY, &one, sizeof(one)) != 0) {
-        const int err = errno;
-        Status st = ErrnoStatus("zero-copy-send", err);
-        return err == EOPNOTSUPP || err == ENOPROTOOPT ? Status::Unsupported(st.message()) : st;
-      }
+      FERRY_RETURN_IF_ERROR(EnableZeroCopy(*s->channel, s->id));
       s->meta.resize(kMetaRing * kMetaBytes);
       s->meta_id_end.assign(kMetaRing, 0);
     } else {
@@ -713,126 +645,15 @@ Status MultifdSink::SendSync(Sender& s) {
 }
 
 Status MultifdSink::ZeroCopySend(Sender& s, std::span<iovec> iov) {
-  const int fd = s.channel->fd();
-  // The descriptor is driven here, not through the channel: the same bound
-  // (MSG_DONTWAIT and a bounded poll; Shutdown() wakes the poll).
-  const ProgressBound bound = s.channel->progress_bound();
-  auto since = ProgressBound::Clock::now();
-  size_t i = 0;
-  while (true) {
-    while (i < iov.size() && iov[i].iov_len == 0) ++i;
-    if (i == iov.size()) return Status::Ok();
-    if (stopping()) return Status::Cancelled("multifd: sending stopped");
-    msghdr msg{};
-    msg.msg_iov = &iov[i];
-    msg.msg_iovlen = std::min(iov.size() - i, kMaxIov);
-    ssize_t n = ::sendmsg(fd, &msg, MSG_ZEROCOPY | MSG_NOSIGNAL | MSG_DONTWAIT);
-    if (n > 0) {
-      s.zc.NoteIssued();
-      bound.Note();
-      since = ProgressBound::Clock::now();
-    } else if (n == 0) {
-      return Status::Io("write to " + s.channel->Describe() + " made no progress", EIO);
-    } else {
-      const int err = errno;
-      if (err == EINTR) continue;
-      if (err == ENOBUFS) {
-        // Too much pinned or too many notifications queued: wait for one
-        // to come back, or copy this piece if nothing is outstanding.
-        if (!s.zc.AllDone()) {
-          FERRY_RETURN_IF_ERROR(WaitCompletions(s, s.zc.done_below() + 1));
-          continue;
-        }
-        n = ::sendmsg(fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
-        if (n < 0) {
-          if (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK) continue;
-          return ErrnoStatus("write to " + s.channel->Describe());
-        }
-        s.zc.NoteFallback();
-        bound.Note();
-        since = ProgressBound::Clock::now();
-      } else if (err == EAGAIN || err == EWOULDBLOCK) {
-        Result<WaitResult> r = WaitForFd(fd, POLLOUT, -1, bound, since);
-        if (!r.ok()) return r.status().WithContext("write to " + s.channel->Describe());
-        if (*r == WaitResult::kExpired) return bound.Error("write to " + s.channel->Describe());
-        continue;
-      } else {
-        if (stopping()) return Status::Cancelled("multifd: sending stopped");
-        return ErrnoStatus("write to " + s.channel->Describe(), err);
-      }
-    }
-    i = AdvanceIovecs(iov, i, static_cast<size_t>(n));
-  }
+  return SendZeroCopy(*s.channel, s.zc, iov, [this] { return stopping(); });
 }
 
 Status MultifdSink::ReapCompletions(Sender& s) {
-  const int fd = s.channel->fd();
-  while (true) {
-    alignas(cmsghdr) uint8_t control[128];
-    msghdr msg{};
-    msg.msg_control = control;
-    msg.msg_controllen = sizeof(control);
-    if (::recvmsg(fd, &msg, MSG_ERRQUEUE | MSG_DONTWAIT) < 0) {
-      const int err = errno;
-      if (err == EINTR) continue;
-      if (err == EAGAIN || err == EWOULDBLOCK) return Status::Ok();
-      if (stopping()) return Status::Cancelled("multifd: sending stopped");
-      return ErrnoStatus("zero-copy completions of " + s.channel->Describe(), err);
-    }
-    for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
-      const bool v4 = c->cmsg_level == SOL_IP && c->cmsg_type == IP_RECVERR;
-      const bool v6 = c->cmsg_level == SOL_IPV6 && c->cmsg_type == IPV6_RECVERR;
-      if (!v4 && !v6) continue;
-      sock_extended_err ee;
-      std::memcpy(&ee, CMSG_DATA(c), sizeof(ee));
-      if (ee.ee_origin != SO_EE_ORIGIN_ZEROCOPY) continue;
-      if (ee.ee_errno != 0) {
-        return Status::Io("zero-copy send on " + s.channel->Describe() + " failed: " + std::strerror(ee.ee_errno),
-                          static_cast<int>(ee.ee_errno));
-      }
-      s.zc.NoteCompleted(ee.ee_info, ee.ee_data, (ee.ee_code & SO_EE_CODE_ZEROCOPY_COPIED) != 0);
-    }
-  }
+  return ReapZeroCopyCompletions(*s.channel, s.zc, [this] { return stopping(); });
 }
 
 Status MultifdSink::WaitCompletions(Sender& s, uint64_t id_end) {
-  const int fd = s.channel->fd();
-  // Completions come as the peer acknowledges data: they are progress, and
-  // none for the bound's limit is a stall like a blocked write.
-  const ProgressBound bound = s.channel->progress_bound();
-  auto since = ProgressBound::Clock::now();
-  uint64_t seen = s.zc.done_below();
-  while (true) {
-    FERRY_RETURN_IF_ERROR(ReapCompletions(s));
-    if (s.zc.DoneBelow(id_end)) return Status::Ok();
-    if (stopping()) return Status::Cancelled("multifd: sending stopped");
-    if (s.zc.done_below() != seen) {
-      seen = s.zc.done_below();
-      bound.Note();
-      since = ProgressBound::Clock::now();
-    } else if (bound.Expired(since)) {
-      return bound.Error("zero-copy completions of " + s.channel->Describe());
-    }
-    // The error queue raises POLLERR; a hung-up or failed socket wakes us
-    // too, and then has to say why.
-    pollfd pfd{fd, 0, 0};
-    const int rc = ::poll(&pfd, 1, 100);
-    if (rc < 0 && errno != EINTR) return ErrnoStatus("waiting for zero-copy completions on " + s.channel->Describe());
-    if (rc > 0 && (pfd.revents & (POLLHUP | POLLNVAL))) {
-      const uint64_t before = s.zc.done_below();
-      FERRY_RETURN_IF_ERROR(ReapCompletions(s));
-      if (s.zc.DoneBelow(id_end)) return Status::Ok();
-      if (s.zc.done_below() == before) {
-        int soerr = 0;
-        socklen_t len = sizeof(soerr);
-        if (::getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &len) == 0 && soerr != 0) {
-          return ErrnoStatus("write to " + s.channel->Describe(), soerr);
-        }
-        if (pfd.revents & POLLNVAL) return Status::Closed(s.channel->Describe() + ": socket closed");
-        std::this_thread::sleep_for(std::chrono::milliseconds(1));
-      }
-    }
-  }
+  return WaitZeroCopyCompletions(*s.channel, s.zc, id_end, [this] { return stopping(); });
 }
 
 }  // namespace
@@ -840,7 +661,10 @@ Status MultifdSink::WaitCompletions(Sender& s, uint64_t id_end) {
 // --- factory -----------------------------------------------------------------
 
 MultifdSinkFactory::MultifdSinkFactory(const MigrationParams& params, std::vector<std::unique_ptr<Channel>> channels)
-    : params_(params), channels_(std::move(channels)) {}
+    : MultifdSinkFactory(Settings::From(params), std::move(channels)) {}
+
+MultifdSinkFactory::MultifdSinkFactory(const Settings& settings, std::vector<std::unique_ptr<Channel>> channels)
+    : settings_(settings), channels_(std::move(channels)) {}
 
 MultifdSinkFactory::~MultifdSinkFactory() = default;
 
@@ -851,14 +675,14 @@ Result<std::unique_ptr<PageSink>> MultifdSinkFactory::Make(StreamWriter& main) {
   for (size_t i = 0; i < channels_.size(); ++i) {
     if (!channels_[i]) return Status::InvalidArgument("multifd: channel " + std::to_string(i) + " is missing");
   }
-  auto sink = std::make_unique<MultifdSink>(params_, std::move(channels_), main);
+  auto sink = std::make_unique<MultifdSink>(settings_, std::move(channels_), main);
   channels_.clear();
   FERRY_RETURN_IF_ERROR(sink->Start());
   return std::unique_ptr<PageSink>(std::move(sink));
 }
 
 bool MultifdSinkFactory::saver_detects_zero() const {
-  return params_.zero_page_detection == MigrationParams::ZeroPageDetection::kLegacy;
+  return settings_.zero_page_detection == MigrationParams::ZeroPageDetection::kLegacy;
 }
 
 }  // namespace ferry::multifd

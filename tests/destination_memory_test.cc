@@ -28,6 +28,7 @@
 #include <cstring>
 #include <fstream>
 #include <future>
+#include <optional>
 #include <iostream>
 #include <sstream>
 #include <string>
@@ -41,6 +42,7 @@
 #include "multifd/multifd.h"
 #include "socket/socket.h"
 #include "tests/support/ferry_cli.h"
+#include "transports/transports.h"
 #include "tests/support/process.h"
 
 namespace ferry::test {
@@ -239,33 +241,39 @@ void Receive(Mode mode, const TempDir& dir, Received& out) {
     return;
   }
 
+  // The destination through the library's one way in (transports/), as
+  // `ferry recv` does, so multifd's receivers are the real ones.
   const bool multifd = mode == Mode::kMultifd;
-  Result<Uri> uri = ParseUri("tcp:127.0.0.1:0");
-  ASSERT_TRUE(uri.ok());
-  Result<std::unique_ptr<Listener>> listener = Listener::Listen(*uri);
-  ASSERT_TRUE(listener.ok()) << listener.status().ToString();
-  std::vector<std::string> args{"send", (*listener)->address(), "--memory-file", guest};
-  if (multifd) args.insert(args.end(), {"-c", "multifd=on", "-p", "multifd-channels=2"});
-  Result<Process> send = StartFerry(dir, "send", args);
-  ASSERT_TRUE(send.ok()) << send.status().ToString();
-  Result<multifd::IncomingChannels> in =
-      multifd::AcceptMigrationChannels(**listener, multifd ? 2 : 0, Uuid{}, 30000ms);
-  ASSERT_TRUE(in.ok()) << in.status().ToString() << "\n" << send->Report();
-  std::unique_ptr<PageReceiver> receiver;
+  MigrationSpec spec;
+  spec.uri = "tcp:127.0.0.1:0";
+  spec.accept_timeout = 30000ms;
   if (multifd) {
-    params.multifd = true;
-    params.multifd_channels = 2;
-    receiver = multifd::MakeMultifdReceiver(params, std::move(in->multifd));
-    opts.receiver = receiver.get();
+    spec.capabilities = {"multifd=on"};
+    spec.parameters = {"multifd-channels=2"};
   }
+  Result<MigrationPlan> plan = Plan(Side::kDestination, spec);
+  ASSERT_TRUE(plan.ok()) << plan.status().ToString();
+  std::optional<Process> send;
+  Result<std::unique_ptr<Connection>> in =
+      plan->OpenDestination({}, [&](std::string_view address) -> Status {
+        std::vector<std::string> args{"send", std::string(address), "--memory-file", guest};
+        if (multifd) args.insert(args.end(), {"-c", "multifd=on", "-p", "multifd-channels=2"});
+        Result<Process> p = StartFerry(dir, "send", args);
+        if (!p.ok()) return p.status();
+        send.emplace(std::move(*p));
+        return Status::Ok();
+      });
+  ASSERT_TRUE(in.ok()) << in.status().ToString() << "\n" << (send ? send->Report() : std::string());
+  (*in)->Apply(opts);
   MigrationDestination dest(opts, out.blocks, out.allocator());
   const Usage u = Begin();
-  out.status = dest.Run(*in->main);
+  out.status = dest.Run((*in)->channel());
   rusage ru{};
   getrusage(RUSAGE_SELF, &ru);
   out.faults = static_cast<uint64_t>(ru.ru_minflt) - u.minflt;
   out.rss_growth = StatusKiB("VmHWM:") * 1024 - u.rss_before;
   out.stats = dest.Stats();
+  ASSERT_TRUE(send.has_value());
   EXPECT_TRUE(ExitsWithCode(*send, 0, 120s));
 }
 

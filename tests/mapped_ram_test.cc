@@ -222,13 +222,17 @@ SaveResult SaveMapped(const std::string& path, Guest& g, const FileOptions& opts
   return out;
 }
 
-// Saves `g` as a plain stream (no mapped-ram).
-Status SavePlain(const std::string& path, Guest& g) {
+// Saves `g` as a plain stream (no mapped-ram). `claim_mapped_ram`: the
+// configuration section says mapped-ram anyway (a stream that lies, to reach
+// the loader's own checks behind the configuration check).
+Status SavePlain(const std::string& path, Guest& g, bool claim_mapped_ram = false) {
   auto f = CreateFileForSave(path, 0);
   if (!f.ok()) return f.status();
   auto t = MakeDirtyTracker(DirtyTrackerKind::kAllOnce);
   if (!t.ok()) return t.status();
-  MigrationSource src(MigrationParams{}, g.blocks, **t, nullptr);
+  MigrationParams params;
+  params.mapped_ram = claim_mapped_ram;
+  MigrationSource src(params, g.blocks, **t, nullptr);
   FERRY_RETURN_IF_ERROR(src.Run(**f, false));
   return (*f)->Finish();
 }
@@ -239,8 +243,10 @@ struct LoadResult {
 };
 
 // Loads `path` into `g`; `mapped` false: without the mapped-ram receiver.
+// `claim_mapped_ram`: the destination expects mapped-ram in the stream's
+// configuration even without the receiver (which announces it itself).
 LoadResult Load(const std::string& path, Guest& g, const FileOptions& opts, bool mapped = true,
-                uint64_t file_offset = 0) {
+                uint64_t file_offset = 0, bool claim_mapped_ram = false) {
   LoadResult out;
   auto f = OpenFileForLoad(path, file_offset);
   if (!f.ok()) {
@@ -252,6 +258,7 @@ LoadResult Load(const std::string& path, Guest& g, const FileOptions& opts, bool
   d.expect_verify = true;
   d.send_verdict = false;
   d.receiver = mapped ? receiver.get() : nullptr;
+  d.mapped_ram = claim_mapped_ram;
   MigrationDestination dst(d, g.blocks, nullptr);
   out.status = dst.Run(**f);
   out.stats = dst.Stats();
@@ -330,6 +337,16 @@ void ParseFile(const std::vector<uint8_t>& f, uint64_t start, ParsedFile* out) {
   ASSERT_EQ(f.at(at), wire::kConfiguration);
   const uint64_t mlen = Be(f, at + 1, 4);
   at += 5 + mlen;
+  // The capabilities subsection: the sink announces "mapped-ram".
+  ASSERT_EQ(f.at(at), wire::kSubsection);
+  const std::string caps_name = "configuration/capabilities";
+  ASSERT_EQ(f.at(at + 1), caps_name.size());
+  ASSERT_EQ(std::string(f.begin() + at + 2, f.begin() + at + 2 + caps_name.size()), caps_name);
+  at += 2 + caps_name.size() + 4;  // name, be32 version
+  ASSERT_EQ(Be(f, at, 4), 1u) << "one capability";
+  at += 4;
+  ASSERT_EQ(std::string(f.begin() + at + 1, f.begin() + at + 1 + f.at(at)), "mapped-ram");
+  at += 1 + f.at(at);
   ASSERT_EQ(f.at(at), wire::kSectionStart);
   at += 5;  // type, id
   ASSERT_EQ(f.at(at), 3);
@@ -520,7 +537,7 @@ TEST(MappedRam, ThreadCountersReachTheStats) {
                                   // Sample while it runs (hang guard only).
                                   for (int i = 0; i < 2000; ++i) {
                                     MigrationStats st = s.Stats();
-                                    if (!st.multifd_channels.empty()) seen = st.multifd_channels;
+                                    if (!st.file_threads.empty()) seen = st.file_threads;
                                     if (IsTerminal(st.state)) break;
                                     std::this_thread::sleep_for(1ms);
                                   }
@@ -534,9 +551,9 @@ TEST(MappedRam, ThreadCountersReachTheStats) {
   Guest dst(specs);
   LoadResult loaded = Load(path, dst, Opts(3, false));
   ASSERT_TRUE(loaded.status.ok()) << loaded.status.ToString();
-  ASSERT_EQ(loaded.stats.multifd_channels.size(), 3u);
+  ASSERT_EQ(loaded.stats.file_threads.size(), 3u);
   uint64_t pages = 0;
-  for (const ChannelStats& c : loaded.stats.multifd_channels) pages += c.pages;
+  for (const ChannelStats& c : loaded.stats.file_threads) pages += c.pages;
   EXPECT_EQ(pages, src.blocks.total_pages());
   EXPECT_TRUE(SameMemory(src, dst));
 }
@@ -609,7 +626,7 @@ TEST(MappedRam, PreallocationKeepsOnlyShortGaps) {
     // Requests: in reserved space the short gaps are written with the data
     // around them, so each data MiB is one request; otherwise three.
     uint64_t requests = 0;
-    for (const auto& ch : saved.stats.multifd_channels) requests += ch.packets;
+    for (const auto& ch : saved.stats.file_threads) requests += ch.packets;
     EXPECT_EQ(requests, c.expect_reserved ? 8u + 1 : 8u * 3 + 1);
     const uint64_t allocated = static_cast<uint64_t>(StatOf(path).st_blocks) * 512;
     const uint64_t expected = (nonzero + (c.expect_reserved ? kept : 0)) * kPageSize;
@@ -1145,13 +1162,25 @@ TEST_F(MappedRamBadFile, WrongBlockList) {
 }
 
 TEST_F(MappedRamBadFile, PlainStreamWithMappedRamReceiver) {
+  // A plain stream with a mapped-ram receiver: the configuration check
+  // catches it first...
+  {
+    const std::string honest = dir_.Path("honest.mig");
+    ASSERT_TRUE(SavePlain(honest, *src_).ok());
+    LoadResult r = Load(honest, *dst_, Opts(0, false));
+    ASSERT_FALSE(r.status.ok());
+    EXPECT_NE(r.status.message().find("Capability mapped-ram is on, but received capability is off"),
+              std::string::npos)
+        << r.status.ToString();
+  }
+  // ... and when the configuration claims mapped-ram, the loader still does.
   const std::string path = dir_.Path("plain.mig");
-  Status s = SavePlain(path, *src_);
+  Status s = SavePlain(path, *src_, /*claim_mapped_ram=*/true);
   ASSERT_TRUE(s.ok()) << s.ToString();
   // The plain stream itself is fine.
   {
     Guest plain_dst(specs_);
-    LoadResult r = Load(path, plain_dst, Opts(0, false), false);
+    LoadResult r = Load(path, plain_dst, Opts(0, false), false, 0, /*claim_mapped_ram=*/true);
     ASSERT_TRUE(r.status.ok()) << r.status.ToString();
     EXPECT_TRUE(SameMemory(*src_, plain_dst));
   }
@@ -1168,7 +1197,7 @@ TEST_F(MappedRamBadFile, PlainStreamWithMappedRamReceiver) {
   Guest one({{"solo", 4 * kPageSize}});
   FillGuest(one, 4, 0);
   const std::string one_path = dir_.Path("plain-one.mig");
-  ASSERT_TRUE(SavePlain(one_path, one).ok());
+  ASSERT_TRUE(SavePlain(one_path, one, /*claim_mapped_ram=*/true).ok());
   Guest one_dst({{"solo", 4 * kPageSize}});
   LoadResult r = Load(one_path, one_dst, Opts(0, false));
   ASSERT_FALSE(r.status.ok());
@@ -1178,7 +1207,17 @@ TEST_F(MappedRamBadFile, PlainStreamWithMappedRamReceiver) {
 }
 
 TEST_F(MappedRamBadFile, MappedRamFileWithoutReceiver) {
-  LoadResult r = Load(good_path_, *dst_, Opts(0, false), false);
+  // The sink announced mapped-ram: a plain destination refuses at the
+  // configuration section.
+  LoadResult c = Load(good_path_, *dst_, Opts(0, false), false);
+  ASSERT_FALSE(c.status.ok());
+  EXPECT_EQ(c.status.code(), Code::kMismatch) << c.status.ToString();
+  EXPECT_NE(c.status.message().find("Capability mapped-ram is off, but received capability is on"),
+            std::string::npos)
+      << c.status.ToString();
+  // A destination that expects mapped-ram but has no receiver: the loader.
+  dst_->Reset();
+  LoadResult r = Load(good_path_, *dst_, Opts(0, false), false, 0, /*claim_mapped_ram=*/true);
   ASSERT_FALSE(r.status.ok());
   EXPECT_EQ(r.status.code(), Code::kProtocol) << r.status.ToString();
   EXPECT_NE(r.status.message().find("RAM"), std::string::npos) << r.status.ToString();
@@ -1191,7 +1230,7 @@ TEST_F(MappedRamBadFile, PageRecordsAreForbidden) {
   Guest one({{"x", 2 * kPageSize}});
   FillGuest(one, 3, 0);
   const std::string plain_path = dir_.Path("plain1.mig");
-  ASSERT_TRUE(SavePlain(plain_path, one).ok());
+  ASSERT_TRUE(SavePlain(plain_path, one, /*claim_mapped_ram=*/true).ok());
   std::vector<uint8_t> p = ReadFile(plain_path);
   // Find the block entry: u8 1, "x", be64 8192.
   size_t at = 0;

@@ -8,18 +8,24 @@
 //   c NAME=on|off   MigrationParams::SetCapability
 //   q SPEC          MigrationParams::SetQemuCompat
 //   u UUID          ParseUuid (and FormatUuid of the result)
-// After all lines, MigrationParams::Validate.
+//   r URI           the URI for Plan (default tcp:127.0.0.1:1)
+// After all lines, MigrationParams::Validate; then the same lines as one
+// MigrationSpec through Plan (transports/transports.h), for both sides:
+// every name routed to its owner, every combination checked, never opened.
 #include <cstdint>
 #include <string>
 #include <string_view>
 
 #include "core/params.h"
 #include "core/uuid.h"
+#include "transports/transports.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using namespace ferry;
   std::string_view rest(reinterpret_cast<const char*>(data), size);
   MigrationParams p;
+  MigrationSpec spec;
+  spec.uri = "tcp:127.0.0.1:1";
   while (!rest.empty()) {
     const size_t nl = rest.find('\n');
     std::string_view line = rest.substr(0, nl);
@@ -38,12 +44,18 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       }
       case 'p':
         (void)p.SetParameter(name, value);
+        spec.parameters.emplace_back(arg);
         break;
       case 'c':
         (void)p.SetCapability(name, value == "on");
+        spec.capabilities.emplace_back(arg);
         break;
       case 'q':
         (void)p.SetQemuCompat(arg);
+        spec.qemu_compat = std::string(arg);
+        break;
+      case 'r':
+        spec.uri = std::string(arg);
         break;
       case 'u': {
         Result<Uuid> u = ParseUuid(arg);
@@ -52,6 +64,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
           if (!again.ok() || *again != *u) __builtin_trap();
           p.uuid = *u;
         }
+        spec.uuid = std::string(arg);
         break;
       }
       default:
@@ -59,5 +72,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     }
   }
   (void)p.Validate();
+  for (Side side : {Side::kSource, Side::kDestination}) {
+    Result<MigrationPlan> plan = Plan(side, spec);
+    if (plan.ok() && plan->endpoint().text() != spec.uri) __builtin_trap();
+    if (!plan.ok() && plan.status().message().empty()) __builtin_trap();
+  }
   return 0;
 }
