@@ -24,6 +24,7 @@
 #include "core/migration.h"
 #include "core/params.h"
 #include "core/uri.h"
+#include "ferry/version.h"
 #include "file/file_channel.h"
 #include "file/inspect.h"
 #include "file/mapped_ram.h"
@@ -780,7 +781,7 @@ int main(int argc, char** argv) {
       "Moves a guest's RAM between two processes (or hosts) over tcp, unix sockets or descriptors,\n"
       "live while it is being written, and verifies the result page by page."};
   app.require_subcommand(1);
-  app.set_version_flag("--version", "ferry 0.1.0");
+  app.set_version_flag("--version", std::string("ferry ") + ferry::Version());
 
   SendOpts send;
   auto* s = app.add_subcommand("send", "Migrate a guest's memory to a destination (the source side).");

@@ -18,8 +18,8 @@
 #include <span>
 #include <string>
 
-#include "core/progress.h"
-#include "core/status.h"
+#include "progress.h"
+#include "status.h"
 
 namespace ferry {
 

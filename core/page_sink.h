@@ -18,10 +18,10 @@
 #include <cstdint>
 #include <memory>
 
-#include "core/ram_block.h"
-#include "core/stats.h"
-#include "core/status.h"
-#include "core/stream.h"
+#include "ram_block.h"
+#include "stats.h"
+#include "status.h"
+#include "stream.h"
 
 namespace ferry {
 

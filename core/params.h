@@ -12,8 +12,8 @@
 #include <string>
 #include <string_view>
 
-#include "core/status.h"
-#include "core/uuid.h"
+#include "status.h"
+#include "uuid.h"
 
 namespace ferry {
 

@@ -30,13 +30,13 @@
 #include <stop_token>
 #include <vector>
 
-#include "core/channel.h"
-#include "core/page_sink.h"
-#include "core/params.h"
-#include "core/ram_loader.h"
-#include "core/uri.h"
-#include "multifd/packet.h"
-#include "socket/socket.h"
+#include "../core/channel.h"
+#include "../core/page_sink.h"
+#include "../core/params.h"
+#include "../core/ram_loader.h"
+#include "../core/uri.h"
+#include "packet.h"
+#include "../socket/socket.h"
 
 namespace ferry::multifd {
 
