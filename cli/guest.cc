@@ -15,6 +15,7 @@
 #include <thread>
 #include <vector>
 
+#include "core/thread_name.h"
 #include "core/unique_fd.h"
 
 namespace ferry::cli {
@@ -206,7 +207,7 @@ void SyntheticGuest::StartWriter(uint64_t rate, uint64_t hot_set, DirtyTracker* 
   if (rate == 0 || writer_.joinable()) return;
   hot_set = std::clamp<uint64_t>(hot_set & kPageMask, kPageSize, mem_.size());
   writer_ = std::thread([=, this] {
-    pthread_setname_np(pthread_self(), "guest-writer");
+    ferry::SetThreadName("guest-writer");
     WriterLoop(rate, hot_set, tracker, seed);
   });
 }

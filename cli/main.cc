@@ -23,6 +23,7 @@
 #include "core/dirty_tracker.h"
 #include "core/migration.h"
 #include "core/params.h"
+#include "core/thread_name.h"
 #include "core/uri.h"
 #include "ferry/version.h"
 #include "file/file_channel.h"
@@ -46,7 +47,7 @@ class SignalWatcher {
  public:
   explicit SignalWatcher(std::function<void()> on_signal) : on_signal_(std::move(on_signal)) {
     thread_ = std::thread([this] {
-      pthread_setname_np(pthread_self(), "signals");
+      ferry::SetThreadName("signals");
       sigset_t set;
       sigemptyset(&set);
       sigaddset(&set, SIGINT);

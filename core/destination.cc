@@ -6,6 +6,8 @@
 #include <map>
 
 #include "core/configuration.h"
+#include "core/endian.h"
+#include "core/format.h"
 #include "core/sigbus.h"
 #include "core/migration.h"
 #include "core/stream.h"
@@ -19,12 +21,6 @@ using Clock = std::chrono::steady_clock;
 
 uint64_t MsSince(Clock::time_point t) {
   return std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t).count();
-}
-
-std::string Hex(uint64_t v) {
-  char buf[24];
-  snprintf(buf, sizeof(buf), "0x%" PRIx64, v);
-  return buf;
 }
 
 // Rejects a vmstate subsection where ferry expects none.
@@ -152,8 +148,10 @@ Status MigrationDestination::Run(Channel& channel) {
     // has sent everything, so a failure earlier is seen as a closed socket.
     std::string msg = s.ok() ? (options_.expect_verify ? "verified" : "completed") : s.message();
     if (msg.size() > 60000) msg.resize(60000);
-    uint32_t hdr[3] = {__builtin_bswap32(wire::kVerdictMagic), __builtin_bswap32(s.ok() ? 0 : 1),
-                       __builtin_bswap32(static_cast<uint32_t>(msg.size()))};
+    uint8_t hdr[12];
+    StoreBe32(hdr, wire::kVerdictMagic);
+    StoreBe32(hdr + 4, s.ok() ? 0 : 1);
+    StoreBe32(hdr + 8, static_cast<uint32_t>(msg.size()));
     iovec iov[2] = {{hdr, sizeof(hdr)}, {msg.data(), msg.size()}};
     Status sent = channel.WriteAll(std::span<iovec>(iov, 2));
     if (!s.ok() && sent.ok()) DrainAfterFailure(channel);

@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "core/configuration.h"
+#include "core/endian.h"
 #include "core/migration.h"
 #include "core/ram_saver.h"
 #include "core/sigbus.h"
@@ -442,7 +443,7 @@ Status MigrationSource::RunInner(Channel& channel, bool await_confirmation) {
 }
 
 Status MigrationSource::ReadVerdict(Channel& channel) {
-  uint32_t hdr[3];
+  uint8_t hdr[12];
   Status rs = channel.ReadExact(hdr, sizeof(hdr));
   if (!rs.ok()) {
     if (rs.code() == Code::kTimeout || rs.code() == Code::kCancelled) {
@@ -451,11 +452,11 @@ Status MigrationSource::ReadVerdict(Channel& channel) {
     return Status::Closed("the destination closed the connection without confirming the migration (" + rs.message() +
                           ")");
   }
-  if (__builtin_bswap32(hdr[0]) != wire::kVerdictMagic) {
+  if (LoadBe32(hdr) != wire::kVerdictMagic) {
     return Status::Protocol("the destination's reply is not a ferry verdict");
   }
-  const uint32_t code = __builtin_bswap32(hdr[1]);
-  const uint32_t len = std::min<uint32_t>(__builtin_bswap32(hdr[2]), 64 * 1024);
+  const uint32_t code = LoadBe32(hdr + 4);
+  const uint32_t len = std::min<uint32_t>(LoadBe32(hdr + 8), 64 * 1024);
   std::string msg(len, '\0');
   FERRY_RETURN_IF_ERROR(channel.ReadExact(msg.data(), len));
   if (code != 0) return Status::Mismatch("the destination reports: " + msg);

@@ -30,6 +30,7 @@
 // writes the stream header). One deadline covers all accepts and all reads,
 // and `stop` ends every wait at once, so a silent peer costs at most the
 // timeout and never a hang.
+#include "core/endian.h"
 #include "multifd/channels.h"
 
 #include <poll.h>
@@ -57,10 +58,6 @@ using std::chrono::milliseconds;
 
 // Both magics are 4 bytes; the rest of an init packet follows the multifd one.
 constexpr size_t kMagicSize = 4;
-
-uint32_t GetBe32(const uint8_t* p) {
-  return (uint32_t{p[0]} << 24) | (uint32_t{p[1]} << 16) | (uint32_t{p[2]} << 8) | uint32_t{p[3]};
-}
 
 // `0x41424344 ("ABCD")`, non-printable bytes shown as '.'.
 std::string DescribeBytes(const uint8_t* p, size_t n) {
@@ -340,7 +337,7 @@ Result<IncomingChannels> AcceptMigrationChannels(Listener& listener, uint32_t n,
     const std::string what = "connection from " + peer;
     uint8_t head[kInitPacketSize];
     FERRY_RETURN_IF_ERROR(reader.ReadExact(*ch, head, kMagicSize, read_by, what));
-    const uint32_t magic = GetBe32(head);
+    const uint32_t magic = LoadBe32(head);
 
     if (magic == wire::kMagic) {
       if (!got.main_from.empty()) {
