@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "core/wire.h"
+#include "core/worker_pool.h"
 #include "core/zero_page.h"
 
 namespace ferry {
@@ -49,15 +50,11 @@ void HashPages(const RamBlock& b, uint64_t first, uint64_t count, uint64_t* out)
     run(0, count);
     return;
   }
-  std::vector<std::thread> pool;
   const uint64_t per = (count + threads - 1) / threads;
-  for (uint64_t t = 1; t < threads; ++t) {
+  ParallelFor(static_cast<unsigned>(threads), "verify-", [&](unsigned t) {
     const uint64_t from = std::min(count, t * per);
-    const uint64_t to = std::min(count, from + per);
-    pool.emplace_back(run, from, to);
-  }
-  run(0, std::min(count, per));
-  for (auto& th : pool) th.join();
+    run(from, std::min(count, from + per));
+  });
 }
 
 }  // namespace

@@ -1,6 +1,7 @@
 #include "core/endian.h"
 #include "core/format.h"
 #include "core/thread_name.h"
+#include "core/worker_pool.h"
 #include "file/mapped_ram.h"
 
 #include <fcntl.h>
@@ -746,16 +747,11 @@ class MappedRamReceiver final : public PageReceiver {
     const uint64_t chunks = (pages + chunk - 1) / chunk;
     const uint64_t threads = std::min<uint64_t>(n, chunks);
     std::vector<Status> results(threads);
-    std::vector<std::thread> pool;
-    for (uint64_t t = 0; t < threads; ++t) {
-      pool.emplace_back([&, t] {
-        SetThreadName("mapped-ram-r-", t);
-        results[t] = LoadWith(*readers_[t], b, h, present, next_chunk, chunk, chunks);
-        // First failure: the others take no new chunk.
-        if (!results[t].ok()) next_chunk.store(chunks, std::memory_order_relaxed);
-      });
-    }
-    for (auto& th : pool) th.join();
+    ParallelFor(static_cast<unsigned>(threads), "mapped-ram-r-", [&](unsigned t) {
+      results[t] = LoadWith(*readers_[t], b, h, present, next_chunk, chunk, chunks);
+      // First failure: the others take no new chunk.
+      if (!results[t].ok()) next_chunk.store(chunks, std::memory_order_relaxed);
+    });
     for (Status& s : results) {
       if (!s.ok()) return s;
     }

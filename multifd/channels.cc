@@ -31,6 +31,7 @@
 // and `stop` ends every wait at once, so a silent peer costs at most the
 // timeout and never a hang.
 #include "core/endian.h"
+#include "core/stop_fd.h"
 #include "multifd/channels.h"
 
 #include <poll.h>
@@ -128,39 +129,6 @@ class PrefixChannel final : public Channel {
 // ---------------------------------------------------------------------------
 // Reads bounded by a deadline and a stop_token
 
-// Turns stop requests into a readable eventfd that poll() can watch.
-class StopFd {
- public:
-  explicit StopFd(const std::stop_token& stop) {
-    if (!stop.stop_possible()) return;
-    fd_.Reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
-    if (!fd_.valid()) {
-      status_ = ErrnoStatus("eventfd for stop requests");
-      return;
-    }
-    callback_.emplace(stop, Wake{fd_.get()});
-  }
-  StopFd(const StopFd&) = delete;
-  StopFd& operator=(const StopFd&) = delete;
-
-  const Status& status() const { return status_; }
-  int fd() const { return fd_.get(); }
-
- private:
-  struct Wake {
-    int fd;
-    void operator()() const noexcept {
-      uint64_t one = 1;
-      if (::write(fd, &one, sizeof one) < 0) {
-        // Only a full counter fails, and that still wakes poll().
-      }
-    }
-  };
-  Status status_;
-  UniqueFd fd_;  // declared before callback_: must outlive it
-  std::optional<std::stop_callback<Wake>> callback_;
-};
-
 class BoundedReader {
  public:
   explicit BoundedReader(std::stop_token stop) : stop_(std::move(stop)), stop_fd_(stop_) {}
@@ -246,7 +214,7 @@ class BoundedReader {
 
   Clock::time_point deadline_ = Clock::time_point::max();  // of the current ReadExact
   std::stop_token stop_;
-  StopFd stop_fd_;
+  StopWatch stop_fd_;
 };
 
 // ---------------------------------------------------------------------------

@@ -36,6 +36,7 @@
 #include <vector>
 
 #include "core/endian.h"
+#include "core/ram_saver.h"
 #include "core/thread_name.h"
 #include "core/wire.h"
 #include "multifd/multifd.h"
@@ -325,15 +326,7 @@ void MultifdSink::Page(RamBlock& block, uint64_t page_index, bool zero) {
 // Same record as StreamSink writes: be64 offset|ZERO[|CONTINUE], the block
 // name unless CONTINUE, the fill byte 0.
 void MultifdSink::WriteZeroRecord(RamBlock& block, uint64_t page_index) {
-  const uint64_t hdr = (page_index << kPageShift) | wire::kRamZero;
-  if (&block == last_zero_block_) {
-    main_.PutBe64(hdr | wire::kRamContinue);
-  } else {
-    main_.PutBe64(hdr);
-    main_.PutName(block.name);
-    last_zero_block_ = &block;
-  }
-  main_.Put8(0);
+  PutPageRecord(main_, last_zero_block_, block, page_index, /*zero=*/true);
 }
 
 bool MultifdSink::Dispatch() {

@@ -63,6 +63,7 @@
 #include "core/unique_fd.h"
 #include "tests/support/ferry_cli.h"
 #include "tests/support/process.h"
+#include "tests/support/text.h"
 
 namespace ferry::test {
 namespace {
@@ -102,10 +103,6 @@ PatternSpec SourcePattern() {
   s.zero_pct = 25;
   s.text_pct = 25;
   return s;
-}
-
-bool Contains(const std::string& haystack, const std::string& needle) {
-  return haystack.find(needle) != std::string::npos;
 }
 
 // A hash of bytes [0, len) of a file ("" if unreadable).
@@ -150,12 +147,6 @@ int LocalPort(int fd) {
   socklen_t len = sizeof(addr);
   if (::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) return -1;
   return ntohs(addr.sin_port);
-}
-
-int PortOf(const std::string& uri) {
-  const size_t colon = uri.rfind(':');
-  if (!uri.starts_with("tcp:127.0.0.1:") || colon == std::string::npos) return -1;
-  return std::stoi(uri.substr(colon + 1));
 }
 
 // A listening socket on 127.0.0.1 with a kernel-chosen port.

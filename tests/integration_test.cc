@@ -27,6 +27,7 @@
 #include "core/unique_fd.h"
 #include "tests/support/ferry_cli.h"
 #include "tests/support/process.h"
+#include "tests/support/text.h"
 
 namespace ferry::test {
 namespace {
@@ -47,11 +48,6 @@ PatternSpec SourceFilePattern() {
   s.random_pct = 50;
   s.zero_pct = 50;
   s.text_pct = 0;
-  return s;
-}
-
-std::string Lower(std::string s) {
-  std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return std::tolower(c); });
   return s;
 }
 
@@ -137,13 +133,6 @@ class IntegrationTest : public ::testing::Test {
                                  << send->Report() << recv->Report();
     ASSERT_TRUE(recv->Running()) << "recv ended before the migration could be disturbed\n"
                                  << send->Report() << recv->Report();
-  }
-
-  // Parses ferry's JSON into *out; fails the test if there is none.
-  void GetJson(const Process& p, json* out) {
-    Result<json> j = FerryJson(p);
-    ASSERT_TRUE(j.ok()) << j.status().message();
-    *out = std::move(*j);
   }
 
   // Both ends of a successful migration: exit 0, "completed", recv verified.

@@ -35,6 +35,7 @@
 #include "core/unique_fd.h"
 #include "tests/support/ferry_cli.h"
 #include "tests/support/process.h"
+#include "tests/support/text.h"
 
 namespace ferry::test {
 namespace {
@@ -48,11 +49,6 @@ constexpr auto kExitTimeout = seconds(60);
 // longer, so passing means it noticed the problem rather than timing out.
 constexpr auto kRefuseTimeout = seconds(20);
 constexpr const char* kRecvTimeout = "45";
-
-std::string Lower(std::string s) {
-  std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return std::tolower(c); });
-  return s;
-}
 
 // The 64-byte multifd init packet, built by hand (independent of ferry's
 // codec): be32 magic, be32 version, uuid[16], u8 id, zero padding.
@@ -79,11 +75,6 @@ std::vector<uint8_t> InitPacket(const InitSpec& s) {
 }
 
 // The port of a "tcp:127.0.0.1:PORT" URI.
-int PortOf(const std::string& uri) {
-  const size_t colon = uri.rfind(':');
-  if (!uri.starts_with("tcp:127.0.0.1:") || colon == std::string::npos) return -1;
-  return std::stoi(uri.substr(colon + 1));
-}
 
 // A raw tcp connection to 127.0.0.1:port that sends `bytes` and stays open.
 void RawConnect(int port, const std::vector<uint8_t>& bytes, UniqueFd* out) {
@@ -125,12 +116,6 @@ class MultifdCliTest : public ::testing::Test {
     Result<Process> p = StartFerry(*dir_, "send", std::move(args));
     ASSERT_TRUE(p.ok()) << p.status().ToString();
     *send = std::move(*p);
-  }
-
-  void GetJson(const Process& p, json* out) {
-    Result<json> j = FerryJson(p);
-    ASSERT_TRUE(j.ok()) << j.status().message();
-    *out = std::move(*j);
   }
 
   // recv with multifd and 2 channels; `connect` opens raw connections to it.

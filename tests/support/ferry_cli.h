@@ -52,6 +52,13 @@ inline Result<nlohmann::json> FerryJson(const Process& p) {
   return j;
 }
 
+// FerryJson() for use in a test body: fails the test if there is none.
+inline void GetJson(const Process& p, nlohmann::json* out) {
+  Result<nlohmann::json> j = FerryJson(p);
+  ASSERT_TRUE(j.ok()) << j.status().message();
+  *out = std::move(*j);
+}
+
 // A member found by JSON pointer ("/ram/total"), if present.
 inline std::optional<nlohmann::json> JsonAt(const nlohmann::json& j, const std::string& pointer) {
   const nlohmann::json::json_pointer ptr(pointer);
