@@ -421,8 +421,9 @@ Status MigrationSource::RunInner(Channel& channel, bool await_confirmation) {
         return v;
       }
       // Hand the guest over: from here on it lives on the destination.
-      const uint32_t commit = __builtin_bswap32(wire::kCommitMagic);
-      FERRY_RETURN_IF_ERROR(channel.WriteAll(&commit, sizeof(commit))
+      uint8_t commit[4];
+      StoreBe32(commit, wire::kCommitMagic);
+      FERRY_RETURN_IF_ERROR(channel.WriteAll(commit, sizeof(commit))
                                 .WithContext("confirming the switchover to the destination"));
       std::lock_guard<std::mutex> lock(mu_);
       stats_.verified = verify;
@@ -465,7 +466,7 @@ Status MigrationSource::ReadVerdict(Channel& channel) {
 
 Status MigrationSource::AwaitQemuShut(Channel& channel, bool* unconfirmed) {
   while (true) {
-    uint16_t hdr[2];
+    uint8_t hdr[4];
     Status rs = channel.ReadExact(hdr, sizeof(hdr));
     if (!rs.ok()) {
       *unconfirmed = true;
@@ -475,7 +476,7 @@ Status MigrationSource::AwaitQemuShut(Channel& channel, bool* unconfirmed) {
       return Status::Closed("QEMU closed the connection without confirming that it loaded the migration (" +
                             rs.message() + "); see QEMU's own error output");
     }
-    const uint16_t type = __builtin_bswap16(hdr[0]), len = __builtin_bswap16(hdr[1]);
+    const uint16_t type = LoadBe16(hdr), len = LoadBe16(hdr + 2);
     uint8_t data[512];
     if (len > sizeof(data)) {
       return Status::Protocol("QEMU's return path sent message " + std::to_string(type) + " of " +
@@ -484,11 +485,10 @@ Status MigrationSource::AwaitQemuShut(Channel& channel, bool* unconfirmed) {
     FERRY_RETURN_IF_ERROR(channel.ReadExact(data, len).WithContext("reading QEMU's return path"));
     if (type == wire::kRpShut) {
       if (len != 4) return Status::Protocol("QEMU's SHUT message has " + std::to_string(len) + " bytes");
-      uint32_t v;
-      std::memcpy(&v, data, 4);
+      const uint32_t v = LoadBe32(data);
       if (v != 0) {
         return Status::Mismatch("QEMU reports that loading the migration failed (SHUT " +
-                                std::to_string(__builtin_bswap32(v)) + "); see QEMU's own error output");
+                                std::to_string(v) + "); see QEMU's own error output");
       }
       return Status::Ok();
     }

@@ -60,6 +60,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "core/endian.h"
 #include "core/unique_fd.h"
 #include "tests/support/ferry_cli.h"
 #include "tests/support/process.h"
@@ -805,10 +806,14 @@ TEST_F(StrayTest, SilentStrayBetweenConnectionsTimesOut) {
 // ---- Names that are not UTF-8 -------------------------------------------------------
 
 void PutBe32(std::string& s, uint32_t v) {
-  for (int shift = 24; shift >= 0; shift -= 8) s.push_back(static_cast<char>(v >> shift));
+  uint8_t b[4];
+  StoreBe32(b, v);
+  s.append(reinterpret_cast<const char*>(b), sizeof(b));
 }
 void PutBe64(std::string& s, uint64_t v) {
-  for (int shift = 56; shift >= 0; shift -= 8) s.push_back(static_cast<char>(v >> shift));
+  uint8_t b[8];
+  StoreBe64(b, v);
+  s.append(reinterpret_cast<const char*>(b), sizeof(b));
 }
 
 // A machine name with an invalid UTF-8 byte, an escape sequence and control

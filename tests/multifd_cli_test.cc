@@ -32,6 +32,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "core/endian.h"
 #include "core/unique_fd.h"
 #include "tests/support/ferry_cli.h"
 #include "tests/support/process.h"
@@ -61,20 +62,12 @@ struct InitSpec {
 
 std::vector<uint8_t> InitPacket(const InitSpec& s) {
   std::vector<uint8_t> p(64, 0);
-  auto be32 = [&](size_t at, uint32_t v) {
-    p[at] = static_cast<uint8_t>(v >> 24);
-    p[at + 1] = static_cast<uint8_t>(v >> 16);
-    p[at + 2] = static_cast<uint8_t>(v >> 8);
-    p[at + 3] = static_cast<uint8_t>(v);
-  };
-  be32(0, s.magic);
-  be32(4, s.version);
+  StoreBe32(&p[0], s.magic);
+  StoreBe32(&p[4], s.version);
   std::copy(s.uuid.begin(), s.uuid.end(), p.begin() + 8);
   p[24] = s.id;
   return p;
 }
-
-// The port of a "tcp:127.0.0.1:PORT" URI.
 
 // A raw tcp connection to 127.0.0.1:port that sends `bytes` and stays open.
 void RawConnect(int port, const std::vector<uint8_t>& bytes, UniqueFd* out) {
