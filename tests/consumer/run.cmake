@@ -79,6 +79,22 @@ run("running the pkg-config consumer" ${work}/example-pkgconfig)
 string(STRIP "${out}" out)
 message(STATUS "c++ $(pkg-config --cflags --libs ferry) [${pc_flags}]: ${out}")
 
+# One version everywhere: ferry.pc, the installed ferry --version, the library.
+run("pkg-config --modversion" pkg-config --modversion ferry)
+string(STRIP "${out}" pc_version)
+run("ferry --version" ${prefix}/bin/ferry --version)
+string(STRIP "${out}" cli_version)
+if(NOT cli_version STREQUAL "ferry ${pc_version}")
+  message(FATAL_ERROR "ferry --version says '${cli_version}', ferry.pc says ${pc_version}")
+endif()
+foreach(kind shared static)
+  run("running the ${kind} consumer" ${work}/cmake-${kind}/example)
+  if(NOT out MATCHES "^ferry ${pc_version}: ")
+    message(FATAL_ERROR "the ${kind} consumer reports another version than ferry.pc (${pc_version}): ${out}")
+  endif()
+endforeach()
+message(STATUS "version ${pc_version}: ferry.pc, ferry --version and ferry::Version() agree")
+
 # README's embedding example is this program, verbatim.
 file(READ ${SOURCE_DIR}/tests/consumer/example.cc example_text)
 file(READ ${SOURCE_DIR}/README.md readme_text)
