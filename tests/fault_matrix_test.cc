@@ -459,20 +459,6 @@ class FaultMatrixTest : public ::testing::Test {
     return FileRangeEquals(P("source.mem"), kHotSet, P("pristine.mem"), kHotSet, kSourceSize - kHotSet);
   }
 
-  // recv did not claim success in its JSON (when it printed any).
-  void ExpectRecvDidNotSucceed(const Process& recv) {
-    Result<json> j = FerryJson(recv);
-    if (!j.ok()) return;
-    EXPECT_NE(j->value("status", std::string()), "completed") << recv.Report();
-    EXPECT_NE(j->value("verified", false), true) << recv.Report();
-  }
-
-  void ExpectSendFailedJson(const Process& send) {
-    Result<json> j = FerryJson(send);
-    ASSERT_TRUE(j.ok()) << j.status().message();
-    EXPECT_EQ(j->value("status", std::string()), "failed") << send.Report();
-  }
-
   std::unique_ptr<TempDir> dir_;
 };
 
@@ -568,7 +554,7 @@ TEST_P(PeerFaultTest, FailsCleanlyWithTheSourceIntact) {
       // Woken up, the source finds its destination gone: it fails too.
       ASSERT_TRUE(send.Signal(SIGCONT).ok());
       EXPECT_TRUE(ExitsWithCode(send, 1, kStoppedBound)) << report();
-      ExpectSendFailedJson(send);
+      ExpectJsonStatus(send, "failed");
     }
   } else if (victim == Victim::kDestination) {
     if (stop && point != Point::kSwitchover) {
@@ -582,7 +568,7 @@ TEST_P(PeerFaultTest, FailsCleanlyWithTheSourceIntact) {
     if (stop) {
       EXPECT_TRUE(Contains(send.Stderr(), "no progress")) << report();
     }
-    ExpectSendFailedJson(send);
+    ExpectJsonStatus(send, "failed");
     if (stop) {
       // The source gave up (and resumed its guest). At switchover the whole
       // stream may already wait in the stopped destination's socket buffer:
@@ -600,7 +586,7 @@ TEST_P(PeerFaultTest, FailsCleanlyWithTheSourceIntact) {
     if (stop) {
       EXPECT_TRUE(Contains(send.Stderr() + recv.Stderr(), "no progress")) << report();
     }
-    ExpectSendFailedJson(send);
+    ExpectJsonStatus(send, "failed");
     ExpectRecvDidNotSucceed(recv);
   }
   EXPECT_TRUE(SourceIntact(live)) << report();
@@ -661,7 +647,7 @@ TEST_F(OutOfSpaceTest, DestinationMemoryFile) {
   EXPECT_TRUE(ExitsWithCode(send, 1, seconds(30))) << "receiver:\n" << recv.Report();
   EXPECT_TRUE(Contains(send.Stderr(), "the destination reports")) << send.Report();
   EXPECT_TRUE(Contains(send.Stderr(), "No space left on device")) << send.Report();
-  ExpectSendFailedJson(send);
+  ExpectJsonStatus(send, "failed");
   EXPECT_FALSE(std::filesystem::exists(out)) << "recv left its partial memory file behind: " << out;
   EXPECT_TRUE(SourceIntact(false));
 }
@@ -697,7 +683,7 @@ TEST_F(FaultMatrixTest, SourceMemoryFileTruncated) {
   ASSERT_EQ(::truncate(P("source.mem").c_str(), 4096), 0) << std::strerror(errno);
   EXPECT_TRUE(ExitsWithCode(send, 1, kKilledBound)) << "receiver:\n" << recv.Report();
   EXPECT_TRUE(Contains(send.Stderr(), "ferry: error")) << send.Report();
-  ExpectSendFailedJson(send);
+  ExpectJsonStatus(send, "failed");
   EXPECT_TRUE(ExitsWithCode(recv, 1, kKilledBound)) << "sender:\n" << send.Report();
   ExpectRecvDidNotSucceed(recv);
 }
@@ -778,7 +764,7 @@ class StrayTest : public FaultMatrixTest {
         << "recv's error should name the stray peer " << stray_addr << "\n" << Report();
     ExpectRecvDidNotSucceed(recv_);
     EXPECT_TRUE(ExitsWithCode(send_, 1, kStoppedBound)) << Report();
-    ExpectSendFailedJson(send_);
+    ExpectJsonStatus(send_, "failed");
     EXPECT_TRUE(SourceIntact(false));
   }
 
