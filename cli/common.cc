@@ -7,6 +7,7 @@
 #include <optional>
 
 #include "cli/report.h"
+#include "core/thread_name.h"
 
 namespace ferry::cli {
 
@@ -58,7 +59,7 @@ void BlockTermSignals() {
 
 CancelOnSignal::CancelOnSignal() {
   thread_ = std::thread([this] {
-    pthread_setname_np(pthread_self(), "signals");
+    SetThreadName("signals");
     sigset_t set;
     sigemptyset(&set);
     sigaddset(&set, SIGINT);

@@ -17,7 +17,9 @@
 #include <thread>
 #include <vector>
 
+#include "core/thread_name.h"
 #include "core/unique_fd.h"
+#include "core/worker_pool.h"
 
 namespace ferry::cli {
 
@@ -245,20 +247,16 @@ void FillPage(uint8_t* page, uint64_t index, const FillSpec& spec, uint64_t seed
 bool FillMemory(uint8_t* mem, uint64_t size, const FillSpec& spec, uint64_t seed, const std::atomic<bool>* stop) {
   const uint64_t pages = size / kPageSize;
   const unsigned threads = std::max(1u, std::min(8u, std::thread::hardware_concurrency()));
-  std::vector<std::thread> ts;
-  for (unsigned t = 0; t < threads; ++t) {
-    ts.emplace_back([=] {
-      uint64_t since_check = 0;
-      for (uint64_t i = t; i < pages; i += threads) {
-        if (stop && ++since_check == 256) {
-          since_check = 0;
-          if (stop->load(std::memory_order_relaxed)) return;
-        }
-        FillPage(mem + i * kPageSize, i, spec, seed);
+  ParallelFor(threads, "fill-", [&](unsigned t) {
+    uint64_t since_check = 0;
+    for (uint64_t i = t; i < pages; i += threads) {
+      if (stop && ++since_check == 256) {
+        since_check = 0;
+        if (stop->load(std::memory_order_relaxed)) return;
       }
-    });
-  }
-  for (auto& t : ts) t.join();
+      FillPage(mem + i * kPageSize, i, spec, seed);
+    }
+  });
   return !(stop && stop->load());
 }
 
@@ -277,7 +275,7 @@ void SyntheticGuest::StartWriter(uint64_t rate, uint64_t hot_set, DirtyTracker* 
   hot_offset = std::min<uint64_t>(hot_offset & kPageMask, mem_.size() - kPageSize);
   hot_set = std::clamp<uint64_t>(hot_set & kPageMask, kPageSize, mem_.size() - hot_offset);
   writer_ = std::thread([=, this] {
-    pthread_setname_np(pthread_self(), "guest-writer");
+    ferry::SetThreadName("guest-writer");
     WriterLoop(rate, hot_offset, hot_set, tracker, seed);
   });
 }

@@ -7,6 +7,7 @@
 #include <CLI/CLI.hpp>
 
 #include "cli/commands.h"
+#include "ferry/version.h"
 
 int main(int argc, char** argv) {
   using namespace ferry::cli;
@@ -16,7 +17,7 @@ int main(int argc, char** argv) {
       "Moves a guest's RAM between two processes (or hosts) over tcp, unix sockets or descriptors,\n"
       "live while it is being written, and verifies the result page by page."};
   app.require_subcommand(1);
-  app.set_version_flag("--version", "ferry 0.1.0");
+  app.set_version_flag("--version", std::string("ferry ") + ferry::Version());
 
   SendOpts send;
   auto* s = app.add_subcommand("send", "Migrate a guest's memory to a destination (the source side).");

@@ -1,4 +1,5 @@
 #include "cli/report.h"
+#include "core/thread_name.h"
 
 #include <unistd.h>
 
@@ -374,7 +375,7 @@ Progress::Progress(std::function<MigrationStats()> poll, std::string role)
     : poll_(std::move(poll)), role_(std::move(role)) {
   if (!isatty(STDERR_FILENO)) return;
   thread_ = std::thread([this] {
-    pthread_setname_np(pthread_self(), "progress");
+    ferry::SetThreadName("progress");
     bool printed = false;
     while (!stop_.load()) {
       MigrationStats s = poll_();

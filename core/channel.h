@@ -12,16 +12,25 @@
 //   FERRY_RETURN_IF_ERROR(ch->ReadExact(buf, 64));
 #pragma once
 
+#include <limits.h>
 #include <sys/uio.h>
 
 #include <cstddef>
 #include <span>
 #include <string>
 
-#include "core/progress.h"
-#include "core/status.h"
+#include "progress.h"
+#include "status.h"
 
 namespace ferry {
+
+// The most iovecs one writev()/sendmsg() takes (IOV_MAX); longer lists are
+// written in batches of this many.
+#ifdef IOV_MAX
+inline constexpr size_t kIovBatch = IOV_MAX;
+#else
+inline constexpr size_t kIovBatch = 1024;
+#endif
 
 class Channel {
  public:

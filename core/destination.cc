@@ -7,6 +7,8 @@
 #include <map>
 
 #include "core/configuration.h"
+#include "core/endian.h"
+#include "core/format.h"
 #include "core/sigbus.h"
 #include "core/migration.h"
 #include "core/stream.h"
@@ -20,12 +22,6 @@ using Clock = std::chrono::steady_clock;
 
 uint64_t MsSince(Clock::time_point t) {
   return std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t).count();
-}
-
-std::string Hex(uint64_t v) {
-  char buf[24];
-  snprintf(buf, sizeof(buf), "0x%" PRIx64, v);
-  return buf;
 }
 
 // Rejects a vmstate subsection where ferry expects none.
@@ -156,17 +152,19 @@ Status MigrationDestination::Run(Channel& channel) {
     // has sent everything, so a failure earlier is seen as a closed socket.
     std::string msg = s.ok() ? (options_.expect_verify ? "verified" : "completed") : s.message();
     if (msg.size() > 60000) msg.resize(60000);
-    uint32_t hdr[3] = {__builtin_bswap32(wire::kVerdictMagic), __builtin_bswap32(s.ok() ? 0 : 1),
-                       __builtin_bswap32(static_cast<uint32_t>(msg.size()))};
+    uint8_t hdr[12];
+    StoreBe32(hdr, wire::kVerdictMagic);
+    StoreBe32(hdr + 4, s.ok() ? 0 : 1);
+    StoreBe32(hdr + 8, static_cast<uint32_t>(msg.size()));
     iovec iov[2] = {{hdr, sizeof(hdr)}, {msg.data(), msg.size()}};
     Status sent = channel.WriteAll(std::span<iovec>(iov, 2));
     if (!s.ok() && sent.ok()) DrainAfterFailure(channel);
     if (s.ok()) {
       // Completed only once the source has taken the verdict and let its
       // guest go; a source that gave up resumed its guest and closed.
-      uint32_t commit = 0;
-      Status got = sent.ok() ? channel.ReadExact(&commit, sizeof(commit)) : sent;
-      if (got.ok() && __builtin_bswap32(commit) != wire::kCommitMagic) {
+      uint8_t commit[4] = {};
+      Status got = sent.ok() ? channel.ReadExact(commit, sizeof(commit)) : sent;
+      if (got.ok() && LoadBe32(commit) != wire::kCommitMagic) {
         got = Status::Protocol("the source answered the verdict with something else than its commit");
       }
       if (!got.ok()) {
@@ -177,8 +175,9 @@ Status MigrationDestination::Run(Channel& channel) {
   }
   if (return_path_ && s.code() != Code::kClosed && s.code() != Code::kCancelled) {
     // QEMU's source waits for this before it calls the migration done.
-    const uint32_t failed = __builtin_bswap32(s.ok() ? 0 : 1);
-    Status shut = SendReturnPath(channel, wire::kRpShut, &failed, sizeof(failed));
+    uint8_t failed[4];
+    StoreBe32(failed, s.ok() ? 0 : 1);
+    Status shut = SendReturnPath(channel, wire::kRpShut, failed, sizeof(failed));
     if (s.ok() && !shut.ok()) s = shut.WithContext("telling the source on the return path that the load completed");
   }
   std::lock_guard<std::mutex> lock(mu_);
@@ -389,7 +388,9 @@ void MigrationDestination::DrainAfterFailure(Channel& channel) {
 }
 
 Status MigrationDestination::SendReturnPath(Channel& channel, uint16_t type, const void* data, uint16_t len) {
-  uint16_t hdr[2] = {__builtin_bswap16(type), __builtin_bswap16(len)};
+  uint8_t hdr[4];
+  StoreBe16(hdr, type);
+  StoreBe16(hdr + 2, len);
   iovec iov[2] = {{hdr, sizeof(hdr)}, {const_cast<void*>(data), len}};
   return channel.WriteAll(std::span<iovec>(iov, len ? 2 : 1));
 }
@@ -428,8 +429,9 @@ Status MigrationDestination::HandleCommand(StreamReader& r, Channel& channel, ui
       const uint32_t value = r.GetBe32();
       FERRY_RETURN_IF_ERROR(r.status());
       if (!return_path_) return Status::Protocol("the source sent PING without opening the return path" + where);
-      const uint32_t be = __builtin_bswap32(value);
-      return SendReturnPath(channel, wire::kRpPong, &be, sizeof(be)).WithContext("answering PING on the return path");
+      uint8_t be[4];
+      StoreBe32(be, value);
+      return SendReturnPath(channel, wire::kRpPong, be, sizeof(be)).WithContext("answering PING on the return path");
     }
     case Command::kSwitchoverStart:
       return Status::Ok();  // the source has paused its guest; nothing to prepare here

@@ -23,8 +23,8 @@
 #include <string>
 #include <string_view>
 
-#include "core/ram_block.h"
-#include "core/status.h"
+#include "ram_block.h"
+#include "status.h"
 
 namespace ferry {
 

@@ -29,15 +29,15 @@
 #include <mutex>
 #include <vector>
 
-#include "core/channel.h"
-#include "core/dirty_tracker.h"
-#include "core/page_sink.h"
-#include "core/params.h"
-#include "core/ram_block.h"
-#include "core/ram_loader.h"
-#include "core/section.h"
-#include "core/stats.h"
-#include "core/status.h"
+#include "channel.h"
+#include "dirty_tracker.h"
+#include "page_sink.h"
+#include "params.h"
+#include "ram_block.h"
+#include "ram_loader.h"
+#include "section.h"
+#include "stats.h"
+#include "status.h"
 
 namespace ferry {
 

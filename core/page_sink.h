@@ -20,10 +20,10 @@
 #include <string>
 #include <vector>
 
-#include "core/ram_block.h"
-#include "core/stats.h"
-#include "core/status.h"
-#include "core/stream.h"
+#include "ram_block.h"
+#include "stats.h"
+#include "status.h"
+#include "stream.h"
 
 namespace ferry {
 

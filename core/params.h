@@ -13,8 +13,8 @@
 #include <string_view>
 #include <vector>
 
-#include "core/status.h"
-#include "core/uuid.h"
+#include "status.h"
+#include "uuid.h"
 
 namespace ferry {
 

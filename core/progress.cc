@@ -6,12 +6,9 @@
 #include <cerrno>
 #include <cstdio>
 
-namespace ferry {
+#include "core/deadline.h"
 
-namespace {
-// poll() takes an int of milliseconds; longer waits are done in steps.
-constexpr std::chrono::milliseconds kMaxPollStep = std::chrono::hours(1);
-}  // namespace
+namespace ferry {
 
 ProgressBound ProgressBound::Make(std::chrono::milliseconds limit) {
   ProgressBound b;
@@ -32,11 +29,9 @@ bool ProgressBound::Expired(Clock::time_point since) const {
 }
 
 int ProgressBound::PollMs(Clock::time_point since, int cap_ms) const {
-  std::chrono::milliseconds cap = cap_ms < 0 ? kMaxPollStep : std::min(kMaxPollStep, std::chrono::milliseconds(cap_ms));
-  if (!bounded()) return cap_ms < 0 ? -1 : static_cast<int>(cap.count());
-  const auto left = LastProgress(since) + limit - Clock::now();
-  if (left <= Clock::duration::zero()) return 0;
-  return static_cast<int>(std::min(std::chrono::ceil<std::chrono::milliseconds>(left), cap).count());
+  const std::chrono::milliseconds cap = cap_ms < 0 ? std::chrono::milliseconds::max() : std::chrono::milliseconds(cap_ms);
+  if (!bounded()) return cap_ms < 0 ? -1 : PollMsFor(Clock::duration::max(), cap);
+  return PollMsFor(LastProgress(since) + limit - Clock::now(), cap);
 }
 
 std::string FormatDuration(std::chrono::milliseconds d) {

@@ -27,7 +27,7 @@
 #include <string>
 #include <string_view>
 
-#include "core/status.h"
+#include "status.h"
 
 namespace ferry {
 

@@ -1,3 +1,4 @@
+#include "core/format.h"
 #include "core/ram_loader.h"
 
 #include <cinttypes>
@@ -9,12 +10,6 @@
 
 namespace ferry {
 namespace {
-
-std::string Hex(uint64_t v) {
-  char buf[24];
-  snprintf(buf, sizeof(buf), "0x%" PRIx64, v);
-  return buf;
-}
 
 std::string At(uint64_t offset) { return " (stream offset " + std::to_string(offset) + ")"; }
 

@@ -10,9 +10,9 @@
 #include <string>
 #include <vector>
 
-#include "core/ram_block.h"
-#include "core/section.h"
-#include "core/stats.h"
+#include "ram_block.h"
+#include "section.h"
+#include "stats.h"
 
 namespace ferry {
 

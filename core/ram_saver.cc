@@ -5,20 +5,24 @@
 
 namespace ferry {
 
-void StreamSink::Page(RamBlock& block, uint64_t page_index, bool zero) {
-  uint64_t hdr = (page_index << kPageShift) | (zero ? wire::kRamZero : wire::kRamPage);
-  if (&block == last_block_) {
-    w_.PutBe64(hdr | wire::kRamContinue);
+void PutPageRecord(StreamWriter& w, const RamBlock*& last_block, RamBlock& block, uint64_t page_index, bool zero) {
+  const uint64_t hdr = (page_index << kPageShift) | (zero ? wire::kRamZero : wire::kRamPage);
+  if (&block == last_block) {
+    w.PutBe64(hdr | wire::kRamContinue);
   } else {
-    w_.PutBe64(hdr);
-    w_.PutName(block.name);
-    last_block_ = &block;
+    w.PutBe64(hdr);
+    w.PutName(block.name);
+    last_block = &block;
   }
   if (zero) {
-    w_.Put8(0);
+    w.Put8(0);
   } else {
-    w_.PutRef(block.page(page_index), kPageSize);
+    w.PutRef(block.page(page_index), kPageSize);
   }
+}
+
+void StreamSink::Page(RamBlock& block, uint64_t page_index, bool zero) {
+  PutPageRecord(w_, last_block_, block, page_index, zero);
 }
 
 void RamSaver::MarkAllDirty() {

@@ -19,6 +19,12 @@
 
 namespace ferry {
 
+// One RAM page record of the main stream: be64 offset|PAGE or ZERO, with
+// CONTINUE when `block` is `last_block` (else the block name follows), then
+// the page, or for ZERO the fill byte 0. `last_block` is the stream's
+// CONTINUE state (reset to null at every section start).
+void PutPageRecord(StreamWriter& w, const RamBlock*& last_block, RamBlock& block, uint64_t page_index, bool zero);
+
 struct RamSaverCounters {
   uint64_t normal_pages = 0;
   uint64_t zero_pages = 0;

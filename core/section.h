@@ -9,8 +9,8 @@
 #include <cstdint>
 #include <string>
 
-#include "core/status.h"
-#include "core/stream.h"
+#include "status.h"
+#include "stream.h"
 
 namespace ferry {
 

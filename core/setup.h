@@ -30,14 +30,14 @@
 #include <string_view>
 #include <vector>
 
-#include "core/channel.h"
-#include "core/migration.h"
-#include "core/page_sink.h"
-#include "core/params.h"
-#include "core/ram_loader.h"
-#include "core/stats.h"
-#include "core/status.h"
-#include "core/uuid.h"
+#include "channel.h"
+#include "migration.h"
+#include "page_sink.h"
+#include "params.h"
+#include "ram_loader.h"
+#include "stats.h"
+#include "status.h"
+#include "uuid.h"
 
 namespace ferry {
 

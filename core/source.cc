@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "core/configuration.h"
+#include "core/endian.h"
 #include "core/migration.h"
 #include "core/ram_saver.h"
 #include "core/sigbus.h"
@@ -436,8 +437,9 @@ Status MigrationSource::RunInner(Channel& channel, bool await_confirmation) {
         return v;
       }
       // Hand the guest over: from here on it lives on the destination.
-      const uint32_t commit = __builtin_bswap32(wire::kCommitMagic);
-      FERRY_RETURN_IF_ERROR(channel.WriteAll(&commit, sizeof(commit))
+      uint8_t commit[4];
+      StoreBe32(commit, wire::kCommitMagic);
+      FERRY_RETURN_IF_ERROR(channel.WriteAll(commit, sizeof(commit))
                                 .WithContext("confirming the switchover to the destination"));
       std::lock_guard<std::mutex> lock(mu_);
       stats_.verified = verify;
@@ -458,7 +460,7 @@ Status MigrationSource::RunInner(Channel& channel, bool await_confirmation) {
 }
 
 Status MigrationSource::ReadVerdict(Channel& channel) {
-  uint32_t hdr[3];
+  uint8_t hdr[12];
   Status rs = channel.ReadExact(hdr, sizeof(hdr));
   if (!rs.ok()) {
     if (rs.code() == Code::kTimeout || rs.code() == Code::kCancelled) {
@@ -467,11 +469,11 @@ Status MigrationSource::ReadVerdict(Channel& channel) {
     return Status::Closed("the destination closed the connection without confirming the migration (" + rs.message() +
                           ")");
   }
-  if (__builtin_bswap32(hdr[0]) != wire::kVerdictMagic) {
+  if (LoadBe32(hdr) != wire::kVerdictMagic) {
     return Status::Protocol("the destination's reply is not a ferry verdict");
   }
-  const uint32_t code = __builtin_bswap32(hdr[1]);
-  const uint32_t len = std::min<uint32_t>(__builtin_bswap32(hdr[2]), 64 * 1024);
+  const uint32_t code = LoadBe32(hdr + 4);
+  const uint32_t len = std::min<uint32_t>(LoadBe32(hdr + 8), 64 * 1024);
   std::string msg(len, '\0');
   FERRY_RETURN_IF_ERROR(channel.ReadExact(msg.data(), len));
   if (code != 0) return Status::Mismatch("the destination reports: " + msg);
@@ -480,7 +482,7 @@ Status MigrationSource::ReadVerdict(Channel& channel) {
 
 Status MigrationSource::AwaitQemuShut(Channel& channel, bool* unconfirmed) {
   while (true) {
-    uint16_t hdr[2];
+    uint8_t hdr[4];
     Status rs = channel.ReadExact(hdr, sizeof(hdr));
     if (!rs.ok()) {
       *unconfirmed = true;
@@ -490,7 +492,7 @@ Status MigrationSource::AwaitQemuShut(Channel& channel, bool* unconfirmed) {
       return Status::Closed("QEMU closed the connection without confirming that it loaded the migration (" +
                             rs.message() + "); see QEMU's own error output");
     }
-    const uint16_t type = __builtin_bswap16(hdr[0]), len = __builtin_bswap16(hdr[1]);
+    const uint16_t type = LoadBe16(hdr), len = LoadBe16(hdr + 2);
     uint8_t data[512];
     if (len > sizeof(data)) {
       return Status::Protocol("QEMU's return path sent message " + std::to_string(type) + " of " +
@@ -499,11 +501,10 @@ Status MigrationSource::AwaitQemuShut(Channel& channel, bool* unconfirmed) {
     FERRY_RETURN_IF_ERROR(channel.ReadExact(data, len).WithContext("reading QEMU's return path"));
     if (type == wire::kRpShut) {
       if (len != 4) return Status::Protocol("QEMU's SHUT message has " + std::to_string(len) + " bytes");
-      uint32_t v;
-      std::memcpy(&v, data, 4);
+      const uint32_t v = LoadBe32(data);
       if (v != 0) {
         return Status::Mismatch("QEMU reports that loading the migration failed (SHUT " +
-                                std::to_string(__builtin_bswap32(v)) + "); see QEMU's own error output");
+                                std::to_string(v) + "); see QEMU's own error output");
       }
       return Status::Ok();
     }

@@ -1,3 +1,4 @@
+#include "core/endian.h"
 #include "core/stream.h"
 
 #include <climits>
@@ -29,8 +30,7 @@ void StreamWriter::MakeRoom(size_t n) {
 void StreamWriter::PutBe16(uint16_t v) {
   if (avail() < 2) MakeRoom(2);
   if (!status_.ok()) return;
-  buf_[used_] = v >> 8;
-  buf_[used_ + 1] = v;
+  StoreBe16(&buf_[used_], v);
   used_ += 2;
   bytes_ += 2;
 }
@@ -38,8 +38,7 @@ void StreamWriter::PutBe16(uint16_t v) {
 void StreamWriter::PutBe32(uint32_t v) {
   if (avail() < 4) MakeRoom(4);
   if (!status_.ok()) return;
-  uint32_t be = __builtin_bswap32(v);
-  std::memcpy(&buf_[used_], &be, 4);
+  StoreBe32(&buf_[used_], v);
   used_ += 4;
   bytes_ += 4;
 }
@@ -47,8 +46,7 @@ void StreamWriter::PutBe32(uint32_t v) {
 void StreamWriter::PutBe64(uint64_t v) {
   if (avail() < 8) MakeRoom(8);
   if (!status_.ok()) return;
-  uint64_t be = __builtin_bswap64(v);
-  std::memcpy(&buf_[used_], &be, 8);
+  StoreBe64(&buf_[used_], v);
   used_ += 8;
   bytes_ += 8;
 }
@@ -153,7 +151,7 @@ bool StreamReader::Fill(size_t need) {
 
 uint16_t StreamReader::GetBe16() {
   if (!Fill(2)) return 0;
-  uint16_t v = static_cast<uint16_t>((buf_[pos_] << 8) | buf_[pos_ + 1]);
+  const uint16_t v = LoadBe16(&buf_[pos_]);
   pos_ += 2;
   bytes_ += 2;
   return v;
@@ -161,20 +159,18 @@ uint16_t StreamReader::GetBe16() {
 
 uint32_t StreamReader::GetBe32() {
   if (!Fill(4)) return 0;
-  uint32_t v;
-  std::memcpy(&v, &buf_[pos_], 4);
+  const uint32_t v = LoadBe32(&buf_[pos_]);
   pos_ += 4;
   bytes_ += 4;
-  return __builtin_bswap32(v);
+  return v;
 }
 
 uint64_t StreamReader::GetBe64() {
   if (!Fill(8)) return 0;
-  uint64_t v;
-  std::memcpy(&v, &buf_[pos_], 8);
+  const uint64_t v = LoadBe64(&buf_[pos_]);
   pos_ += 8;
   bytes_ += 8;
-  return __builtin_bswap64(v);
+  return v;
 }
 
 void StreamReader::GetBytes(void* dst, size_t len) {

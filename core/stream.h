@@ -26,8 +26,8 @@
 #include <string>
 #include <vector>
 
-#include "core/channel.h"
-#include "core/status.h"
+#include "channel.h"
+#include "status.h"
 
 namespace ferry {
 

@@ -1,3 +1,4 @@
+#include "core/endian.h"
 #include "core/verify.h"
 
 #include <xxhash.h>
@@ -10,6 +11,7 @@
 #include <vector>
 
 #include "core/wire.h"
+#include "core/worker_pool.h"
 #include "core/zero_page.h"
 
 namespace ferry {
@@ -20,11 +22,6 @@ namespace {
 constexpr uint64_t kStepPages = 64 * 1024;
 // Below this many pages a step is hashed on the calling thread.
 constexpr uint64_t kMinPagesPerThread = 4096;
-
-void PutBe64(uint8_t* out, uint64_t v) {
-  v = __builtin_bswap64(v);
-  std::memcpy(out, &v, 8);
-}
 
 uint64_t ZeroPageHash() {
   static const uint64_t h = [] {
@@ -60,15 +57,11 @@ void HashPages(const RamBlock& b, uint64_t first, uint64_t count, uint64_t* out)
     run(0, count);
     return;
   }
-  std::vector<std::thread> pool;
   const uint64_t per = (count + threads - 1) / threads;
-  for (uint64_t t = 1; t < threads; ++t) {
+  ParallelFor(static_cast<unsigned>(threads), "verify-", [&](unsigned t) {
     const uint64_t from = std::min(count, t * per);
-    const uint64_t to = std::min(count, from + per);
-    pool.emplace_back(run, from, to);
-  }
-  run(0, std::min(count, per));
-  for (auto& th : pool) th.join();
+    run(from, std::min(count, from + per));
+  });
 }
 
 }  // namespace
@@ -86,7 +79,7 @@ void WriteVerifyPayload(StreamWriter& w, const RamBlockList& blocks) {
     for (uint64_t i = 0; i < pages; i += kStepPages) {
       const uint64_t n = std::min(kStepPages, pages - i);
       HashPages(b, i, n, hashes.data());
-      for (uint64_t j = 0; j < n; ++j) PutBe64(&raw[j * 8], hashes[j]);
+      for (uint64_t j = 0; j < n; ++j) StoreBe64(&raw[j * 8], hashes[j]);
       XXH3_128bits_update(st, raw.data(), n * 8);
       w.PutBytes(raw.data(), n * 8);
     }
@@ -137,9 +130,7 @@ Status VerifyLoader::Load(StreamReader& r, uint32_t version) {
       XXH3_128bits_update(st, raw.data(), n * 8);
       HashPages(*b, i, n, mine.data());
       for (uint64_t j = 0; j < n; ++j) {
-        uint64_t theirs;
-        std::memcpy(&theirs, &raw[j * 8], 8);
-        theirs = __builtin_bswap64(theirs);
+        const uint64_t theirs = LoadBe64(&raw[j * 8]);
         if (mine[j] != theirs) {
           if (differing++ == 0) {
             char buf[64];

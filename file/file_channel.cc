@@ -5,6 +5,7 @@
 //   - FileChannelImpl: the one FileChannel implementation
 //   - CreateFileForSave / OpenFileForLoad
 //   - ProbeDirectIo / OpenDirect
+#include "core/channel.h"
 #include "file/file_channel.h"
 
 #include <fcntl.h>
@@ -56,12 +57,6 @@ Status FileReadError(std::string_view path, uint64_t offset, int err) {
 }
 
 namespace {
-
-#ifdef IOV_MAX
-constexpr size_t kIovBatch = IOV_MAX;
-#else
-constexpr size_t kIovBatch = 1024;
-#endif
 
 // Offsets are handed to the kernel as off_t.
 constexpr uint64_t kMaxOffset = static_cast<uint64_t>(INT64_MAX);

@@ -17,9 +17,9 @@
 #include <string>
 #include <string_view>
 
-#include "core/channel.h"
-#include "core/status.h"
-#include "core/unique_fd.h"
+#include "../core/channel.h"
+#include "../core/status.h"
+#include "../core/unique_fd.h"
 
 namespace ferry {
 

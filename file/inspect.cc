@@ -1,3 +1,5 @@
+#include "core/endian.h"
+#include "core/format.h"
 #include "file/inspect.h"
 
 #include <fcntl.h>
@@ -94,14 +96,13 @@ class Cursor {
   bool Be32(uint32_t* v, const std::string& what, std::string* e) {
     uint8_t b[4];
     if (!Read(b, 4, what, e)) return false;
-    *v = (uint32_t{b[0]} << 24) | (uint32_t{b[1]} << 16) | (uint32_t{b[2]} << 8) | b[3];
+    *v = LoadBe32(b);
     return true;
   }
   bool Be64(uint64_t* v, const std::string& what, std::string* e) {
     uint8_t b[8];
     if (!Read(b, 8, what, e)) return false;
-    *v = 0;
-    for (int i = 0; i < 8; ++i) *v = (*v << 8) | b[i];
+    *v = LoadBe64(b);
     return true;
   }
   bool Name(std::string* name, const std::string& what, std::string* e) {
@@ -116,16 +117,6 @@ class Cursor {
   uint64_t size_;
   uint64_t pos_;
 };
-
-uint64_t LoadBe64(const uint8_t* p) {
-  uint64_t v = 0;
-  for (int i = 0; i < 8; ++i) v = (v << 8) | p[i];
-  return v;
-}
-
-uint32_t LoadBe32(const uint8_t* p) {
-  return (uint32_t{p[0]} << 24) | (uint32_t{p[1]} << 16) | (uint32_t{p[2]} << 8) | p[3];
-}
 
 // At most `max` bytes of `s` with every byte outside printable ASCII as \xNN
 // (parser messages quote the bytes they stopped at).
@@ -251,15 +242,6 @@ class Walker {
   }
 
  private:
-  static std::string Hex(uint64_t v) {
-    static const char* d = "0123456789abcdef";
-    std::string s;
-    do {
-      s.insert(s.begin(), d[v & 15]);
-      v >>= 4;
-    } while (v);
-    return "0x" + s;
-  }
 
   // ---- Configuration subsections --------------------------------------
 
@@ -841,7 +823,7 @@ class Walker {
     if (c_.left() >= kMapHeaderSize) {
       c_.Read(h, kMapHeaderSize, "", &unused);
       c_.Seek(at);
-      version = (uint32_t{h[0]} << 24) | (uint32_t{h[1]} << 16) | (uint32_t{h[2]} << 8) | h[3];
+      version = LoadBe32(h);
       page_size = LoadBe64(h + 4);
       bitmap = LoadBe64(h + 12);
       pages = LoadBe64(h + 20);

@@ -32,12 +32,6 @@
 namespace ferry {
 namespace {
 
-#ifdef IOV_MAX
-constexpr size_t kIovBatch = IOV_MAX;
-#else
-constexpr size_t kIovBatch = 1024;
-#endif
-
 // The kernel refuses fixed buffers larger than this.
 constexpr size_t kMaxFixedBuffer = size_t{1} << 30;
 // Largest transfer put into one SQE (its length field is 32 bits). Page

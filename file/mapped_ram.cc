@@ -1,3 +1,7 @@
+#include "core/endian.h"
+#include "core/format.h"
+#include "core/thread_name.h"
+#include "core/worker_pool.h"
 #include "file/mapped_ram.h"
 
 #include <fcntl.h>
@@ -38,36 +42,7 @@ constexpr size_t kMaxQueuedRuns = 512;
 // Reader threads take the pages of a block in chunks of at least this many.
 constexpr uint64_t kMinChunkPages = 1024;
 
-std::string Hex(uint64_t v) {
-  char buf[24];
-  std::snprintf(buf, sizeof(buf), "0x%" PRIx64, v);
-  return buf;
-}
-
-void StoreBe32(uint8_t* p, uint32_t v) {
-  for (int i = 3; i >= 0; --i) *p++ = static_cast<uint8_t>(v >> (8 * i));
-}
-void StoreBe64(uint8_t* p, uint64_t v) {
-  for (int i = 7; i >= 0; --i) *p++ = static_cast<uint8_t>(v >> (8 * i));
-}
-uint32_t LoadBe32(const uint8_t* p) {
-  uint32_t v = 0;
-  for (int i = 0; i < 4; ++i) v = (v << 8) | p[i];
-  return v;
-}
-uint64_t LoadBe64(const uint8_t* p) {
-  uint64_t v = 0;
-  for (int i = 0; i < 8; ++i) v = (v << 8) | p[i];
-  return v;
-}
-
 uint64_t RoundUp(uint64_t v, uint64_t align) { return (v + align - 1) / align * align; }
-
-void NameThread(const char* prefix, size_t id) {
-  char name[16];
-  std::snprintf(name, sizeof(name), "%s%zu", prefix, id);
-  pthread_setname_np(pthread_self(), name);
-}
 
 // The bitmap's words in file order: little-endian 64-bit words (the host's
 // own layout on x86; converted elsewhere).
@@ -485,7 +460,7 @@ class MappedRamSink final : public PageSink {
   }
 
   void WriterMain(size_t id) {
-    NameThread("mapped-ram-w-", id);
+    SetThreadName("mapped-ram-w-", id);
     Writer& me = *writers_[id];
     auto e = MakeIoEngine(EngineOptions(me.fd.get(), options_, regions_),
                           [this](std::string_view line) { note_(line); });
@@ -784,16 +759,11 @@ class MappedRamReceiver final : public PageReceiver {
     const uint64_t chunks = (pages + chunk - 1) / chunk;
     const uint64_t threads = std::min<uint64_t>(n, chunks);
     std::vector<Status> results(threads);
-    std::vector<std::thread> pool;
-    for (uint64_t t = 0; t < threads; ++t) {
-      pool.emplace_back([&, t] {
-        NameThread("mapped-ram-r-", t);
-        results[t] = LoadWith(*readers_[t], b, h, present, next_chunk, chunk, chunks);
-        // First failure: the others take no new chunk.
-        if (!results[t].ok()) next_chunk.store(chunks, std::memory_order_relaxed);
-      });
-    }
-    for (auto& th : pool) th.join();
+    ParallelFor(static_cast<unsigned>(threads), "mapped-ram-r-", [&](unsigned t) {
+      results[t] = LoadWith(*readers_[t], b, h, present, next_chunk, chunk, chunks);
+      // First failure: the others take no new chunk.
+      if (!results[t].ok()) next_chunk.store(chunks, std::memory_order_relaxed);
+    });
     for (Status& s : results) {
       if (!s.ok()) return s;
     }

@@ -27,11 +27,11 @@
 #include <memory>
 #include <string_view>
 
-#include "core/page_sink.h"
-#include "core/params.h"
-#include "core/ram_loader.h"
-#include "core/status.h"
-#include "file/file_channel.h"
+#include "../core/page_sink.h"
+#include "../core/params.h"
+#include "../core/ram_loader.h"
+#include "../core/status.h"
+#include "file_channel.h"
 
 namespace ferry::mapped_ram {
 

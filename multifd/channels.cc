@@ -30,6 +30,8 @@
 // writes the stream header). One deadline covers all accepts and all reads,
 // and `stop` ends every wait at once, so a silent peer costs at most the
 // timeout and never a hang.
+#include "core/endian.h"
+#include "core/stop_fd.h"
 #include "multifd/channels.h"
 
 #include <poll.h>
@@ -57,10 +59,6 @@ using std::chrono::milliseconds;
 
 // Both magics are 4 bytes; the rest of an init packet follows the multifd one.
 constexpr size_t kMagicSize = 4;
-
-uint32_t GetBe32(const uint8_t* p) {
-  return (uint32_t{p[0]} << 24) | (uint32_t{p[1]} << 16) | (uint32_t{p[2]} << 8) | uint32_t{p[3]};
-}
 
 // `0x41424344 ("ABCD")`, non-printable bytes shown as '.'.
 std::string DescribeBytes(const uint8_t* p, size_t n) {
@@ -130,39 +128,6 @@ class PrefixChannel final : public Channel {
 
 // ---------------------------------------------------------------------------
 // Reads bounded by a deadline and a stop_token
-
-// Turns stop requests into a readable eventfd that poll() can watch.
-class StopFd {
- public:
-  explicit StopFd(const std::stop_token& stop) {
-    if (!stop.stop_possible()) return;
-    fd_.Reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
-    if (!fd_.valid()) {
-      status_ = ErrnoStatus("eventfd for stop requests");
-      return;
-    }
-    callback_.emplace(stop, Wake{fd_.get()});
-  }
-  StopFd(const StopFd&) = delete;
-  StopFd& operator=(const StopFd&) = delete;
-
-  const Status& status() const { return status_; }
-  int fd() const { return fd_.get(); }
-
- private:
-  struct Wake {
-    int fd;
-    void operator()() const noexcept {
-      uint64_t one = 1;
-      if (::write(fd, &one, sizeof one) < 0) {
-        // Only a full counter fails, and that still wakes poll().
-      }
-    }
-  };
-  Status status_;
-  UniqueFd fd_;  // declared before callback_: must outlive it
-  std::optional<std::stop_callback<Wake>> callback_;
-};
 
 class BoundedReader {
  public:
@@ -249,7 +214,7 @@ class BoundedReader {
 
   Clock::time_point deadline_ = Clock::time_point::max();  // of the current ReadExact
   std::stop_token stop_;
-  StopFd stop_fd_;
+  StopWatch stop_fd_;
 };
 
 // ---------------------------------------------------------------------------
@@ -336,7 +301,7 @@ Result<IncomingChannels> AcceptMigrationChannels(Acceptor& listener, uint32_t n,
     const std::string what = "connection from " + peer;
     uint8_t head[kInitPacketSize];
     FERRY_RETURN_IF_ERROR(reader.ReadExact(*ch, head, kMagicSize, read_by, what));
-    const uint32_t magic = GetBe32(head);
+    const uint32_t magic = LoadBe32(head);
 
     if (magic == wire::kMagic) {
       if (!got.main_from.empty()) {

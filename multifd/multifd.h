@@ -32,15 +32,15 @@
 #include <stop_token>
 #include <vector>
 
-#include "core/channel.h"
-#include "core/page_sink.h"
-#include "core/params.h"
-#include "core/setup.h"
-#include "core/ram_loader.h"
-#include "core/uri.h"
-#include "multifd/packet.h"
-#include "multifd/settings.h"
-#include "socket/socket.h"
+#include "../core/channel.h"
+#include "../core/page_sink.h"
+#include "../core/params.h"
+#include "../core/ram_loader.h"
+#include "../core/setup.h"
+#include "../core/uri.h"
+#include "../socket/socket.h"
+#include "packet.h"
+#include "settings.h"
 
 namespace ferry::multifd {
 

@@ -1,5 +1,7 @@
 // multifd init packet and packet header codec, plus the destination-side
 // check of a decoded packet against the registered RAM blocks.
+#include "core/endian.h"
+#include "core/format.h"
 #include "multifd/packet.h"
 
 #include <algorithm>
@@ -29,37 +31,13 @@ constexpr size_t kHdrRamblockAt = 64;
 static_assert(kHdrRamblockAt + kRamblockNameSize == kPacketHeaderSize);
 static_assert(kInitIdAt + 1 + 7 + 4 * 8 == kInitPacketSize);
 
-void PutBe32(uint8_t* p, uint32_t v) {
-  p[0] = static_cast<uint8_t>(v >> 24);
-  p[1] = static_cast<uint8_t>(v >> 16);
-  p[2] = static_cast<uint8_t>(v >> 8);
-  p[3] = static_cast<uint8_t>(v);
-}
-
-void PutBe64(uint8_t* p, uint64_t v) {
-  PutBe32(p, static_cast<uint32_t>(v >> 32));
-  PutBe32(p + 4, static_cast<uint32_t>(v));
-}
-
-uint32_t GetBe32(const uint8_t* p) {
-  return (uint32_t{p[0]} << 24) | (uint32_t{p[1]} << 16) | (uint32_t{p[2]} << 8) | uint32_t{p[3]};
-}
-
-uint64_t GetBe64(const uint8_t* p) { return (uint64_t{GetBe32(p)} << 32) | GetBe32(p + 4); }
-
-std::string Hex(uint64_t v) {
-  char buf[24];
-  std::snprintf(buf, sizeof buf, "0x%" PRIx64, v);
-  return buf;
-}
-
 // Checks the be32 magic and version shared by both packet kinds.
 Status CheckMagicVersion(const uint8_t* in, size_t magic_at, size_t version_at, const char* what) {
-  const uint32_t magic = GetBe32(in + magic_at);
+  const uint32_t magic = LoadBe32(in + magic_at);
   if (magic != kMagic) {
     return Status::Protocol(std::string(what) + ": bad magic " + Hex(magic) + " (expected " + Hex(kMagic) + ")");
   }
-  const uint32_t version = GetBe32(in + version_at);
+  const uint32_t version = LoadBe32(in + version_at);
   if (version != kVersion) {
     return Status::Protocol(std::string(what) + ": version " + std::to_string(version) +
                             " is not supported (expected " + std::to_string(kVersion) + ")");
@@ -86,8 +64,8 @@ std::string CompressionName(uint32_t compression_bits) {
 
 void EncodeInitPacket(const InitPacket& p, uint8_t out[kInitPacketSize]) {
   std::memset(out, 0, kInitPacketSize);
-  PutBe32(out + kInitMagicAt, kMagic);
-  PutBe32(out + kInitVersionAt, kVersion);
+  StoreBe32(out + kInitMagicAt, kMagic);
+  StoreBe32(out + kInitVersionAt, kVersion);
   std::memcpy(out + kInitUuidAt, p.uuid.data(), p.uuid.size());
   out[kInitIdAt] = p.id;
 }
@@ -102,14 +80,14 @@ Result<InitPacket> DecodeInitPacket(const uint8_t in[kInitPacketSize]) {
 
 void EncodePacketHeader(const PacketHeader& h, uint8_t out[kPacketHeaderSize]) {
   std::memset(out, 0, kPacketHeaderSize);
-  PutBe32(out + kHdrMagicAt, kMagic);
-  PutBe32(out + kHdrVersionAt, kVersion);
-  PutBe32(out + kHdrFlagsAt, h.flags);
-  PutBe32(out + kHdrPagesAllocAt, h.pages_alloc);
-  PutBe32(out + kHdrNormalPagesAt, h.normal_pages);
-  PutBe32(out + kHdrNextPacketSizeAt, h.next_packet_size);
-  PutBe64(out + kHdrPacketNumAt, h.packet_num);
-  PutBe32(out + kHdrZeroPagesAt, h.zero_pages);
+  StoreBe32(out + kHdrMagicAt, kMagic);
+  StoreBe32(out + kHdrVersionAt, kVersion);
+  StoreBe32(out + kHdrFlagsAt, h.flags);
+  StoreBe32(out + kHdrPagesAllocAt, h.pages_alloc);
+  StoreBe32(out + kHdrNormalPagesAt, h.normal_pages);
+  StoreBe32(out + kHdrNextPacketSizeAt, h.next_packet_size);
+  StoreBe64(out + kHdrPacketNumAt, h.packet_num);
+  StoreBe32(out + kHdrZeroPagesAt, h.zero_pages);
   // At most 255 bytes of name, so the field always keeps a terminating NUL.
   const size_t n = std::min(h.ramblock.size(), kRamblockNameSize - 1);
   std::memcpy(out + kHdrRamblockAt, h.ramblock.data(), n);
@@ -118,12 +96,12 @@ void EncodePacketHeader(const PacketHeader& h, uint8_t out[kPacketHeaderSize]) {
 Result<PacketHeader> DecodePacketHeader(const uint8_t in[kPacketHeaderSize]) {
   FERRY_RETURN_IF_ERROR(CheckMagicVersion(in, kHdrMagicAt, kHdrVersionAt, "multifd packet"));
   PacketHeader h;
-  h.flags = GetBe32(in + kHdrFlagsAt);
-  h.pages_alloc = GetBe32(in + kHdrPagesAllocAt);
-  h.normal_pages = GetBe32(in + kHdrNormalPagesAt);
-  h.next_packet_size = GetBe32(in + kHdrNextPacketSizeAt);
-  h.packet_num = GetBe64(in + kHdrPacketNumAt);
-  h.zero_pages = GetBe32(in + kHdrZeroPagesAt);
+  h.flags = LoadBe32(in + kHdrFlagsAt);
+  h.pages_alloc = LoadBe32(in + kHdrPagesAllocAt);
+  h.normal_pages = LoadBe32(in + kHdrNormalPagesAt);
+  h.next_packet_size = LoadBe32(in + kHdrNextPacketSizeAt);
+  h.packet_num = LoadBe64(in + kHdrPacketNumAt);
+  h.zero_pages = LoadBe32(in + kHdrZeroPagesAt);
 
   if (h.flags & kFlagDeviceState) {
     return Status::Unsupported("multifd packet: device state packet (flag " + Hex(kFlagDeviceState) +

@@ -31,9 +31,9 @@
 #include <string>
 #include <vector>
 
-#include "core/ram_block.h"
-#include "core/status.h"
-#include "core/uuid.h"
+#include "../core/ram_block.h"
+#include "../core/status.h"
+#include "../core/uuid.h"
 
 namespace ferry::multifd {
 

@@ -23,6 +23,8 @@
 #include <thread>
 #include <vector>
 
+#include "core/endian.h"
+#include "core/thread_name.h"
 #include "core/zero_page.h"
 #include "multifd/multifd.h"
 #include "multifd/settings.h"
@@ -31,18 +33,6 @@
 
 namespace ferry::multifd {
 namespace {
-
-uint64_t GetBe64(const uint8_t* p) {
-  uint64_t v = 0;
-  for (int i = 0; i < 8; ++i) v = (v << 8) | p[i];
-  return v;
-}
-
-void NameThread(const char* prefix, unsigned id) {
-  char name[16];
-  std::snprintf(name, sizeof(name), "%s%u", prefix, id);
-  pthread_setname_np(pthread_self(), name);
-}
 
 class MultifdReceiver final : public PageReceiver {
  public:
@@ -267,7 +257,7 @@ bool MultifdReceiver::Fail(const Status& s) {
 // --- receiver threads --------------------------------------------------------
 
 void MultifdReceiver::ReceiverMain(Receiver& r) {
-  NameThread("multifd-recv-", r.id);
+  SetThreadName("multifd-recv-", r.id);
   Status s = ReceiveLoop(r);
   if (!s.ok() && Fail(s) && on_error_) on_error_(s);
   std::lock_guard<std::mutex> lock(mu_);
@@ -416,7 +406,7 @@ Status MultifdReceiver::ReceiveLoop(Receiver& r) {
       if (!s.ok()) return ReadError(r, h.packet_num, s);
     }
     offsets.clear();
-    for (uint64_t k = 0; k < count; ++k) offsets.push_back(GetBe64(raw_offsets + k * 8));
+    for (uint64_t k = 0; k < count; ++k) offsets.push_back(LoadBe64(raw_offsets + k * 8));
 
     // Nothing touches guest memory before the block list is known and the
     // packet is checked against it.

@@ -34,6 +34,9 @@
 #include <utility>
 #include <vector>
 
+#include "core/endian.h"
+#include "core/ram_saver.h"
+#include "core/thread_name.h"
 #include "core/wire.h"
 #include "multifd/multifd.h"
 #include "multifd/zero_detect.h"
@@ -60,18 +63,6 @@ constexpr size_t kMaxIov = IOV_MAX;
 #else
 constexpr size_t kMaxIov = 1024;
 #endif
-
-void PutBe64(uint8_t* p, uint64_t v) {
-  for (int i = 7; i >= 0; --i) {
-    *p++ = static_cast<uint8_t>(v >> (8 * i));
-  }
-}
-
-void NameThread(const char* prefix, unsigned id) {
-  char name[16];
-  std::snprintf(name, sizeof(name), "%s%u", prefix, id);
-  pthread_setname_np(pthread_self(), name);
-}
 
 // Pages of one RAM block, in the order the saver gave them.
 struct Batch {
@@ -282,15 +273,7 @@ void MultifdSink::Page(RamBlock& block, uint64_t page_index, bool zero) {
 // Same record as StreamSink writes: be64 offset|ZERO[|CONTINUE], the block
 // name unless CONTINUE, the fill byte 0.
 void MultifdSink::WriteZeroRecord(RamBlock& block, uint64_t page_index) {
-  const uint64_t hdr = (page_index << kPageShift) | wire::kRamZero;
-  if (&block == last_zero_block_) {
-    main_.PutBe64(hdr | wire::kRamContinue);
-  } else {
-    main_.PutBe64(hdr);
-    main_.PutName(block.name);
-    last_zero_block_ = &block;
-  }
-  main_.Put8(0);
+  PutPageRecord(main_, last_zero_block_, block, page_index, /*zero=*/true);
 }
 
 bool MultifdSink::Dispatch() {
@@ -508,7 +491,7 @@ void MultifdSink::FillStats(MigrationStats& stats) const {
 // --- sender threads ----------------------------------------------------------
 
 void MultifdSink::SenderLoop(Sender& s) {
-  NameThread("multifd-send-", s.id);
+  SetThreadName("multifd-send-", s.id);
   Job job;
   while (true) {
     {
@@ -585,8 +568,8 @@ Status MultifdSink::SendPages(Sender& s, const Batch& b) {
   // The offset array always has pages_alloc slots on the wire (QEMU reads a
   // fixed-size packet); the ones after normal + zero stay 0.
   uint8_t* p = meta + kPacketHeaderSize;
-  for (uint32_t k = 0; k < normal; ++k, p += 8) PutBe64(p, normal_off[k]);
-  for (uint32_t k = 0; k < zeros; ++k, p += 8) PutBe64(p, zero_off[k]);
+  for (uint32_t k = 0; k < normal; ++k, p += 8) StoreBe64(p, normal_off[k]);
+  for (uint32_t k = 0; k < zeros; ++k, p += 8) StoreBe64(p, zero_off[k]);
   std::memset(p, 0, static_cast<size_t>(meta + kMetaBytes - p));
   const size_t meta_len = kMetaBytes;
 

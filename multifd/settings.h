@@ -13,8 +13,8 @@
 #include <string_view>
 #include <vector>
 
-#include "core/params.h"
-#include "core/status.h"
+#include "../core/params.h"
+#include "../core/status.h"
 
 namespace ferry::multifd {
 

@@ -15,10 +15,10 @@
 #include <stop_token>
 #include <string>
 
-#include "core/channel.h"
-#include "core/status.h"
-#include "core/unique_fd.h"
-#include "core/uri.h"
+#include "../core/channel.h"
+#include "../core/status.h"
+#include "../core/unique_fd.h"
+#include "../core/uri.h"
 
 namespace ferry {
 

@@ -5,6 +5,9 @@ find_package(nlohmann_json 3 REQUIRED)
 
 add_library(ferry_test_support STATIC
   support/process.cc
+  support/files.cc
+  support/pattern.cc
+  support/compare.cc
   support/qemu.cc
   support/qmp.cc
 )

@@ -14,6 +14,7 @@
 #include "core/migration.h"
 #include "core/wire.h"
 #include "tests/memory_channel.h"
+#include "tests/support/stream_bytes.h"
 
 namespace ferry {
 namespace {
@@ -24,29 +25,11 @@ constexpr uint64_t kRam = 16 * kPageSize;
 const Uuid kUuidA = {0x5b, 0x6c, 0xa0, 0xf4, 0x6a, 0xd8, 0x4f, 0x5c, 0x9d, 0x6c, 0x05, 0xa3, 0xc4, 0xb2, 0xc6, 0xf1};
 const Uuid kUuidB = {0x5b, 0x6c, 0xa0, 0xf4, 0x6a, 0xd8, 0x4f, 0x5c, 0x9d, 0x6c, 0x05, 0xa3, 0xc4, 0xb2, 0xc6, 0xf2};
 
-struct Bytes {
-  std::vector<uint8_t> b;
-  Bytes& u8(uint8_t v) { b.push_back(v); return *this; }
-  Bytes& be16(uint16_t v) { return u8(v >> 8).u8(v & 0xff); }
-  Bytes& be32(uint32_t v) { for (int i = 3; i >= 0; --i) b.push_back(v >> (8 * i)); return *this; }
-  Bytes& be64(uint64_t v) { for (int i = 7; i >= 0; --i) b.push_back(v >> (8 * i)); return *this; }
-  Bytes& name(const std::string& s) { u8(s.size()); b.insert(b.end(), s.begin(), s.end()); return *this; }
-  Bytes& raw(const void* p, size_t n) { auto* c = static_cast<const uint8_t*>(p); b.insert(b.end(), c, c + n); return *this; }
-  // Stream header and a configuration section without subsections.
-  Bytes& header(const std::string& machine = "none") {
-    be32(wire::kMagic).be32(wire::kVersion).u8(wire::kConfiguration).be32(machine.size());
-    b.insert(b.end(), machine.begin(), machine.end());
-    return *this;
-  }
-  Bytes& subsection(const std::string& n, uint32_t version = 1) { return u8(wire::kSubsection).name(n).be32(version); }
+struct Bytes : test::StreamBytesBase<Bytes> {
+  Bytes& header(const std::string& machine = "none") { return StreamBytesBase::header(machine); }
   Bytes& caps(const std::vector<std::string>& list) {
     subsection("configuration/capabilities").be32(list.size());
     for (const std::string& c : list) name(c);
-    return *this;
-  }
-  Bytes& command(uint16_t cmd, const std::vector<uint8_t>& payload = {}) {
-    u8(wire::kCommand).be16(cmd).be16(payload.size());
-    b.insert(b.end(), payload.begin(), payload.end());
     return *this;
   }
   // A whole "ram" section (START with the block list, END with one page of

@@ -15,6 +15,7 @@
 #include "core/verify.h"
 #include "core/wire.h"
 #include "tests/memory_channel.h"
+#include "tests/support/stream_bytes.h"
 
 namespace ferry {
 namespace {
@@ -77,25 +78,9 @@ LoadResult LoadStream(std::vector<uint8_t> bytes, TestRam& ram, DestinationOptio
 }
 
 // Hand-built streams for the error cases.
-struct Builder {
-  std::vector<uint8_t> b;
-  Builder& u8(uint8_t v) { b.push_back(v); return *this; }
-  Builder& be32(uint32_t v) { for (int i = 3; i >= 0; --i) b.push_back(v >> (8 * i)); return *this; }
-  Builder& be64(uint64_t v) { for (int i = 7; i >= 0; --i) b.push_back(v >> (8 * i)); return *this; }
-  Builder& name(const std::string& s) { u8(s.size()); b.insert(b.end(), s.begin(), s.end()); return *this; }
-  Builder& bytes(const void* p, size_t n) { auto* c = static_cast<const uint8_t*>(p); b.insert(b.end(), c, c + n); return *this; }
-  Builder& header(const std::string& machine = "ferry") {
-    be32(wire::kMagic).be32(wire::kVersion).u8(wire::kConfiguration).be32(machine.size());
-    b.insert(b.end(), machine.begin(), machine.end());
-    return *this;
-  }
-  Builder& start(uint32_t id, const std::string& idstr, uint32_t version, uint8_t type = wire::kSectionStart) {
-    return u8(type).be32(id).name(idstr).be32(0).be32(version);
-  }
-  Builder& footer(uint32_t id) { return u8(wire::kFooter).be32(id); }
-  Builder& ram_setup(uint64_t size, const std::string& block = "ram") {
-    return be64(size | wire::kRamMemSize).name(block).be64(size).be64(wire::kRamEos);
-  }
+struct Builder : test::StreamBytesBase<Builder> {
+  Builder& header(const std::string& machine = "ferry") { return StreamBytesBase::header(machine); }
+  Builder& bytes(const void* p, size_t n) { return raw(p, n); }
 };
 
 DestinationOptions NoVerify() {

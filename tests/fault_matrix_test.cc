@@ -60,9 +60,11 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "core/endian.h"
 #include "core/unique_fd.h"
 #include "tests/support/ferry_cli.h"
 #include "tests/support/process.h"
+#include "tests/support/text.h"
 
 namespace ferry::test {
 namespace {
@@ -102,10 +104,6 @@ PatternSpec SourcePattern() {
   s.zero_pct = 25;
   s.text_pct = 25;
   return s;
-}
-
-bool Contains(const std::string& haystack, const std::string& needle) {
-  return haystack.find(needle) != std::string::npos;
 }
 
 // A hash of bytes [0, len) of a file ("" if unreadable).
@@ -150,12 +148,6 @@ int LocalPort(int fd) {
   socklen_t len = sizeof(addr);
   if (::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) return -1;
   return ntohs(addr.sin_port);
-}
-
-int PortOf(const std::string& uri) {
-  const size_t colon = uri.rfind(':');
-  if (!uri.starts_with("tcp:127.0.0.1:") || colon == std::string::npos) return -1;
-  return std::stoi(uri.substr(colon + 1));
 }
 
 // A listening socket on 127.0.0.1 with a kernel-chosen port.
@@ -467,20 +459,6 @@ class FaultMatrixTest : public ::testing::Test {
     return FileRangeEquals(P("source.mem"), kHotSet, P("pristine.mem"), kHotSet, kSourceSize - kHotSet);
   }
 
-  // recv did not claim success in its JSON (when it printed any).
-  void ExpectRecvDidNotSucceed(const Process& recv) {
-    Result<json> j = FerryJson(recv);
-    if (!j.ok()) return;
-    EXPECT_NE(j->value("status", std::string()), "completed") << recv.Report();
-    EXPECT_NE(j->value("verified", false), true) << recv.Report();
-  }
-
-  void ExpectSendFailedJson(const Process& send) {
-    Result<json> j = FerryJson(send);
-    ASSERT_TRUE(j.ok()) << j.status().message();
-    EXPECT_EQ(j->value("status", std::string()), "failed") << send.Report();
-  }
-
   std::unique_ptr<TempDir> dir_;
 };
 
@@ -576,7 +554,7 @@ TEST_P(PeerFaultTest, FailsCleanlyWithTheSourceIntact) {
       // Woken up, the source finds its destination gone: it fails too.
       ASSERT_TRUE(send.Signal(SIGCONT).ok());
       EXPECT_TRUE(ExitsWithCode(send, 1, kStoppedBound)) << report();
-      ExpectSendFailedJson(send);
+      ExpectJsonStatus(send, "failed");
     }
   } else if (victim == Victim::kDestination) {
     if (stop && point != Point::kSwitchover) {
@@ -590,7 +568,7 @@ TEST_P(PeerFaultTest, FailsCleanlyWithTheSourceIntact) {
     if (stop) {
       EXPECT_TRUE(Contains(send.Stderr(), "no progress")) << report();
     }
-    ExpectSendFailedJson(send);
+    ExpectJsonStatus(send, "failed");
     if (stop) {
       // The source gave up (and resumed its guest). At switchover the whole
       // stream may already wait in the stopped destination's socket buffer:
@@ -608,7 +586,7 @@ TEST_P(PeerFaultTest, FailsCleanlyWithTheSourceIntact) {
     if (stop) {
       EXPECT_TRUE(Contains(send.Stderr() + recv.Stderr(), "no progress")) << report();
     }
-    ExpectSendFailedJson(send);
+    ExpectJsonStatus(send, "failed");
     ExpectRecvDidNotSucceed(recv);
   }
   EXPECT_TRUE(SourceIntact(live)) << report();
@@ -669,7 +647,7 @@ TEST_F(OutOfSpaceTest, DestinationMemoryFile) {
   EXPECT_TRUE(ExitsWithCode(send, 1, seconds(30))) << "receiver:\n" << recv.Report();
   EXPECT_TRUE(Contains(send.Stderr(), "the destination reports")) << send.Report();
   EXPECT_TRUE(Contains(send.Stderr(), "No space left on device")) << send.Report();
-  ExpectSendFailedJson(send);
+  ExpectJsonStatus(send, "failed");
   EXPECT_FALSE(std::filesystem::exists(out)) << "recv left its partial memory file behind: " << out;
   EXPECT_TRUE(SourceIntact(false));
 }
@@ -705,7 +683,7 @@ TEST_F(FaultMatrixTest, SourceMemoryFileTruncated) {
   ASSERT_EQ(::truncate(P("source.mem").c_str(), 4096), 0) << std::strerror(errno);
   EXPECT_TRUE(ExitsWithCode(send, 1, kKilledBound)) << "receiver:\n" << recv.Report();
   EXPECT_TRUE(Contains(send.Stderr(), "ferry: error")) << send.Report();
-  ExpectSendFailedJson(send);
+  ExpectJsonStatus(send, "failed");
   EXPECT_TRUE(ExitsWithCode(recv, 1, kKilledBound)) << "sender:\n" << send.Report();
   ExpectRecvDidNotSucceed(recv);
 }
@@ -786,7 +764,7 @@ class StrayTest : public FaultMatrixTest {
         << "recv's error should name the stray peer " << stray_addr << "\n" << Report();
     ExpectRecvDidNotSucceed(recv_);
     EXPECT_TRUE(ExitsWithCode(send_, 1, kStoppedBound)) << Report();
-    ExpectSendFailedJson(send_);
+    ExpectJsonStatus(send_, "failed");
     EXPECT_TRUE(SourceIntact(false));
   }
 
@@ -814,10 +792,14 @@ TEST_F(StrayTest, SilentStrayBetweenConnectionsTimesOut) {
 // ---- Names that are not UTF-8 -------------------------------------------------------
 
 void PutBe32(std::string& s, uint32_t v) {
-  for (int shift = 24; shift >= 0; shift -= 8) s.push_back(static_cast<char>(v >> shift));
+  uint8_t b[4];
+  StoreBe32(b, v);
+  s.append(reinterpret_cast<const char*>(b), sizeof(b));
 }
 void PutBe64(std::string& s, uint64_t v) {
-  for (int shift = 56; shift >= 0; shift -= 8) s.push_back(static_cast<char>(v >> shift));
+  uint8_t b[8];
+  StoreBe64(b, v);
+  s.append(reinterpret_cast<const char*>(b), sizeof(b));
 }
 
 // A machine name with an invalid UTF-8 byte, an escape sequence and control

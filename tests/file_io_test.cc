@@ -29,9 +29,12 @@
 #include "core/unique_fd.h"
 #include "file/file_channel.h"
 #include "file/io_engine.h"
+#include "tests/support/text.h"
 
 namespace ferry {
 namespace {
+
+using test::Contains;
 
 namespace fs = std::filesystem;
 
@@ -131,10 +134,6 @@ void WriteWholeFile(const std::string& path, const std::string& data) {
   UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
   ASSERT_TRUE(fd.valid()) << path << ": " << std::strerror(errno);
   ASSERT_EQ(::write(fd.get(), data.data(), data.size()), static_cast<ssize_t>(data.size()));
-}
-
-bool Contains(const std::string& haystack, const std::string& needle) {
-  return haystack.find(needle) != std::string::npos;
 }
 
 // Runs of 1..max_run consecutive pages covering [0, pages), shuffled: many

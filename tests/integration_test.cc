@@ -27,6 +27,7 @@
 #include "core/unique_fd.h"
 #include "tests/support/ferry_cli.h"
 #include "tests/support/process.h"
+#include "tests/support/text.h"
 
 namespace ferry::test {
 namespace {
@@ -47,11 +48,6 @@ PatternSpec SourceFilePattern() {
   s.random_pct = 50;
   s.zero_pct = 50;
   s.text_pct = 0;
-  return s;
-}
-
-std::string Lower(std::string s) {
-  std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return std::tolower(c); });
   return s;
 }
 
@@ -137,13 +133,6 @@ class IntegrationTest : public ::testing::Test {
                                  << send->Report() << recv->Report();
     ASSERT_TRUE(recv->Running()) << "recv ended before the migration could be disturbed\n"
                                  << send->Report() << recv->Report();
-  }
-
-  // Parses ferry's JSON into *out; fails the test if there is none.
-  void GetJson(const Process& p, json* out) {
-    Result<json> j = FerryJson(p);
-    ASSERT_TRUE(j.ok()) << j.status().message();
-    *out = std::move(*j);
   }
 
   // Both ends of a successful migration: exit 0, "completed", recv verified.
@@ -250,10 +239,7 @@ TEST_F(IntegrationTest, GarbagePeerIsRejected) {
   ASSERT_TRUE(ExitsWithCode(recv, 1, seconds(30)));
   EXPECT_NE(Lower(recv.Stderr()).find("magic"), std::string::npos)
       << "stderr should mention the bad magic\n" << recv.Report();
-  if (Result<json> j = FerryJson(recv); j.ok()) {
-    EXPECT_NE(j->value("status", std::string()), "completed") << recv.Report();
-    EXPECT_NE(j->value("verified", false), true) << recv.Report();
-  }
+  ExpectRecvDidNotSucceed(recv);
 }
 
 // With verification off the destination still has the last word: a source
@@ -304,15 +290,10 @@ TEST_F(IntegrationTest, SigintCancelsSend) {
   ASSERT_TRUE(send.Signal(SIGINT).ok());
 
   ASSERT_TRUE(ExitsWithCode(send, 3, kExitTimeout)) << "receiver:\n" << recv.Report();
-  json sj;
-  ASSERT_NO_FATAL_FAILURE(GetJson(send, &sj));
-  EXPECT_EQ(sj.value("status", std::string()), "cancelled") << send.Report();
+  ExpectJsonStatus(send, "cancelled");
 
   ASSERT_TRUE(ExitsWithFailure(recv, kExitTimeout)) << "sender:\n" << send.Report();
-  if (Result<json> j = FerryJson(recv); j.ok()) {
-    EXPECT_NE(j->value("status", std::string()), "completed") << recv.Report();
-    EXPECT_NE(j->value("verified", false), true) << recv.Report();
-  }
+  ExpectRecvDidNotSucceed(recv);
 }
 
 // The receiver is SIGKILLed mid-migration: send notices and fails (exit 1).
@@ -322,9 +303,7 @@ TEST_F(IntegrationTest, SendFailsWhenReceiverIsKilled) {
   recv.Kill();
 
   ASSERT_TRUE(ExitsWithCode(send, 1, kExitTimeout));
-  json sj;
-  ASSERT_NO_FATAL_FAILURE(GetJson(send, &sj));
-  EXPECT_EQ(sj.value("status", std::string()), "failed") << send.Report();
+  ExpectJsonStatus(send, "failed");
 }
 
 }  // namespace

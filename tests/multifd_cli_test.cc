@@ -32,9 +32,11 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "core/endian.h"
 #include "core/unique_fd.h"
 #include "tests/support/ferry_cli.h"
 #include "tests/support/process.h"
+#include "tests/support/text.h"
 
 namespace ferry::test {
 namespace {
@@ -49,11 +51,6 @@ constexpr auto kExitTimeout = seconds(60);
 constexpr auto kRefuseTimeout = seconds(20);
 constexpr const char* kRecvTimeout = "45";
 
-std::string Lower(std::string s) {
-  std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return std::tolower(c); });
-  return s;
-}
-
 // The 64-byte multifd init packet, built by hand (independent of ferry's
 // codec): be32 magic, be32 version, uuid[16], u8 id, zero padding.
 struct InitSpec {
@@ -65,24 +62,11 @@ struct InitSpec {
 
 std::vector<uint8_t> InitPacket(const InitSpec& s) {
   std::vector<uint8_t> p(64, 0);
-  auto be32 = [&](size_t at, uint32_t v) {
-    p[at] = static_cast<uint8_t>(v >> 24);
-    p[at + 1] = static_cast<uint8_t>(v >> 16);
-    p[at + 2] = static_cast<uint8_t>(v >> 8);
-    p[at + 3] = static_cast<uint8_t>(v);
-  };
-  be32(0, s.magic);
-  be32(4, s.version);
+  StoreBe32(&p[0], s.magic);
+  StoreBe32(&p[4], s.version);
   std::copy(s.uuid.begin(), s.uuid.end(), p.begin() + 8);
   p[24] = s.id;
   return p;
-}
-
-// The port of a "tcp:127.0.0.1:PORT" URI.
-int PortOf(const std::string& uri) {
-  const size_t colon = uri.rfind(':');
-  if (!uri.starts_with("tcp:127.0.0.1:") || colon == std::string::npos) return -1;
-  return std::stoi(uri.substr(colon + 1));
 }
 
 // A raw tcp connection to 127.0.0.1:port that sends `bytes` and stays open.
@@ -125,12 +109,6 @@ class MultifdCliTest : public ::testing::Test {
     Result<Process> p = StartFerry(*dir_, "send", std::move(args));
     ASSERT_TRUE(p.ok()) << p.status().ToString();
     *send = std::move(*p);
-  }
-
-  void GetJson(const Process& p, json* out) {
-    Result<json> j = FerryJson(p);
-    ASSERT_TRUE(j.ok()) << j.status().message();
-    *out = std::move(*j);
   }
 
   // recv with multifd and 2 channels; `connect` opens raw connections to it.
@@ -490,10 +468,7 @@ TEST_F(MultifdCliTest, RecvFailsWhenSourceIsKilled) {
   ASSERT_NO_FATAL_FAILURE(StartEndlessMigration(&recv, &send));
   send.Kill();
   ASSERT_TRUE(ExitsWithFailure(recv, kExitTimeout)) << "sender:\n" << send.Report();
-  if (Result<json> j = FerryJson(recv); j.ok()) {
-    EXPECT_NE(j->value("status", std::string()), "completed") << recv.Report();
-    EXPECT_NE(j->value("verified", false), true) << recv.Report();
-  }
+  ExpectRecvDidNotSucceed(recv);
 }
 
 // The destination is SIGKILLed mid-migration: the sender threads' writes
@@ -503,9 +478,7 @@ TEST_F(MultifdCliTest, SendFailsWhenReceiverIsKilled) {
   ASSERT_NO_FATAL_FAILURE(StartEndlessMigration(&recv, &send));
   recv.Kill();
   ASSERT_TRUE(ExitsWithCode(send, 1, kExitTimeout));
-  json sj;
-  ASSERT_NO_FATAL_FAILURE(GetJson(send, &sj));
-  EXPECT_EQ(sj.value("status", std::string()), "failed") << send.Report();
+  ExpectJsonStatus(send, "failed");
 }
 
 }  // namespace

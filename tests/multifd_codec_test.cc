@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "core/endian.h"
 #include "core/ram_block.h"
 #include "multifd/packet.h"
 #include "multifd/zero_detect.h"
@@ -19,14 +20,6 @@ namespace ferry::multifd {
 namespace {
 
 // ---------------------------------------------------------------- helpers
-
-uint32_t Be32At(const uint8_t* p) {
-  return (uint32_t{p[0]} << 24) | (uint32_t{p[1]} << 16) | (uint32_t{p[2]} << 8) | p[3];
-}
-uint64_t Be64At(const uint8_t* p) { return (uint64_t{Be32At(p)} << 32) | Be32At(p + 4); }
-void SetBe32(uint8_t* p, uint32_t v) {
-  for (int i = 0; i < 4; ++i) p[i] = static_cast<uint8_t>(v >> (24 - 8 * i));
-}
 
 bool AllZero(const uint8_t* p, size_t n) {
   for (size_t i = 0; i < n; ++i) {
@@ -91,10 +84,10 @@ TEST(InitPacket, RoundTripAndLayout) {
   std::memset(buf, 0xee, sizeof buf);
   EncodeInitPacket(p, buf);
 
-  EXPECT_EQ(Be32At(buf + 0), 0x11223344u);
+  EXPECT_EQ(LoadBe32(buf + 0), 0x11223344u);
   EXPECT_EQ(buf[0], 0x11);
   EXPECT_EQ(buf[3], 0x44);
-  EXPECT_EQ(Be32At(buf + 4), 1u);
+  EXPECT_EQ(LoadBe32(buf + 4), 1u);
   EXPECT_EQ(std::memcmp(buf + 8, p.uuid.data(), 16), 0);
   EXPECT_EQ(buf[24], 7);
   EXPECT_TRUE(AllZero(buf + 25, kInitPacketSize - 25));
@@ -118,7 +111,7 @@ TEST(InitPacket, MaxChannelId) {
 TEST(InitPacket, BadMagic) {
   uint8_t buf[kInitPacketSize];
   EncodeInitPacket({}, buf);
-  SetBe32(buf, 0x12345678);
+  StoreBe32(buf, 0x12345678);
   ExpectError(DecodeInitPacket(buf), Code::kProtocol,
               "multifd init packet: bad magic 0x12345678 (expected 0x11223344)");
 }
@@ -126,7 +119,7 @@ TEST(InitPacket, BadMagic) {
 TEST(InitPacket, BadVersion) {
   uint8_t buf[kInitPacketSize];
   EncodeInitPacket({}, buf);
-  SetBe32(buf + 4, 2);
+  StoreBe32(buf + 4, 2);
   ExpectError(DecodeInitPacket(buf), Code::kProtocol, "multifd init packet: version 2 is not supported (expected 1)");
 }
 
@@ -150,19 +143,19 @@ TEST(PacketHeader, RoundTripAndLayout) {
   std::memset(buf, 0xee, sizeof buf);
   EncodePacketHeader(h, buf);
 
-  EXPECT_EQ(Be32At(buf + 0), kMagic);
-  EXPECT_EQ(Be32At(buf + 4), kVersion);
-  EXPECT_EQ(Be32At(buf + 8), kFlagSync | kCompressionZstd);
+  EXPECT_EQ(LoadBe32(buf + 0), kMagic);
+  EXPECT_EQ(LoadBe32(buf + 4), kVersion);
+  EXPECT_EQ(LoadBe32(buf + 8), kFlagSync | kCompressionZstd);
   EXPECT_EQ(buf[11], 0x05);  // SYNC | zstd (2 << 1)
-  EXPECT_EQ(Be32At(buf + 12), 128u);
-  EXPECT_EQ(Be32At(buf + 16), 100u);
-  EXPECT_EQ(Be32At(buf + 20), 0x01020304u);
+  EXPECT_EQ(LoadBe32(buf + 12), 128u);
+  EXPECT_EQ(LoadBe32(buf + 16), 100u);
+  EXPECT_EQ(LoadBe32(buf + 20), 0x01020304u);
   EXPECT_EQ(buf[20], 0x01);
   EXPECT_EQ(buf[23], 0x04);
-  EXPECT_EQ(Be64At(buf + 24), 0x0a0b0c0d0e0f1011ull);
+  EXPECT_EQ(LoadBe64(buf + 24), 0x0a0b0c0d0e0f1011ull);
   EXPECT_EQ(buf[24], 0x0a);
   EXPECT_EQ(buf[31], 0x11);
-  EXPECT_EQ(Be32At(buf + 32), 28u);
+  EXPECT_EQ(LoadBe32(buf + 32), 28u);
   EXPECT_TRUE(AllZero(buf + 36, 64 - 36));  // be32 unused + 3 x be64 unused
   EXPECT_EQ(std::memcmp(buf + 64, "pc.ram", 6), 0);
   EXPECT_TRUE(AllZero(buf + 70, kPacketHeaderSize - 70));  // NUL padding
@@ -218,10 +211,10 @@ TEST(PacketHeader, Qemu10SyncPacketWithPagesAllocZero) {
   EXPECT_EQ(d->ramblock, "");
 
   // pages_alloc 0 still bounds the page counts.
-  SetBe32(buf + 16, 1);
+  StoreBe32(buf + 16, 1);
   ExpectError(DecodePacketHeader(buf), Code::kProtocol, "normal_pages 1 + zero_pages 0 exceed pages_alloc 0");
-  SetBe32(buf + 16, 0);
-  SetBe32(buf + 32, 1);
+  StoreBe32(buf + 16, 0);
+  StoreBe32(buf + 32, 1);
   ExpectError(DecodePacketHeader(buf), Code::kProtocol, "normal_pages 0 + zero_pages 1 exceed pages_alloc 0");
 }
 
@@ -260,19 +253,19 @@ class PacketHeaderError : public ::testing::Test {
 };
 
 TEST_F(PacketHeaderError, BadMagic) {
-  SetBe32(buf, 0x12345678);
+  StoreBe32(buf, 0x12345678);
   ExpectError(DecodePacketHeader(buf), Code::kProtocol, "multifd packet: bad magic 0x12345678 (expected 0x11223344)");
 }
 
 TEST_F(PacketHeaderError, BadVersion) {
-  SetBe32(buf + 4, 2);
+  StoreBe32(buf + 4, 2);
   ExpectError(DecodePacketHeader(buf), Code::kProtocol, "multifd packet: version 2 is not supported (expected 1)");
 }
 
 TEST_F(PacketHeaderError, UnknownFlags) {
-  SetBe32(buf + 8, 0x400 | kFlagSync);
+  StoreBe32(buf + 8, 0x400 | kFlagSync);
   ExpectError(DecodePacketHeader(buf), Code::kProtocol, "multifd packet: unknown flags 0x400");
-  SetBe32(buf + 8, 0x80000000u);
+  StoreBe32(buf + 8, 0x80000000u);
   ExpectError(DecodePacketHeader(buf), Code::kProtocol, "unknown flags 0x80000000");
 }
 
@@ -280,32 +273,32 @@ TEST_F(PacketHeaderError, UnknownFlags) {
 // another kind, named in the error rather than reported as unknown bits.
 TEST_F(PacketHeaderError, DeviceStatePacket) {
   EXPECT_EQ(kFlagDeviceState, 0x40u);
-  SetBe32(buf + 8, kFlagDeviceState);
+  StoreBe32(buf + 8, kFlagDeviceState);
   ExpectError(DecodePacketHeader(buf), Code::kUnsupported, "multifd packet: device state packet (flag 0x40");
-  SetBe32(buf + 8, kFlagDeviceState | kFlagSync);
+  StoreBe32(buf + 8, kFlagDeviceState | kFlagSync);
   ExpectError(DecodePacketHeader(buf), Code::kUnsupported, "device state packet");
 }
 
 TEST_F(PacketHeaderError, PagesAllocTooLarge) {
-  SetBe32(buf + 12, 4096);
+  StoreBe32(buf + 12, 4096);
   ExpectError(DecodePacketHeader(buf), Code::kProtocol, "multifd packet: pages_alloc 4096 exceeds 128");
-  SetBe32(buf + 12, 129);
+  StoreBe32(buf + 12, 129);
   ExpectError(DecodePacketHeader(buf), Code::kProtocol, "pages_alloc 129 exceeds 128");
 }
 
 TEST_F(PacketHeaderError, TooManyPages) {
-  SetBe32(buf + 16, 100);
-  SetBe32(buf + 32, 100);
+  StoreBe32(buf + 16, 100);
+  StoreBe32(buf + 32, 100);
   ExpectError(DecodePacketHeader(buf), Code::kProtocol,
               "multifd packet: normal_pages 100 + zero_pages 100 exceed pages_alloc 128");
 }
 
 TEST_F(PacketHeaderError, PageCountsDoNotWrap) {
-  SetBe32(buf + 16, 0xffffffffu);
-  SetBe32(buf + 32, 1);
+  StoreBe32(buf + 16, 0xffffffffu);
+  StoreBe32(buf + 32, 1);
   ExpectError(DecodePacketHeader(buf), Code::kProtocol, "normal_pages 4294967295 + zero_pages 1 exceed pages_alloc");
-  SetBe32(buf + 16, 1);
-  SetBe32(buf + 32, 0xffffffffu);
+  StoreBe32(buf + 16, 1);
+  StoreBe32(buf + 32, 0xffffffffu);
   ExpectError(DecodePacketHeader(buf), Code::kProtocol, "exceed pages_alloc 128");
 }
 

@@ -38,6 +38,7 @@
 #include "socket/socket.h"
 #include "tests/support/ferry_cli.h"
 #include "tests/support/process.h"
+#include "tests/support/text.h"
 
 namespace ferry::test {
 namespace {
@@ -55,10 +56,6 @@ const std::string kBound = "no-progress-timeout=" + std::to_string(kBoundSeconds
 const std::string kNoProgress = "no progress for " + std::to_string(kBoundSeconds) + " s";
 
 double SecondsSince(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
-
-bool Contains(const std::string& haystack, const std::string& needle) {
-  return haystack.find(needle) != std::string::npos;
-}
 
 struct Recv {
   Process proc;

@@ -3,7 +3,7 @@
 //   FERRY_ASSIGN_OR_RETURN(MigrationPlan plan, Plan(Side::kDestination, spec));
 #pragma once
 
-#include "core/setup.h"
+#include "../core/setup.h"
 
 namespace ferry {
 

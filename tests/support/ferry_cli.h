@@ -52,6 +52,28 @@ inline Result<nlohmann::json> FerryJson(const Process& p) {
   return j;
 }
 
+// FerryJson() for use in a test body: fails the test if there is none.
+inline void GetJson(const Process& p, nlohmann::json* out) {
+  Result<nlohmann::json> j = FerryJson(p);
+  ASSERT_TRUE(j.ok()) << j.status().message();
+  *out = std::move(*j);
+}
+
+// The process printed JSON (--json) whose "status" is `status`.
+inline void ExpectJsonStatus(const Process& p, const std::string& status) {
+  Result<nlohmann::json> j = FerryJson(p);
+  ASSERT_TRUE(j.ok()) << j.status().message();
+  EXPECT_EQ(j->value("status", std::string()), status) << p.Report();
+}
+
+// recv did not claim success in its JSON (when it printed any).
+inline void ExpectRecvDidNotSucceed(const Process& recv) {
+  Result<nlohmann::json> j = FerryJson(recv);
+  if (!j.ok()) return;
+  EXPECT_NE(j->value("status", std::string()), "completed") << recv.Report();
+  EXPECT_NE(j->value("verified", false), true) << recv.Report();
+}
+
 // A member found by JSON pointer ("/ram/total"), if present.
 inline std::optional<nlohmann::json> JsonAt(const nlohmann::json& j, const std::string& pointer) {
   const nlohmann::json::json_pointer ptr(pointer);
