@@ -29,6 +29,7 @@
 #include "file/mapped_ram.h"
 #include "multifd/channels.h"
 #include "multifd/multifd.h"
+#include "cli/tls_options.h"
 #include "socket/socket.h"
 
 namespace ferry::cli {
@@ -116,6 +117,7 @@ struct CommonOpts {
   std::vector<std::string> params;  // -p NAME=VALUE
   std::vector<std::string> caps;    // -c NAME=on|off
   std::string uuid;                 // --uuid: the destination's uuid (multifd init packets)
+  std::string tls_creds;            // --tls-creds x509:DIR[,...] | psk:DIR[,...]
   bool json = false;
 };
 
@@ -199,14 +201,15 @@ mapped_ram::FileOptions FileOptionsFor(const MigrationParams& p) {
 
 // `to_stderr`: stdout carries the migration stream (send fd:1).
 void PrintResult(const std::string& role, const MigrationStats& st, bool json, const std::string& tracker,
-                 bool multifd, bool to_stderr = false) {
+                 bool multifd, bool to_stderr = false, const cli::TlsSetup* tls = nullptr) {
   std::ostream& out = to_stderr ? std::cerr : std::cout;
   if (json) {
     nlohmann::json j = StatsJson(st, multifd);
     if (!tracker.empty()) j["dirty-tracker"] = tracker;
+    if (tls) j["tls"] = tls->Json();
     out << DumpJson(j) << std::endl;
   } else {
-    out << Summary(role, st, tracker) << std::flush;
+    out << Summary(role, st, tracker) << (tls ? tls->SummaryLine() : "") << std::flush;
   }
 }
 
@@ -230,10 +233,14 @@ int ExitCodeFor(const MigrationStats& st) {
   return kExitFailed;
 }
 
-int RunSend(const SendOpts& o) {
+int RunSend(SendOpts o) {
   // Parse and validate everything before touching memory or the network.
   Result<Uri> uri = ParseUri(o.uri);
   if (!uri.ok()) return Fail(uri.status(), kExitUsage);
+  // TLS takes --tls-creds and the -p tls-* parameters.
+  Result<std::unique_ptr<cli::TlsSetup>> tls =
+      cli::TlsSetup::FromOptions(o.tls_creds, o.params, *uri, tls::Endpoint::kClient, o.qemu_compat.empty());
+  if (!tls.ok()) return Fail(tls.status(), kExitUsage);
   Result<Config> config = ParseConfig(o, *uri);
   if (!config.ok()) return Fail(config.status(), kExitUsage);
   const MigrationParams& params = config->params;
@@ -343,13 +350,15 @@ int RunSend(const SendOpts& o) {
     }
   } else {
     ch = Connect(*uri, connect_timeout, stop.get_token());
+    if (ch.ok() && *tls) ch = (*tls)->Wrap(std::move(*ch), stop.get_token());
   }
   Status connected = ch.status();
   if (connected.ok() && multifd && !to_file) {
     auto left = connect_timeout - std::chrono::duration_cast<std::chrono::milliseconds>(
                                       std::chrono::steady_clock::now() - connect_start);
     auto chans = multifd::ConnectMultifd(*uri, params.multifd_channels, config->uuid,
-                                         std::max(left, std::chrono::milliseconds(1000)), stop.get_token());
+                                         std::max(left, std::chrono::milliseconds(1000)), stop.get_token(),
+                                         *tls ? (*tls)->Hook(stop.get_token()) : multifd::ChannelWrap{});
     if (chans.ok()) {
       multifd_sinks = std::make_unique<multifd::MultifdSinkFactory>(params, std::move(*chans));
     } else {
@@ -361,7 +370,7 @@ int RunSend(const SendOpts& o) {
     st.state = signals.fired() ? MigrationState::kCancelled : MigrationState::kFailed;
     st.error = signals.fired() ? "cancelled before connecting" : connected.message();
     st.ram.total = guest.size();
-    if (o.json) PrintResult("send", st, true, tracker_name, report_multifd, StreamIsStdout(*uri));
+    if (o.json) PrintResult("send", st, true, tracker_name, report_multifd, StreamIsStdout(*uri), tls->get());
     if (signals.fired()) {
       Note("cancelled before connecting");
       return kExitCancelled;
@@ -401,7 +410,7 @@ int RunSend(const SendOpts& o) {
       st.error = result.message();
     }
   }
-  PrintResult("send", st, o.json, tracker_name, report_multifd, StreamIsStdout(*uri));
+  PrintResult("send", st, o.json, tracker_name, report_multifd, StreamIsStdout(*uri), tls->get());
   if (!result.ok() && result.code() != Code::kCancelled) PrintError(result);
   return ExitCodeFor(st);
 }
@@ -506,9 +515,13 @@ int RecvFromFifo(const RecvOpts& o, const Uri& uri, DestinationOptions opts, Ram
   return ExitCodeFor(st);
 }
 
-int RunRecv(const RecvOpts& o) {
+int RunRecv(RecvOpts o) {
   Result<Uri> uri = ParseUri(o.uri);
   if (!uri.ok()) return Fail(uri.status(), kExitUsage);
+  // TLS takes --tls-creds and the -p tls-* parameters.
+  Result<std::unique_ptr<cli::TlsSetup>> tls =
+      cli::TlsSetup::FromOptions(o.tls_creds, o.params, *uri, tls::Endpoint::kServer, o.qemu_compat.empty());
+  if (!tls.ok()) return Fail(tls.status(), kExitUsage);
   Result<Config> config = ParseConfig(o, *uri);
   if (!config.ok()) return Fail(config.status(), kExitUsage);
   const MigrationParams& params = config->params;
@@ -585,12 +598,13 @@ int RunRecv(const RecvOpts& o) {
   // multifd channel or garbage there, by its first bytes).
   Result<multifd::IncomingChannels> accepted = multifd::AcceptMigrationChannels(
       **listener, config->multifd_channels(), config->uuid,
-      std::chrono::milliseconds(static_cast<int64_t>(o.timeout * 1000)), stop.get_token());
+      std::chrono::milliseconds(static_cast<int64_t>(o.timeout * 1000)), stop.get_token(),
+      *tls ? (*tls)->Hook(stop.get_token()) : multifd::ChannelWrap{});
   if (!accepted.ok()) {
     MigrationStats st;
     st.state = signals.fired() ? MigrationState::kCancelled : MigrationState::kFailed;
     st.error = signals.fired() ? "cancelled while waiting for the source" : accepted.status().message();
-    if (o.json) PrintResult("recv", st, true, "", multifd);
+    if (o.json) PrintResult("recv", st, true, "", multifd, false, tls->get());
     if (signals.fired()) {
       Note("cancelled while waiting for the source");
       return kExitCancelled;
@@ -598,6 +612,7 @@ int RunRecv(const RecvOpts& o) {
     return Fail(accepted.status());
   }
   incoming = std::move(*accepted);
+  if (*tls) (*tls)->NoteIncoming(*incoming.main, incoming.multifd);
   if (multifd) {
     receiver = multifd::MakeMultifdReceiver(params, std::move(incoming.multifd));
     opts.receiver = receiver.get();
@@ -615,7 +630,7 @@ int RunRecv(const RecvOpts& o) {
     result = dest->Run(*incoming.main);
   }
   MigrationStats st = dest->Stats();
-  PrintResult("recv", st, o.json, "", multifd);
+  PrintResult("recv", st, o.json, "", multifd, false, tls->get());
   if (!result.ok()) PrintError(result);
   if (st.state == MigrationState::kCompleted && opts.expect_verify && !st.verified) return kExitFailed;
   const int rc = ExitCodeFor(st);
@@ -696,7 +711,16 @@ constexpr const char* kParamHelp =
     "O_DIRECT; save reserves the file's page regions up front and frees long zero runs at the end; needs mapped-ram), "
     "no-progress-timeout (seconds any channel may move no byte before the migration fails, both sides, default 30, "
     "0 = forever), max-stalled-passes (passes without the remaining dirty memory shrinking before the source gives "
-    "up, default 30, 0 = never), on-stall (fail|switchover: what it then does, default fail)";
+    "up, default 30, 0 = never), on-stall (fail|switchover: what it then does, default fail); with --tls-creds: "
+    "tls-hostname (source: the name the destination's certificate must carry; default the URI's host) and tls-authz "
+    "(destination: DN[;DN...], the client certificate subjects allowed, RFC 2253 as in 'CN=client,O=Org')";
+
+constexpr const char* kTlsHelp =
+    "TLS on the main stream and every multifd channel, credentials in QEMU's layout: x509:DIR[,verify-peer=on|off] "
+    "(DIR holds ca-cert.pem, server-cert.pem + server-key.pem for recv, client-cert.pem + client-key.pem for send; "
+    "verify-peer=on, the default, makes recv require a client certificate and send check the server's) or "
+    "psk:DIR[,username=NAME] (DIR/keys.psk has username:hexkey lines; default username qemu). Not for file: "
+    "URIs (save/load)";
 
 void AddSendOptions(CLI::App* s, SendOpts& send) {
   s->add_option("--ram", send.ram, "Size of the synthetic guest's RAM, e.g. 4G (default 1G)");
@@ -728,6 +752,7 @@ void AddSendOptions(CLI::App* s, SendOpts& send) {
   s->add_flag("--force", send.force,
               "Allow a synthetic guest (--ram) larger than the available memory less a margin for ferry itself");
   s->add_flag("--json", send.json, "Print one JSON object (query-migrate fields) instead of the summary");
+  s->add_option("--tls-creds", send.tls_creds, kTlsHelp);
 
 }
 
@@ -755,6 +780,7 @@ void AddRecvOptions(CLI::App* r, RecvOpts& recv) {
                 "Seconds to wait for the source's connections (with multifd: all of them) and their first bytes")
       ->capture_default_str();
   r->add_flag("--json", recv.json, "Print one JSON object (query-migrate fields + verified) instead of the summary");
+  r->add_option("--tls-creds", recv.tls_creds, kTlsHelp);
   r->add_option("--max-ram", recv.max_ram,
                 "The most RAM the stream may make this side allocate, e.g. 64G; a stream announcing more is refused "
                 "before anything is allocated (default: the available memory; with --memory-file the free space "

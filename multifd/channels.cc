@@ -119,6 +119,7 @@ class PrefixChannel final : public Channel {
   void Shutdown() override { inner_->Shutdown(); }
   std::string Describe() const override { return inner_->Describe(); }
   int fd() const override { return inner_->fd(); }
+  bool WaitReadable(int wait_ms) override { return pos_ < prefix_.size() || inner_->WaitReadable(wait_ms); }
   void SetProgressBound(const ProgressBound& bound) override { inner_->SetProgressBound(bound); }
   ProgressBound progress_bound() const override { return inner_->progress_bound(); }
 
@@ -295,7 +296,7 @@ std::unique_ptr<Channel> MakePrefixChannel(std::unique_ptr<Channel> inner, std::
 
 Result<std::vector<std::unique_ptr<Channel>>> ConnectMultifd(const Uri& uri, uint32_t n, const Uuid& uuid,
                                                              std::chrono::milliseconds timeout,
-                                                             std::stop_token stop) {
+                                                             std::stop_token stop, const ChannelWrap& wrap) {
   if (uri.kind == Uri::Kind::kFd) {
     return Status::InvalidArgument("multifd needs a tcp: or unix: URI to open its extra connections; " +
                                    uri.ToString() + " is a single descriptor");
@@ -308,6 +309,10 @@ Result<std::vector<std::unique_ptr<Channel>>> ConnectMultifd(const Uri& uri, uin
     const std::string what = "multifd channel " + std::to_string(id);
     Result<std::unique_ptr<Channel>> ch = Connect(uri, Remaining(deadline), stop);
     if (!ch.ok()) return ch.status().WithContext(what);
+    if (wrap) {
+      ch = wrap(std::move(*ch));
+      if (!ch.ok()) return ch.status().WithContext(what);
+    }
     uint8_t init[kInitPacketSize];
     EncodeInitPacket(InitPacket{uuid, static_cast<uint8_t>(id)}, init);
     Status s = (*ch)->WriteAll(init, sizeof init);
@@ -321,7 +326,8 @@ Result<std::vector<std::unique_ptr<Channel>>> ConnectMultifd(const Uri& uri, uin
 // Destination side
 
 Result<IncomingChannels> AcceptMigrationChannels(Listener& listener, uint32_t n, const Uuid& uuid,
-                                                 std::chrono::milliseconds timeout, std::stop_token stop) {
+                                                 std::chrono::milliseconds timeout, std::stop_token stop,
+                                                 const ChannelWrap& wrap) {
   if (n > 256) return Status::InvalidArgument("at most 256 multifd channels (the channel id is one byte)");
   const Clock::time_point deadline = DeadlineAfter(timeout);
   BoundedReader reader(stop);
@@ -378,24 +384,64 @@ Result<IncomingChannels> AcceptMigrationChannels(Listener& listener, uint32_t n,
       return Status::Ok();
     }
 
+    if (head[0] == 0x16 && head[1] == 0x03) {
+      return Status::Protocol(what + " starts a TLS handshake (first bytes " + DescribeBytes(head, kMagicSize) +
+                              "): the source uses TLS and this destination does not (give it --tls-creds too)");
+    }
     return Status::Protocol(what + " is neither a migration stream nor a multifd channel: first bytes " +
                             DescribeBytes(head, kMagicSize) + ", expected the stream magic 0x5145564d (\"QEVM\")" +
                             (n > 0 ? " or the multifd magic 0x11223344" : ""));
   };
 
-  while (got.main_from.empty() || got.multifd_count() < n) {
+  // Accepts one connection and applies `wrap` to it.
+  size_t wrapped_count = 0;  // accepted and wrapped, not classified yet
+  auto summary = [&] {
+    std::string s = got.Summary();
+    if (wrapped_count > 0) s += "; " + std::to_string(wrapped_count) + " TLS connections not sorted yet";
+    return s;
+  };
+  auto accept_one = [&]() -> Result<std::unique_ptr<Channel>> {
     Result<std::unique_ptr<Channel>> accepted = listener.Accept(Remaining(deadline), stop);
     if (!accepted.ok()) {
       const Status& st = accepted.status();
       if (st.code() == Code::kTimeout) {
         return Status::Timeout("gave up waiting for the migration connections after " + FormatSeconds(timeout) +
-                               ": " + got.Summary());
+                               ": " + summary());
       }
       if (st.code() == Code::kCancelled || stop.stop_requested()) {
-        return Status::Cancelled("cancelled while waiting for the migration connections (" + got.Summary() + ")");
+        return Status::Cancelled("cancelled while waiting for the migration connections (" + summary() + ")");
       }
-      return st.WithContext("accepting migration connections (" + got.Summary() + ")");
+      return st.WithContext("accepting migration connections (" + summary() + ")");
     }
+    if (wrap) {
+      accepted = wrap(std::move(*accepted));
+      if (!accepted.ok() && stop.stop_requested()) {
+        return Status::Cancelled("cancelled while waiting for the migration connections (" + summary() + ")");
+      }
+    }
+    return accepted;
+  };
+
+  if (wrap) {
+    // A wrapped connection's first bytes come only after its handshake, and
+    // a ferry source shakes hands on every connection before it writes the
+    // main stream's first bytes: all n+1 are accepted and wrapped first,
+    // then sorted (QEMU's channels send their first bytes on their own).
+    std::vector<std::unique_ptr<Channel>> wrapped;
+    while (wrapped.size() < static_cast<size_t>(n) + 1) {
+      Result<std::unique_ptr<Channel>> ch = accept_one();
+      if (!ch.ok()) return ch.status();
+      wrapped.push_back(std::move(*ch));
+      wrapped_count = wrapped.size();
+    }
+    for (auto& ch : wrapped) {
+      --wrapped_count;
+      FERRY_RETURN_IF_ERROR(classify(std::move(ch), deadline));
+    }
+  }
+  while (got.main_from.empty() || got.multifd_count() < n) {
+    Result<std::unique_ptr<Channel>> accepted = accept_one();
+    if (!accepted.ok()) return accepted.status();
     FERRY_RETURN_IF_ERROR(classify(std::move(*accepted), deadline));
   }
 
@@ -408,6 +454,10 @@ Result<IncomingChannels> AcceptMigrationChannels(Listener& listener, uint32_t n,
   // message that says what it is.
   Result<std::unique_ptr<Channel>> extra = listener.Accept(milliseconds(0), stop);
   if (extra.ok()) {  // (an error means nothing is queued, or fd:, which has no second connection)
+    if (wrap) {
+      extra = wrap(std::move(*extra));
+      if (!extra.ok()) return extra.status().WithContext("unexpected connection after " + got.Summary());
+    }
     const Clock::time_point read_by = std::min(deadline, Clock::now() + std::chrono::seconds(2));
     Status s = classify(std::move(*extra), read_by);
     if (s.ok()) s = Status::Internal("an extra connection was taken as a valid one");

@@ -26,6 +26,7 @@
 #pragma once
 
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <stop_token>
 #include <vector>
@@ -40,10 +41,16 @@
 
 namespace ferry::multifd {
 
-// Opens n connections to `uri` and sends each its init packet (ids 0..n-1).
+// Applied to every connection before its first byte moves (a TLS handshake,
+// tls/): returns the channel to use instead, or why the connection failed.
+using ChannelWrap = std::function<Result<std::unique_ptr<Channel>>(std::unique_ptr<Channel>)>;
+
+// Opens n connections to `uri` and sends each its init packet (ids 0..n-1),
+// after `wrap` (if any) made each connection what it carries the packet in.
 Result<std::vector<std::unique_ptr<Channel>>> ConnectMultifd(const Uri& uri, uint32_t n, const Uuid& uuid,
                                                              std::chrono::milliseconds timeout,
-                                                             std::stop_token stop = {});
+                                                             std::stop_token stop = {},
+                                                             const ChannelWrap& wrap = {});
 
 struct IncomingChannels {
   std::unique_ptr<Channel> main;                   // the QEMU stream (magic already replayed)
@@ -51,9 +58,11 @@ struct IncomingChannels {
 };
 
 // Accepts the main connection and `n` multifd connections (n = 0: just the
-// main one), validating each init packet against `uuid`.
+// main one), validating each init packet against `uuid`. `wrap` (if any)
+// is applied to each accepted connection before its first bytes are read.
 Result<IncomingChannels> AcceptMigrationChannels(Listener& listener, uint32_t n, const Uuid& uuid,
-                                                 std::chrono::milliseconds timeout, std::stop_token stop = {});
+                                                 std::chrono::milliseconds timeout, std::stop_token stop = {},
+                                                 const ChannelWrap& wrap = {});
 
 class MultifdSinkFactory final : public PageSinkFactory {
  public:
