@@ -24,6 +24,7 @@
 #include <poll.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <atomic>
 #include <cstring>
 #include <functional>
@@ -115,9 +116,18 @@ class TlsChannel final : public Channel {
     if (established_ && !failed_.load()) {
       std::unique_lock<std::mutex> w(write_mu_, std::try_to_lock);
       if (w.owns_lock() && !close_sent_) {
+        // The socket may still be full of records the peer reads now: wait
+        // (briefly) until the close_notify fits, so the write cannot block.
         const int fd = inner_->fd();
-        pollfd p{fd, POLLOUT, 0};
-        if (fd >= 0 && ::poll(&p, 1, 0) == 1 && (p.revents & POLLOUT)) SendCloseNotify();
+        const auto until = Clock::now() + kCloseBound;
+        for (;;) {
+          pollfd p{fd, POLLOUT, 0};
+          const auto left = std::chrono::ceil<std::chrono::milliseconds>(until - Clock::now()).count();
+          const int rc = fd >= 0 ? ::poll(&p, 1, static_cast<int>(std::max<int64_t>(left, 0))) : 0;
+          if (rc < 0 && errno == EINTR) continue;
+          if (rc == 1 && (p.revents & POLLOUT) && !(p.revents & (POLLERR | POLLHUP))) SendCloseNotify();
+          break;
+        }
       }
     }
     inner_->Shutdown();
