@@ -61,7 +61,7 @@ Result<std::unique_ptr<TlsSetup>> TlsSetup::FromOptions(const std::string& tls_c
 Result<std::unique_ptr<Channel>> TlsSetup::Wrap(std::unique_ptr<Channel> ch, std::stop_token stop) {
   tls::WrapOptions opts;
   opts.peer_host = peer_host_;
-  opts.await_server_acceptance = ferry_peer_;
+  opts.peer_is_ferry = ferry_peer_;
   opts.stop = std::move(stop);
   Result<std::unique_ptr<Channel>> out = ctx_->endpoint() == tls::Endpoint::kClient
                                              ? tls::WrapClient(std::move(ch), *ctx_, opts)

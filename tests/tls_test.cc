@@ -319,7 +319,8 @@ TEST_F(TlsTest, PrecopyTcpX509ExpiredClient) {
 
 TEST_F(TlsTest, PlaintextClientOnTlsDestination) {
   RefusedThenRetry({{"--tls-creds", Creds("psk", "psk")}}, {}, {{"--tls-creds", Creds("psk", "psk")}},
-                   "ferry: error:", "the peer sent a plaintext migration stream");
+                   "this destination uses TLS (--tls-creds) and the source does not",
+                   "the peer sent a plaintext migration stream");
 }
 
 TEST_F(TlsTest, TlsClientOnPlaintextDestination) {

@@ -242,7 +242,7 @@ Result<std::shared_ptr<TlsContext>> TlsContext::Make(const TlsConfig& cfg, Endpo
   SSL_CTX* ctx = impl.ctx;
   SSL_CTX_set_app_data(ctx, &impl);
   SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
-  SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION);
+  SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION | SSL_OP_CIPHER_SERVER_PREFERENCE);
   // Writes of any size complete (our BIOs are memory, they never block).
   SSL_CTX_set_mode(ctx, SSL_MODE_AUTO_RETRY);
   // AES-128-GCM first: the fastest with AES-NI, and SHA-256 based as TLS 1.3
@@ -309,9 +309,9 @@ Result<std::shared_ptr<TlsContext>> TlsContext::Make(const TlsConfig& cfg, Endpo
     } else {
       SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, nullptr);
     }
-    // One session ticket after the handshake: in TLS 1.3 it tells a ferry
-    // client that its certificate was accepted (see await_server_acceptance).
-    SSL_CTX_set_num_tickets(ctx, 1);
+    // Session tickets: one per session for ferry clients only (see
+    // WrapOptions::peer_is_ferry), set per session.
+    SSL_CTX_set_num_tickets(ctx, 0);
   } else {
     SSL_CTX_set_verify(ctx, cfg.verify_peer ? SSL_VERIFY_PEER : SSL_VERIFY_NONE, VerifyServer);
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);

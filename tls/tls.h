@@ -89,12 +89,18 @@ struct WrapOptions {
   // certificate must match cfg.hostname if set, else this (IP addresses are
   // matched as IP SANs). Empty + no tls-hostname = no name check (unix:).
   std::string peer_host;
-  // Client, TLS 1.3 with a certificate: wait (up to the handshake timeout)
-  // for the server's first post-handshake message, so that a server that
-  // refuses our certificate is reported here and not as a broken pipe later.
-  // ferry servers send one session ticket for this; QEMU servers may send
-  // none, so leave it off against QEMU.
-  bool await_server_acceptance = false;
+  // The peer is ferry (not QEMU). Then
+  //  - a client with x509 credentials waits, in TLS 1.3, for the server's
+  //    session ticket (a ferry server sends one once it accepted the client
+  //    certificate), so a refused certificate is reported by the handshake
+  //    and not as a broken pipe later; a server sends that ticket;
+  //  - an end of stream without close_notify is an error ("truncated").
+  // With QEMU (false): no ticket either way (QEMU never reads it: its close
+  // would reset the connection), and a missing close_notify counts as an
+  // end of stream (QEMU 7.2 closes its multifd channels without one; the
+  // stream's own end markers and multifd's SYNCs still decide whether the
+  // migration was complete).
+  bool peer_is_ferry = false;
   // Ends the handshake early (kCancelled).
   std::stop_token stop;
 };

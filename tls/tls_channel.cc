@@ -22,6 +22,7 @@
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 #include <poll.h>
+#include <sys/socket.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -32,6 +33,7 @@
 #include <optional>
 
 #include "core/progress.h"
+#include "core/wire.h"
 #include "tls/tls_internal.h"
 
 namespace ferry::tls {
@@ -167,6 +169,7 @@ class TlsChannel final : public Channel {
     (void)SendRaw(out);
   }
   void SendCloseNotify();
+  void TellPlaintextSource();
   Status FeedCiphertext(const uint8_t* p, size_t n) {
     if (!first_bytes_len_) {
       first_bytes_len_ = std::min<size_t>(n, sizeof first_bytes_);
@@ -202,6 +205,7 @@ class TlsChannel final : public Channel {
   std::mutex write_mu_;
   std::atomic<bool> shut_{false};
   bool established_ = false;
+  bool strict_end_ = true;  // an end without close_notify is an error
   bool close_sent_ = false;  // under write_mu_ (or in the destructor)
   std::atomic<bool> failed_{false};
   bool got_close_notify_ = false;  // reader only
@@ -317,7 +321,9 @@ Status TlsChannel::Handshake(const WrapOptions& opts) {
     }
   } else {
     SSL_set_accept_state(ssl_);
+    SSL_set_num_tickets(ssl_, opts.peer_is_ferry && cfg_.kind == TlsConfig::Kind::kX509 ? 1 : 0);
   }
+  strict_end_ = opts.peer_is_ferry;
 
   // The handshake has its own, short bound; the migration's comes later
   // (SetProgressBound). `stop` ends it at once.
@@ -374,12 +380,13 @@ Status TlsChannel::Handshake(const WrapOptions& opts) {
       std::lock_guard<std::mutex> l(ssl_mu_);
       reason = HandshakeReason(err);
     }
+    if (!client_ && first_bytes_len_ >= 4 && std::memcmp(first_bytes_, "QEVM", 4) == 0) TellPlaintextSource();
     return fail(reason);
   }
 
   // TLS 1.3: the server checks our certificate after we finished. A ferry
   // server answers with a session ticket once it accepted us, or an alert.
-  if (client_ && opts.await_server_acceptance && cfg_.kind == TlsConfig::Kind::kX509 &&
+  if (client_ && opts.peer_is_ferry && cfg_.kind == TlsConfig::Kind::kX509 &&
       SSL_version(ssl_) >= TLS1_3_VERSION) {
     for (;;) {
       int rc, err;
@@ -491,6 +498,7 @@ Result<size_t> TlsChannel::ReadSome(void* buf, size_t len) {
     }
     if (inner_end_) {
       if (!inner_end_->ok()) return *inner_end_;
+      if (!strict_end_) return size_t{0};
       return Truncated();
     }
     if (cbuf.empty()) cbuf.resize(kReadBytes);
@@ -498,6 +506,7 @@ Result<size_t> TlsChannel::ReadSome(void* buf, size_t len) {
     if (!got.ok()) return got.status();
     if (*got == 0) {
       inner_end_ = Status::Ok();
+      if (!strict_end_) return size_t{0};
       return Truncated();
     }
     std::lock_guard<std::mutex> l(ssl_mu_);
@@ -536,6 +545,29 @@ bool TlsChannel::WaitReadable(int wait_ms) {
     }
     std::lock_guard<std::mutex> l(ssl_mu_);
     if (!FeedCiphertext(cbuf.data(), *got).ok()) return true;
+  }
+}
+
+// A ferry source without TLS reads a verdict when its stream fails: tell it
+// why, in the clear (nothing secret), then let it read that before we close
+// (closing with its stream unread would reset the connection).
+void TlsChannel::TellPlaintextSource() {
+  const int fd = inner_->fd();
+  if (fd < 0) return;
+  const std::string msg = "this destination uses TLS (--tls-creds) and the source does not";
+  uint32_t hdr[3] = {__builtin_bswap32(wire::kVerdictMagic), __builtin_bswap32(1),
+                     __builtin_bswap32(static_cast<uint32_t>(msg.size()))};
+  std::vector<uint8_t> out(reinterpret_cast<const uint8_t*>(hdr), reinterpret_cast<const uint8_t*>(hdr) + sizeof hdr);
+  out.insert(out.end(), msg.begin(), msg.end());
+  if (!inner_->WriteAll(out.data(), out.size()).ok() || ::shutdown(fd, SHUT_WR) != 0) return;
+  const auto until = Clock::now() + std::chrono::seconds(2);
+  std::vector<uint8_t> sink(64 * 1024);
+  while (Clock::now() < until) {
+    pollfd p{fd, POLLIN, 0};
+    const auto left = std::chrono::ceil<std::chrono::milliseconds>(until - Clock::now()).count();
+    if (::poll(&p, 1, static_cast<int>(std::max<int64_t>(left, 1))) <= 0) return;
+    Result<size_t> n = inner_->ReadSome(sink.data(), sink.size());
+    if (!n.ok() || *n == 0) return;
   }
 }
 
