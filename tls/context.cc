@@ -15,7 +15,6 @@
 #include <cctype>
 #include <cstring>
 #include <fstream>
-#include <iterator>
 
 #include "tls/tls_internal.h"
 
@@ -102,9 +101,19 @@ Status LoadPskFile(const std::string& path, TlsContext::Impl& impl) {
   FERRY_RETURN_IF_ERROR(NeedFile(path, "PSK file"));
   SecretBytes raw;
   {
-    std::ifstream in(path, std::ios::binary);
+    // One allocation of the final size: no stale partial copies of the
+    // file's contents left behind in freed memory.
+    std::ifstream in(path, std::ios::binary | std::ios::ate);
     if (!in) return Status::InvalidArgument("TLS credentials: cannot read PSK file " + path);
-    raw.bytes.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+    const std::streamoff size = in.tellg();
+    if (size < 0 || size > (1 << 20)) {
+      return Status::InvalidArgument("TLS credentials: PSK file " + path + " is not a small text file");
+    }
+    raw.bytes.resize(static_cast<size_t>(size));
+    in.seekg(0);
+    if (size > 0 && !in.read(reinterpret_cast<char*>(raw.bytes.data()), size)) {
+      return Status::InvalidArgument("TLS credentials: cannot read PSK file " + path);
+    }
   }
   size_t line_no = 0;
   size_t pos = 0;
