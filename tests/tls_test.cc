@@ -364,6 +364,44 @@ TEST_F(TlsTest, SourceKilledMidStream) {
   EXPECT_FALSE(Exists(memory));
 }
 
+// A destination that stops reading (SIGSTOP) mid-stream: the source's TLS
+// writes wait on the socket channel's bound and fail with "no progress".
+// Then a signal to a source blocked that way cancels it (Shutdown wakes it).
+TEST_F(TlsTest, SilentDestinationFailsAfterNoProgressTimeout) {
+  for (const bool cancel : {false, true}) {
+    const std::string tag = cancel ? "cancel" : "timeout";
+    const std::string ready = dir_->Path(tag + "-ready");
+    Result<Process> recv = StartFerry(*dir_, tag + "-recv",
+                                      {"recv", "tcp:127.0.0.1:0", "--ready-file", ready, "--timeout", "30",
+                                       "--tls-creds", Creds("psk", "psk"), "-c", "multifd=on", "-p",
+                                       "no-progress-timeout=3"});
+    ASSERT_TRUE(recv.ok());
+    Result<std::string> uri = WaitForFile(ready, kReadyTimeout, &*recv);
+    ASSERT_TRUE(uri.ok()) << uri.status().message();
+    Result<Process> send = StartFerry(*dir_, tag + "-send",
+                                      {"send", *uri, "--ram", "256M", "--fill", "random=100", "-p",
+                                       "max-bandwidth=16777216", "-p", "no-progress-timeout=" +
+                                       std::string(cancel ? "0" : "3"), "-c", "multifd=on", "--tls-creds",
+                                       Creds("psk", "psk")});
+    ASSERT_TRUE(send.ok());
+    std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+    ASSERT_TRUE(send->Running()) << send->Report();
+    ASSERT_TRUE(recv->Signal(SIGSTOP).ok());
+    if (cancel) {
+      // Unbounded source: let its writes block on full socket buffers, then stop it.
+      std::this_thread::sleep_for(std::chrono::seconds(3));
+      ASSERT_TRUE(send->Running()) << send->Report();
+      ASSERT_TRUE(send->Signal(SIGTERM).ok());
+      EXPECT_TRUE(ExitsWithCode(*send, 3, seconds(20)));
+    } else {
+      EXPECT_TRUE(ExitsWithFailure(*send, seconds(30)));
+      EXPECT_NE(send->Stderr().find("no progress for 3 s"), std::string::npos) << send->Report();
+    }
+    (void)recv->Signal(SIGCONT);
+    recv->Kill();
+  }
+}
+
 // ---- multifd/tcp/tls ------------------------------------------------------------
 
 TEST_F(TlsTest, MultifdTcpPskMatch) {
