@@ -93,6 +93,8 @@ MigrationSpec SpecFrom(const CommonOpts& o) {
   spec.uri = o.uri;
   spec.qemu_compat = o.qemu_compat;
   spec.parameters = o.params;
+  // --tls-creds is tls/'s tls-creds parameter (after -p: it wins).
+  if (!o.tls_creds.empty()) spec.parameters.push_back("tls-creds=" + o.tls_creds);
   spec.capabilities = o.caps;
   spec.uuid = o.uuid;
   spec.note = [](std::string_view line) { Note(line); };

@@ -75,6 +75,7 @@ struct CommonOpts {
   std::vector<std::string> params;  // -p NAME=VALUE
   std::vector<std::string> caps;    // -c NAME=on|off
   std::string uuid;                 // --uuid: the destination's uuid (multifd init packets)
+  std::string tls_creds;            // --tls-creds: the tls-creds parameter (tls/)
   bool json = false;
 };
 

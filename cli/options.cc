@@ -14,7 +14,16 @@ constexpr const char* kParamHelp =
     "O_DIRECT; save reserves the file's page regions up front and frees long zero runs at the end; needs mapped-ram), "
     "no-progress-timeout (seconds any channel may move no byte before the migration fails, both sides, default 30, "
     "0 = forever), max-stalled-passes (passes without the remaining dirty memory shrinking before the source gives "
-    "up, default 30, 0 = never), on-stall (fail|switchover: what it then does, default fail)";
+    "up, default 30, 0 = never), on-stall (fail|switchover: what it then does, default fail); with --tls-creds: "
+    "tls-hostname (source: the name the destination's certificate must carry; default the URI's host) and tls-authz "
+    "(destination: DN[;DN...], the client certificate subjects allowed, RFC 2253 as in 'CN=client,O=Org')";
+
+constexpr const char* kTlsHelp =
+    "TLS on the main stream and every multifd channel (the tls-creds parameter), credentials in QEMU's layout: "
+    "x509:DIR[,verify-peer=on|off] (DIR holds ca-cert.pem, server-cert.pem + server-key.pem for recv, "
+    "client-cert.pem + client-key.pem for send; verify-peer=on, the default, makes recv require a client "
+    "certificate and send check the server's) or psk:DIR[,username=NAME] (DIR/keys.psk has username:hexkey lines; "
+    "default username qemu). Not for file: URIs (save/load)";
 
 }  // namespace
 
@@ -60,6 +69,7 @@ void AddSendOptions(CLI::App* s, SendOpts& send) {
   s->add_flag("--force", send.force,
               "Allow a synthetic guest (--ram) larger than the available memory less a margin for ferry itself");
   s->add_flag("--json", send.json, "Print one JSON object (query-migrate fields) instead of the summary");
+  s->add_option("--tls-creds", send.tls_creds, kTlsHelp);
 
 }
 
@@ -87,6 +97,7 @@ void AddRecvOptions(CLI::App* r, RecvOpts& recv) {
                 "Seconds to wait for the source's connections (with multifd: all of them) and their first bytes")
       ->capture_default_str();
   r->add_flag("--json", recv.json, "Print one JSON object (query-migrate fields + verified) instead of the summary");
+  r->add_option("--tls-creds", recv.tls_creds, kTlsHelp);
   r->add_option("--max-ram", recv.max_ram,
                 "The most RAM the stream may make this side allocate, e.g. 64G; a stream announcing more is refused "
                 "before anything is allocated (default: the available memory; with --memory-file the free space "

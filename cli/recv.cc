@@ -86,6 +86,7 @@ int RunRecv(const RecvOpts& o) {
   }
   signals.ClearTarget();
   MigrationStats st = dest.Stats();
+  (*conn)->AddStats(st);
   if (!(*conn)->two_way() && st.state == MigrationState::kCompleted && !result.ok()) {
     st.state = MigrationState::kFailed;
   }

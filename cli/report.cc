@@ -298,6 +298,25 @@ nlohmann::json StatsJson(const MigrationStats& s, bool multifd) {
                       {"fallbacks", s.zero_copy.fallbacks}};
   }
   if (s.file_sync_ms) j["sync-time"] = s.file_sync_ms;
+  if (!s.tls.creds.empty()) {
+    // "tls": {"creds", "main": {"version", "cipher"[, "peer"]}, "multifd": [...], "ktls"}
+    auto session = [](const TlsSessionStats& t) {
+      nlohmann::json o{{"version", t.version}, {"cipher", t.cipher}};
+      if (!t.peer.empty()) o["peer"] = t.peer;
+      return o;
+    };
+    nlohmann::json tls{{"creds", s.tls.creds}, {"ktls", false}};
+    nlohmann::json mf = nlohmann::json::array();
+    for (const TlsSessionStats& t : s.tls.sessions) {
+      if (t.channel == "main") {
+        tls["main"] = session(t);
+      } else {
+        mf.push_back(session(t));
+      }
+    }
+    tls["multifd"] = mf;
+    j["tls"] = tls;
+  }
   if (!s.error.empty()) j["error"] = s.error;
   return j;
 }
@@ -313,6 +332,28 @@ std::string FormatBytes(double b) {
   snprintf(buf, sizeof(buf), u == 0 ? "%.0f %s" : "%.2f %s", b, units[u]);
   return buf;
 }
+
+namespace {
+
+// "  tls: TLSv1.3 TLS_AES_128_GCM_SHA256 on the main stream and 4 multifd channels (x509; kTLS not available ...)"
+std::string TlsLine(const TlsStats& t) {
+  const std::string ktls = std::string("kTLS ") +
+                           (t.ktls_available ? "offered by the kernel but not used" : "not available in this kernel");
+  if (t.sessions.empty()) return "  tls: " + t.creds + ", no session established (" + ktls + ")\n";
+  const TlsSessionStats& m = t.sessions.front();
+  std::string line = "  tls: " + m.version + " " + m.cipher + " on the " +
+                     (m.channel == "main" ? std::string("main stream") : m.channel);
+  const size_t more = t.sessions.size() - 1;
+  if (more > 0) {
+    bool same = true;
+    for (const TlsSessionStats& o : t.sessions) same = same && o.version == m.version && o.cipher == m.cipher;
+    line += " and " + std::to_string(more) + " multifd channel" + (more > 1 ? "s" : "");
+    if (!same) line += " (not all with the same protocol: see --json)";
+  }
+  return line + " (" + t.creds + "; " + ktls + ")\n";
+}
+
+}  // namespace
 
 std::string Summary(const std::string& role, const MigrationStats& s, const std::string& tracker) {
   char buf[512];
@@ -365,6 +406,7 @@ std::string Summary(const std::string& role, const MigrationStats& s, const std:
              (unsigned long long)s.zero_copy.copied, (unsigned long long)s.zero_copy.fallbacks);
     out += buf;
   }
+  if (!s.tls.creds.empty()) out += TlsLine(s.tls);
   if (s.state == MigrationState::kCompleted) {
     out += std::string("  verified: ") + (s.verified ? "yes (XXH3 digest of every page matches)" : "no") + "\n";
   }

@@ -145,6 +145,7 @@ int RunSend(const SendOpts& o) {
   signals.ClearTarget();
   guest.StopWriter();
   MigrationStats st = source.Stats();
+  (*conn)->AddStats(st);
   // A save counts only once the data is on stable storage.
   Status finished = (*conn)->Finish(st);
   if (!finished.ok()) result = finished;

@@ -1,5 +1,7 @@
 #include "core/channel.h"
 
+#include <poll.h>
+
 #include <string>
 
 namespace ferry {
@@ -15,6 +17,12 @@ size_t AdvanceIovecs(std::span<iovec> iov, size_t first, size_t n) {
     iov[first].iov_len -= n;
   }
   return first;
+}
+
+bool Channel::WaitReadable(int wait_ms) {
+  const int fd = this->fd();
+  pollfd p{fd, POLLIN, 0};
+  return fd >= 0 && ::poll(&p, 1, wait_ms) > 0 && (p.revents & (POLLIN | POLLHUP | POLLERR));
 }
 
 Status Channel::ReadExact(void* buf, size_t len) {

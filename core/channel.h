@@ -54,6 +54,11 @@ class Channel {
   // The underlying descriptor, or -1 when there is none (TLS, RDMA).
   virtual int fd() const { return -1; }
 
+  // Whether a ReadSome would return without waiting (bytes, end of stream or
+  // an error to report), waiting up to wait_ms for it. The default polls
+  // fd() (false without one); channels that buffer (tls/) override it.
+  virtual bool WaitReadable(int wait_ms);
+
   // Bounds every blocking wait of this channel (core/progress.h): a call
   // fails with kTimeout ("no progress for N s") once neither it nor any
   // channel sharing the bound's clock moved a byte for bound.limit. Call

@@ -90,6 +90,10 @@ Status Connection::Explain(const Status& failed) const {
   return explain_(failed);
 }
 
+void Connection::AddStats(MigrationStats& stats) const {
+  for (const auto& add : stats_) add(stats);
+}
+
 // ---------------------------------------------------------------------------
 // MigrationPlan
 
@@ -157,12 +161,15 @@ Result<std::unique_ptr<Connection>> MigrationPlan::Open(std::stop_token stop,
                   {},
                   *conn};
   const Side side = side_;
-  ctx.wrap = [this, side](std::unique_ptr<Channel> ch) -> Result<std::unique_ptr<Channel>> {
+  std::stop_token wrap_stop = ctx.stop;
+  ctx.wrap = [this, side, wrap_stop](std::unique_ptr<Channel> ch) -> Result<std::unique_ptr<Channel>> {
     for (const auto& t : transports_) {
-      FERRY_ASSIGN_OR_RETURN(ch, t->WrapChannel(std::move(ch), side));
+      FERRY_ASSIGN_OR_RETURN(ch, t->WrapChannel(std::move(ch), side, wrap_stop));
     }
     return ch;
   };
+  ctx.handshakes = std::any_of(transports_.begin(), transports_.end(),
+                               [&](const auto& t) { return t->handshakes(*this); });
   FERRY_RETURN_IF_ERROR(owner_->OpenEndpoint(ctx));
   for (const auto& t : transports_) FERRY_RETURN_IF_ERROR(t->Attach(ctx));
   if (!conn->has_channel() && ctx.acceptor) {

@@ -8,7 +8,8 @@
 //   socket/   tcp:, unix:, fd:            endpoints (dials and accepts connections)
 //   file/     file: (regular file, FIFO)  endpoint; mapped-ram and direct-io (sink and receiver)
 //   multifd/  capability multifd           sink/receiver over extra socket connections
-//   tls/      (coming) a channel wrapper on every socket connection; rdma/ (coming) rdma: endpoint
+//   tls/      parameters tls-*             a TLS session on every socket connection (WrapChannel)
+//   rdma/     (coming) rdma: endpoint
 //
 //   MigrationSpec spec;
 //   spec.uri = "unix:/run/vm.sock";
@@ -28,6 +29,7 @@
 #include <stop_token>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "channel.h"
@@ -121,6 +123,10 @@ class Connection {
   // A failed load: adds what the transport knows about why (a mapped-ram
   // file read as a plain stream).
   Status Explain(const Status& failed) const;
+  // Adds what the transports know of this connection to `stats` (tls/: the
+  // session of every channel): call it on the stats MigrationSource /
+  // MigrationDestination report, before printing them.
+  void AddStats(MigrationStats& stats) const;
 
   // For transports, while opening.
   void set_channel(std::unique_ptr<Channel> ch) { main_ = std::move(ch); }
@@ -135,6 +141,14 @@ class Connection {
   void set_explain(std::function<Status(const Status&)> f) { explain_ = std::move(f); }
   // Keeps an object (a file, a listener) alive as long as the connection.
   void Keep(std::shared_ptr<void> thing) { kept_.push_back(std::move(thing)); }
+  // Which connection is which ("main", "multifd 0", ...), set by the
+  // transport that sorts them (multifd/) for transports reporting facts per
+  // connection (tls/). The pointers are valid while opening only: the
+  // channels move into sinks and receivers that end before the connection.
+  void name_channel(Channel* ch, std::string name) { named_.emplace_back(ch, std::move(name)); }
+  const std::vector<std::pair<Channel*, std::string>>& named_channels() const { return named_; }
+  // `add` runs in AddStats.
+  void add_stats(std::function<void(MigrationStats&)> add) { stats_.push_back(std::move(add)); }
 
  private:
   friend class MigrationPlan;
@@ -147,6 +161,8 @@ class Connection {
   bool reject_trailing_bytes_ = false;
   std::function<Status()> finish_;
   std::function<Status(const Status&)> explain_;
+  std::vector<std::pair<Channel*, std::string>> named_;
+  std::vector<std::function<void(MigrationStats&)>> stats_;
 };
 
 class Transport;
@@ -183,6 +199,10 @@ struct OpenContext {
   // the transport that sorts connections (multifd) when `acceptor` is set.
   std::function<Result<std::unique_ptr<Channel>>(std::chrono::milliseconds, std::stop_token)> connect_more;
   Acceptor* acceptor = nullptr;
+  // Some transport's WrapChannel runs a handshake the peer must answer
+  // before a connection's first bytes (tls): a destination then accepts all
+  // its connections before it reads any.
+  bool handshakes = false;
 
   std::chrono::milliseconds remaining() const;
 };
@@ -245,10 +265,19 @@ class Transport {
     (void)ctx;
     return Status::Ok();
   }
-  // A layer over every connection a socket endpoint makes or accepts (tls).
-  virtual Result<std::unique_ptr<Channel>> WrapChannel(std::unique_ptr<Channel> ch, Side side) {
+  // A layer over every connection a socket endpoint makes or accepts (tls);
+  // `stop` is the open's (a handshake ends early with kCancelled).
+  virtual Result<std::unique_ptr<Channel>> WrapChannel(std::unique_ptr<Channel> ch, Side side,
+                                                       std::stop_token stop) {
     (void)side;
+    (void)stop;
     return ch;
+  }
+  // Whether WrapChannel runs a handshake on each connection for this plan
+  // (see OpenContext::handshakes).
+  virtual bool handshakes(const PlanView& plan) const {
+    (void)plan;
+    return false;
   }
 };
 

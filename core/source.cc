@@ -25,10 +25,6 @@ constexpr uint64_t kSliceBytes = 32ull << 20;
 
 // True once `fd` has something to read within `wait_ms` (a ferry destination
 // writes nothing before its verdict, so that is the verdict or its close).
-bool Readable(int fd, int wait_ms) {
-  pollfd p{fd, POLLIN, 0};
-  return fd >= 0 && ::poll(&p, 1, wait_ms) > 0 && (p.revents & (POLLIN | POLLHUP | POLLERR));
-}
 // max-bandwidth is enforced per 100 ms window, as QEMU does.
 constexpr auto kWindow = std::chrono::milliseconds(100);
 
@@ -181,7 +177,7 @@ Status MigrationSource::Run(Channel& channel, bool await_confirmation) {
   Status s = RunInner(channel, await_confirmation);
   if (!s.ok() && !cancelled() && await_confirmation && !params_.qemu_compat &&
       (s.code() == Code::kIo || s.code() == Code::kClosed || s.code() == Code::kProtocol) &&
-      Readable(channel.fd(), 2000)) {
+      channel.WaitReadable(2000)) {
     // A destination that failed sends its reason before it closes: a broken
     // pipe here is only the symptom.
     if (Status why = ReadVerdict(channel); !why.ok() && why.code() == Code::kMismatch) s = why;
@@ -311,7 +307,7 @@ Status MigrationSource::RunInner(Channel& channel, bool await_confirmation) {
       FERRY_RETURN_IF_ERROR(saver.EndIterateSection(done));
       WriteFooter(w, ram_id);
       FERRY_RETURN_IF_ERROR(w.Flush().WithContext("sending RAM to " + channel.Describe()));
-      if (await_confirmation && !params_.qemu_compat && Readable(channel.fd(), 0)) {
+      if (await_confirmation && !params_.qemu_compat && channel.WaitReadable(0)) {
         // The destination answered before the end of the stream: it failed.
         FERRY_RETURN_IF_ERROR(ReadVerdict(channel));
         return Status::Protocol("the destination confirmed a migration that was not finished");
@@ -461,7 +457,16 @@ Status MigrationSource::RunInner(Channel& channel, bool await_confirmation) {
 
 Status MigrationSource::ReadVerdict(Channel& channel) {
   uint8_t hdr[12];
-  Status rs = channel.ReadExact(hdr, sizeof(hdr));
+  // The first 4 bytes alone first: a TLS destination's alert (7 bytes,
+  // 15 03 ...) to a source without TLS is recognised.
+  Status rs = channel.ReadExact(hdr, 4);
+  if (rs.ok()) {
+    if (hdr[0] == 0x15 && hdr[1] == 0x03) {
+      return Status::Mismatch("the destination answered with a TLS alert: it uses TLS and this source does not "
+                              "(give it --tls-creds too)");
+    }
+    rs = channel.ReadExact(hdr + 4, sizeof(hdr) - 4);
+  }
   if (!rs.ok()) {
     if (rs.code() == Code::kTimeout || rs.code() == Code::kCancelled) {
       return rs.WithContext("the destination did not confirm the migration");

@@ -53,6 +53,20 @@ struct ZeroCopyStats {
   uint64_t fallbacks = 0;  // sends done with a plain copy after ENOBUFS
 };
 
+// TLS (tls/): the session of each connection.
+struct TlsSessionStats {
+  std::string channel;  // "main", "multifd 0", ...
+  std::string version;  // "TLSv1.3"
+  std::string cipher;   // "TLS_AES_128_GCM_SHA256"
+  std::string peer;     // the peer certificate's subject (x509), "" otherwise
+};
+
+struct TlsStats {
+  std::string creds;            // "x509" or "psk"; "" = no TLS
+  bool ktls_available = false;  // the kernel offers kTLS (ferry does not use it yet)
+  std::vector<TlsSessionStats> sessions;  // the main stream's first, then multifd's by id
+};
+
 struct MigrationStats {
   MigrationState state = MigrationState::kNone;
   uint64_t total_time_ms = 0;
@@ -76,6 +90,7 @@ struct MigrationStats {
   // storage after the migration completed (not part of total_time_ms).
   std::vector<ChannelStats> file_threads;
   uint64_t file_sync_ms = 0;
+  TlsStats tls;  // empty without TLS (Connection::AddStats fills it)
   std::string error;     // set when failed/cancelled
   bool verified = false; // destination: digest matched; source: destination said so
 };

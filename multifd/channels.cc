@@ -23,7 +23,12 @@
 // here, or with multifd while it is off here), instead of leaving the pages
 // sent over it unread.
 //
-// Connections are classified one at a time, in accept order. That is enough:
+// With channel layers that shake hands on each connection (tls/: the
+// acceptor's connections come out of their handshake), all n+1 connections
+// are accepted first and then classified: a ferry source completes every
+// handshake before it writes the main stream's first bytes.
+//
+// Without them, connections are classified one at a time, in accept order. That is enough:
 // no peer (ferry, QEMU) waits for anything from this side before writing a
 // connection's first bytes, and connections not accepted yet still complete
 // in the kernel's backlog (a ferry source connects all its channels before it
@@ -117,6 +122,7 @@ class PrefixChannel final : public Channel {
   void Shutdown() override { inner_->Shutdown(); }
   std::string Describe() const override { return inner_->Describe(); }
   int fd() const override { return inner_->fd(); }
+  bool WaitReadable(int wait_ms) override { return pos_ < prefix_.size() || inner_->WaitReadable(wait_ms); }
   void SetProgressBound(const ProgressBound& bound) override { inner_->SetProgressBound(bound); }
   ProgressBound progress_bound() const override { return inner_->progress_bound(); }
 
@@ -282,7 +288,8 @@ Result<std::vector<std::unique_ptr<Channel>>> ConnectMultifd(const ConnectFn& co
 // Destination side
 
 Result<IncomingChannels> AcceptMigrationChannels(Acceptor& listener, uint32_t n, const Uuid& uuid,
-                                                 std::chrono::milliseconds timeout, std::stop_token stop) {
+                                                 std::chrono::milliseconds timeout, std::stop_token stop,
+                                                 bool handshakes) {
   if (n > 256) return Status::InvalidArgument("at most 256 multifd channels (the channel id is one byte)");
   const Clock::time_point deadline = DeadlineAfter(timeout);
   BoundedReader reader(stop);
@@ -308,6 +315,7 @@ Result<IncomingChannels> AcceptMigrationChannels(Acceptor& listener, uint32_t n,
         return Status::Protocol("a second migration stream arrived, " + what + " (the first came from " +
                                 got.main_from + ")");
       }
+      out.main_connection = ch.get();
       out.main = MakePrefixChannel(std::move(ch), std::vector<uint8_t>(head, head + kMagicSize));
       got.main_from = peer;
       return Status::Ok();
@@ -339,24 +347,60 @@ Result<IncomingChannels> AcceptMigrationChannels(Acceptor& listener, uint32_t n,
       return Status::Ok();
     }
 
+    if (head[0] == 0x16 && head[1] == 0x03) {
+      return Status::Protocol(what + " starts a TLS handshake (first bytes " + DescribeBytes(head, kMagicSize) +
+                              "): the source uses TLS and this destination does not (give it --tls-creds too)");
+    }
     return Status::Protocol(what + " is neither a migration stream nor a multifd channel: first bytes " +
                             DescribeBytes(head, kMagicSize) + ", expected the stream magic 0x5145564d (\"QEVM\")" +
                             (n > 0 ? " or the multifd magic 0x11223344" : ""));
   };
 
-  while (got.main_from.empty() || got.multifd_count() < n) {
+  // Accepts one connection (the acceptor runs its channel layers' handshakes).
+  size_t unsorted = 0;  // accepted, not classified yet
+  auto summary = [&] {
+    std::string s = got.Summary();
+    if (unsorted > 0) s += "; " + std::to_string(unsorted) + " connections accepted, not sorted yet";
+    return s;
+  };
+  auto accept_one = [&]() -> Result<std::unique_ptr<Channel>> {
     Result<std::unique_ptr<Channel>> accepted = listener.Accept(Remaining(deadline), stop);
     if (!accepted.ok()) {
       const Status& st = accepted.status();
       if (st.code() == Code::kTimeout) {
         return Status::Timeout("gave up waiting for the migration connections after " + FormatSeconds(timeout) +
-                               ": " + got.Summary());
+                               ": " + summary());
       }
       if (st.code() == Code::kCancelled || stop.stop_requested()) {
-        return Status::Cancelled("cancelled while waiting for the migration connections (" + got.Summary() + ")");
+        return Status::Cancelled("cancelled while waiting for the migration connections (" + summary() + ")");
       }
-      return st.WithContext("accepting migration connections (" + got.Summary() + ")");
+      return st.WithContext("accepting migration connections (" + summary() + ")");
     }
+    return accepted;
+  };
+
+  if (handshakes) {
+    // A connection's first bytes come only after its handshake, and a ferry
+    // source shakes hands on every connection before it writes the main
+    // stream's first bytes: all n+1 are accepted (handshakes done) first,
+    // then sorted (QEMU's channels send their first bytes on their own).
+    // Sorting one at a time would wait for the main stream's bytes while
+    // the source waits for the next handshake.
+    std::vector<std::unique_ptr<Channel>> accepted;
+    while (accepted.size() < static_cast<size_t>(n) + 1) {
+      Result<std::unique_ptr<Channel>> ch = accept_one();
+      if (!ch.ok()) return ch.status();
+      accepted.push_back(std::move(*ch));
+      unsorted = accepted.size();
+    }
+    for (auto& ch : accepted) {
+      --unsorted;
+      FERRY_RETURN_IF_ERROR(classify(std::move(ch), deadline));
+    }
+  }
+  while (got.main_from.empty() || got.multifd_count() < n) {
+    Result<std::unique_ptr<Channel>> accepted = accept_one();
+    if (!accepted.ok()) return accepted.status();
     FERRY_RETURN_IF_ERROR(classify(std::move(*accepted), deadline));
   }
 

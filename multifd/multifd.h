@@ -56,12 +56,19 @@ Result<std::vector<std::unique_ptr<Channel>>> ConnectMultifd(const ConnectFn& co
 struct IncomingChannels {
   std::unique_ptr<Channel> main;                   // the QEMU stream (magic already replayed)
   std::vector<std::unique_ptr<Channel>> multifd;   // index = channel id
+  // The accepted connection `main` replays its first bytes from (what the
+  // acceptor's channel layers made of it, tls/); owned by `main`.
+  Channel* main_connection = nullptr;
 };
 
 // Accepts the main connection and `n` multifd connections (n = 0: just the
-// main one), validating each init packet against `uuid`.
+// main one), validating each init packet against `uuid`. `handshakes`: each
+// accepted connection runs a handshake first (the acceptor's channel layers,
+// tls/) and a ferry source shakes hands on every connection before it writes
+// the main stream's first bytes, so all n+1 are accepted before any is read.
 Result<IncomingChannels> AcceptMigrationChannels(Acceptor& listener, uint32_t n, const Uuid& uuid,
-                                                 std::chrono::milliseconds timeout, std::stop_token stop = {});
+                                                 std::chrono::milliseconds timeout, std::stop_token stop = {},
+                                                 bool handshakes = false);
 
 class MultifdSinkFactory final : public PageSinkFactory {
  public:

@@ -1,6 +1,7 @@
 #include "multifd/transport.h"
 
 #include <algorithm>
+#include <string>
 
 #include "multifd/multifd.h"
 #include "multifd/settings.h"
@@ -48,6 +49,7 @@ class MultifdTransport final : public Transport {
       FERRY_ASSIGN_OR_RETURN(auto chans,
                              ConnectMultifd(ctx.connect_more, settings_.channels, uuid(ctx),
                                             std::max(ctx.remaining(), std::chrono::milliseconds(1000)), ctx.stop));
+      for (size_t id = 0; id < chans.size(); ++id) conn.name_channel(chans[id].get(), "multifd " + std::to_string(id));
       conn.set_sink_factory(std::make_unique<MultifdSinkFactory>(settings_, std::move(chans)));
       return Status::Ok();
     }
@@ -56,7 +58,11 @@ class MultifdTransport final : public Transport {
     // multifd channel or garbage there, by its first bytes).
     FERRY_ASSIGN_OR_RETURN(IncomingChannels in,
                            AcceptMigrationChannels(*ctx.acceptor, settings_.enabled ? settings_.channels : 0,
-                                                   uuid(ctx), ctx.remaining(), ctx.stop));
+                                                   uuid(ctx), ctx.remaining(), ctx.stop, ctx.handshakes));
+    conn.name_channel(in.main_connection, "main");
+    for (size_t id = 0; id < in.multifd.size(); ++id) {
+      conn.name_channel(in.multifd[id].get(), "multifd " + std::to_string(id));
+    }
     conn.set_channel(std::move(in.main));
     if (settings_.enabled) {
       conn.set_receiver(MakeMultifdReceiver(settings_, std::move(in.multifd)));

@@ -358,7 +358,7 @@ class CountingLayer final : public Transport {
     if (name == "x-layer-tag") return tag_;
     return std::nullopt;
   }
-  Result<std::unique_ptr<Channel>> WrapChannel(std::unique_ptr<Channel> ch, Side side) override {
+  Result<std::unique_ptr<Channel>> WrapChannel(std::unique_ptr<Channel> ch, Side side, std::stop_token) override {
     (side == Side::kSource ? counts_->source : counts_->destination).fetch_add(1);
     return std::unique_ptr<Channel>(std::make_unique<CountingChannel>(std::move(ch), &counts_->reads));
   }
