@@ -2,7 +2,7 @@
 // CLI: every refused combination gives its message from Plan; a planned and
 // opened source and destination migrate a buffer over a unix socket (plain,
 // multifd) and through a mapped-ram file, checked byte for byte; a layer
-// registered next to the built-in transports (what tls/ will be) wraps every
+// registered next to the built-in transports (as tls/ does) wraps every
 // connection, and a transport for an unknown scheme (what rdma/ will be)
 // plugs in without core or CLI changes.
 #include <gtest/gtest.h>
@@ -91,7 +91,14 @@ TEST(Plan, RefusedCombinations) {
     EXPECT_TRUE(Refuses(side, Spec(tcp, {}, {"multifd-chanels=4"}),
                         "unknown parameter 'multifd-chanels' (ferry knows: downtime-limit, max-bandwidth, "
                         "no-progress-timeout, max-stalled-passes, on-stall, multifd-channels, zero-page-detection, "
-                        "multifd-compression, multifd-zstd-level, multifd-flush-after-each-section, direct-io)"));
+                        "multifd-compression, multifd-zstd-level, multifd-flush-after-each-section, direct-io, "
+                        "tls-creds, tls-hostname, tls-authz)"));
+    // tls/ (its credentials are loaded later: these fail before that).
+    EXPECT_TRUE(Refuses(side, Spec(file, {}, {"tls-creds=psk:" + dir.P("none")}),
+                        "is a file (save/load have no TLS, as in QEMU)"));
+    EXPECT_TRUE(Refuses(side, Spec(tcp, {}, {"tls-authz=CN=a"}), "-p tls-authz needs --tls-creds"));
+    EXPECT_TRUE(Refuses(side, Spec(tcp, {}, {"tls-creds=pem:/x"}), "--tls-creds needs x509:DIR"));
+    EXPECT_TRUE(Refuses(side, Spec(tcp, {}, {"tls-creds=psk:" + dir.P("none")}), "keys.psk"));
     EXPECT_TRUE(Refuses(side, Spec(tcp, {"mapped_ram=on"}),
                         "unknown capability 'mapped_ram' (ferry knows: verify, validate-uuid, multifd, "
                         "zero-copy-send, mapped-ram)"));

@@ -32,6 +32,8 @@
 #include <mutex>
 #include <optional>
 
+#include "core/deadline.h"
+#include "core/endian.h"
 #include "core/progress.h"
 #include "core/wire.h"
 #include "tls/tls_internal.h"
@@ -39,7 +41,6 @@
 namespace ferry::tls {
 namespace {
 
-using Clock = std::chrono::steady_clock;
 
 // Plaintext gathered per SSL_write (several full 16 KiB records).
 constexpr size_t kStageBytes = 256 * 1024;
@@ -121,11 +122,10 @@ class TlsChannel final : public Channel {
         // The socket may still be full of records the peer reads now: wait
         // (briefly) until the close_notify fits, so the write cannot block.
         const int fd = inner_->fd();
-        const auto until = Clock::now() + kCloseBound;
+        const Deadline until(kCloseBound);
         for (;;) {
           pollfd p{fd, POLLOUT, 0};
-          const auto left = std::chrono::ceil<std::chrono::milliseconds>(until - Clock::now()).count();
-          const int rc = fd >= 0 ? ::poll(&p, 1, static_cast<int>(std::max<int64_t>(left, 0))) : 0;
+          const int rc = fd >= 0 ? ::poll(&p, 1, until.PollMs()) : 0;
           if (rc < 0 && errno == EINTR) continue;
           if (rc == 1 && (p.revents & POLLOUT) && !(p.revents & (POLLERR | POLLHUP))) SendCloseNotify();
           break;
@@ -515,7 +515,7 @@ Result<size_t> TlsChannel::ReadSome(void* buf, size_t len) {
 }
 
 bool TlsChannel::WaitReadable(int wait_ms) {
-  const auto deadline = Clock::now() + std::chrono::milliseconds(std::max(wait_ms, 0));
+  const Deadline deadline{std::chrono::milliseconds(wait_ms)};
   std::vector<uint8_t> cbuf;
   for (;;) {
     {
@@ -531,8 +531,7 @@ bool TlsChannel::WaitReadable(int wait_ms) {
         ERR_clear_error();
       }
     }
-    const auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - Clock::now());
-    if (!inner_->WaitReadable(static_cast<int>(std::max<int64_t>(left.count(), 0)))) return false;
+    if (!inner_->WaitReadable(deadline.PollMs())) return false;
     if (cbuf.empty()) cbuf.resize(kReadBytes);
     Result<size_t> got = inner_->ReadSome(cbuf.data(), cbuf.size());
     if (!got.ok()) {
@@ -555,17 +554,17 @@ void TlsChannel::TellPlaintextSource() {
   const int fd = inner_->fd();
   if (fd < 0) return;
   const std::string msg = "this destination uses TLS (--tls-creds) and the source does not";
-  uint32_t hdr[3] = {__builtin_bswap32(wire::kVerdictMagic), __builtin_bswap32(1),
-                     __builtin_bswap32(static_cast<uint32_t>(msg.size()))};
-  std::vector<uint8_t> out(reinterpret_cast<const uint8_t*>(hdr), reinterpret_cast<const uint8_t*>(hdr) + sizeof hdr);
+  std::vector<uint8_t> out(12);
+  StoreBe32(out.data(), wire::kVerdictMagic);
+  StoreBe32(out.data() + 4, 1);
+  StoreBe32(out.data() + 8, static_cast<uint32_t>(msg.size()));
   out.insert(out.end(), msg.begin(), msg.end());
   if (!inner_->WriteAll(out.data(), out.size()).ok() || ::shutdown(fd, SHUT_WR) != 0) return;
-  const auto until = Clock::now() + std::chrono::seconds(2);
+  const Deadline until(std::chrono::seconds(2));
   std::vector<uint8_t> sink(64 * 1024);
-  while (Clock::now() < until) {
+  while (!until.Expired()) {
     pollfd p{fd, POLLIN, 0};
-    const auto left = std::chrono::ceil<std::chrono::milliseconds>(until - Clock::now()).count();
-    if (::poll(&p, 1, static_cast<int>(std::max<int64_t>(left, 1))) <= 0) return;
+    if (::poll(&p, 1, std::max(until.PollMs(), 1)) <= 0) return;
     Result<size_t> n = inner_->ReadSome(sink.data(), sink.size());
     if (!n.ok() || *n == 0) return;
   }
