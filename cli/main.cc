@@ -29,6 +29,7 @@
 #include "file/mapped_ram.h"
 #include "multifd/channels.h"
 #include "multifd/multifd.h"
+#include "rdma/destination.h"
 #include "socket/socket.h"
 
 namespace ferry::cli {
@@ -236,6 +237,10 @@ int RunSend(const SendOpts& o) {
   if (!uri.ok()) return Fail(uri.status(), kExitUsage);
   Result<Config> config = ParseConfig(o, *uri);
   if (!config.ok()) return Fail(config.status(), kExitUsage);
+  if (uri->kind == Uri::Kind::kRdma) {  // issue 12: only the destination side exists so far
+    return Fail(Status::Unsupported("ferry send over rdma: is not implemented yet (ferry can receive over rdma:)"),
+                kExitUsage);
+  }
   const MigrationParams& params = config->params;
   const bool multifd = params.multifd;
   Result<uint64_t> dirty_rate = ParseSize(o.dirty_rate);
@@ -506,6 +511,53 @@ int RecvFromFifo(const RecvOpts& o, const Uri& uri, DestinationOptions opts, Ram
   return ExitCodeFor(st);
 }
 
+// recv over rdma:HOST:PORT (QEMU's RDMA protocol, rdma/): the stream comes
+// in QEMU FILE control messages, the pages as RDMA WRITEs into registered
+// memory; the RAM loader calls the transport's receiver at each hook record.
+int RecvOverRdma(const RecvOpts& o, const Uri& uri, const MigrationParams& params, DestinationOptions opts,
+                 RamBlockList& blocks, DestinationMemory& memory) {
+  if (params.multifd) return Fail(Status::Unsupported("multifd over rdma: is not implemented yet"), kExitUsage);
+  opts.send_verdict = false;  // no return path over rdma
+  Result<std::unique_ptr<rdma::RdmaListener>> listener = rdma::RdmaListener::Listen(uri);
+  if (!listener.ok()) return Fail(listener.status());
+  Note("listening on " + (*listener)->address());
+  if (!o.ready_file.empty()) {
+    Status s = WriteReadyFile(o.ready_file, (*listener)->address());
+    if (!s.ok()) return Fail(s);
+  }
+  Result<std::unique_ptr<rdma::RdmaConnection>> conn =
+      (*listener)->Accept(std::chrono::milliseconds(static_cast<int64_t>(o.timeout * 1000)));
+  if (!conn.ok()) return Fail(conn.status());
+  Note("rdma: connected to " + (*conn)->peer() + ((*conn)->pin_all() ? " (pin-all)" : " (dynamic registration)"));
+  rdma::RdmaStreamChannel channel(**conn);
+  rdma::RdmaPageReceiver receiver(**conn);
+  opts.receiver = &receiver;
+  MigrationDestination dest(opts, blocks, o.ram.empty() ? &memory : nullptr);
+  std::mutex mu;
+  MigrationDestination* running = &dest;  // guarded by mu
+  SignalWatcher signals([&] {
+    std::lock_guard<std::mutex> lock(mu);
+    if (running) running->Cancel();
+    (*conn)->Shutdown();
+  });
+  Status result;
+  {
+    Progress progress([&] { return dest.Stats(); }, "recv");
+    result = dest.Run(channel);
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    running = nullptr;
+  }
+  MigrationStats st = dest.Stats();
+  PrintResult("recv", st, o.json, "", false);
+  if (!result.ok()) PrintError(result);
+  if (st.state == MigrationState::kCompleted && opts.expect_verify && !st.verified) return kExitFailed;
+  const int rc = ExitCodeFor(st);
+  if (rc == kExitOk) memory.Keep();
+  return rc;
+}
+
 int RunRecv(const RecvOpts& o) {
   Result<Uri> uri = ParseUri(o.uri);
   if (!uri.ok()) return Fail(uri.status(), kExitUsage);
@@ -556,6 +608,7 @@ int RunRecv(const RecvOpts& o) {
   if (uri->kind == Uri::Kind::kFd && !IsSocket(uri->fd)) opts.send_verdict = false;
   if (uri->kind == Uri::Kind::kFile && IsFifo(uri->path)) return RecvFromFifo(o, *uri, opts, blocks, memory);
   if (uri->kind == Uri::Kind::kFile) return RecvFromFile(o, *uri, params, opts, blocks, memory);
+  if (uri->kind == Uri::Kind::kRdma) return RecvOverRdma(o, *uri, params, opts, blocks, memory);
 
   Result<std::unique_ptr<Listener>> listener = Listener::Listen(*uri);
   if (!listener.ok()) return Fail(listener.status());

@@ -21,7 +21,7 @@ Result<Uri> ParseUri(std::string_view text) {
   u.text = std::string(text);
   auto bad = [&](std::string_view why) {
     return Status::InvalidArgument("bad URI '" + std::string(text) + "': " + std::string(why) +
-                                   " (expected tcp:HOST:PORT, tcp:[V6]:PORT, unix:PATH, fd:N or file:PATH[,offset=N])");
+                                   " (expected tcp:HOST:PORT, tcp:[V6]:PORT, unix:PATH, fd:N, file:PATH[,offset=N] or rdma:HOST:PORT)");
   };
   if (text.starts_with("tcp:")) {
     std::string_view rest = text.substr(4);
@@ -45,6 +45,18 @@ Result<Uri> ParseUri(std::string_view text) {
     if (!ParseUnsigned(port, 65535, &p)) return bad("port must be a number 0-65535");
     u.host = std::string(host);
     u.port = static_cast<uint16_t>(p);
+    return u;
+  }
+  if (text.starts_with("rdma:")) {  // host and port exactly as tcp:
+    Result<Uri> t = ParseUri("tcp:" + std::string(text.substr(5)));
+    if (!t.ok()) {
+      const std::string& m = t.status().message();
+      const size_t from = m.find("': ") + 3, to = m.find(" (expected");
+      return bad(m.substr(from, to - from));
+    }
+    u = std::move(t).value();
+    u.kind = Uri::Kind::kRdma;
+    u.text = std::string(text);
     return u;
   }
   if (text.starts_with("unix:")) {

@@ -241,7 +241,10 @@ Result<std::vector<RegisterResult>> DecodeRegisterResults(const Message& m) {
   return out;
 }
 
-Result<std::vector<CompressEntry>> DecodeCompress(const Message& m) {
+Result<std::vector<CompressEntry>> DecodeCompress(const Message& in) {
+  // QEMU's destination reads one COMPRESS entry whatever repeat says.
+  Message m = in;
+  if (m.repeat == 0) m.repeat = 1;
   FERRY_ASSIGN_OR_RETURN(size_t n, CountedEntries(m, ControlType::kCompress, kCompressEntrySize));
   std::vector<CompressEntry> out(n);
   for (size_t i = 0; i < n; ++i) {

@@ -13,7 +13,7 @@
 //   READY, RAM BLOCKS REQUEST, REGISTER FINISHED, UNREGISTER FINISHED, ERROR: none
 //   QEMU FILE           bytes of the main migration stream
 //   RAM BLOCKS RESULT   DestBlock[]       (32 bytes each; repeat is 1)
-//   COMPRESS            CompressEntry[]   (24 bytes each; repeat = count)
+//   COMPRESS            CompressEntry[]   (24 bytes each; repeat = count, 0 read as 1)
 //   REGISTER REQUEST    RegisterEntry[]   (24 bytes each; repeat = count)
 //   REGISTER RESULT     RegisterResult[]  (16 bytes each; repeat = count)
 //   UNREGISTER REQUEST  RegisterEntry[]   (key is a chunk number)
@@ -104,9 +104,10 @@ struct DestBlock {
   friend bool operator==(const DestBlock&, const DestBlock&) = default;
 };
 
-// REGISTER REQUEST: register `chunks` chunks starting at the one holding
-// `key`, an address in the destination's ram_addr_t space (block offset +
-// offset in block). UNREGISTER REQUEST: `key` is a chunk number.
+// REGISTER REQUEST: register the chunk holding `key`, an address in the
+// destination's ram_addr_t space (block offset + offset in block), and the
+// `chunks` chunks after it (QEMU sends 0 for one chunk). UNREGISTER REQUEST:
+// `key` is a chunk number.
 struct RegisterEntry {
   uint64_t key = 0;
   uint32_t block_index = 0;

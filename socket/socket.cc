@@ -215,6 +215,7 @@ std::string UriName(const Uri& uri) {
     case Uri::Kind::kUnix: return "unix:" + uri.path;
     case Uri::Kind::kFd: return "fd:" + std::to_string(uri.fd);
     case Uri::Kind::kFile: return "file:" + uri.path;
+    case Uri::Kind::kRdma: return "rdma:" + BracketIfV6(uri.host) + ":" + std::to_string(uri.port);
   }
   return "?";
 }
@@ -237,6 +238,8 @@ Status ValidateUri(const Uri& uri) {
       return Status::Ok();
     case Uri::Kind::kFile:
       return Status::InvalidArgument("'" + UriName(uri) + "' is a file, not a socket: use ferry save/load");
+    case Uri::Kind::kRdma:
+      return Status::InvalidArgument("'" + UriName(uri) + "' is an RDMA address, not a socket (rdma/)");
   }
   return Status::InvalidArgument("bad URI kind");
 }
@@ -976,6 +979,7 @@ Result<std::unique_ptr<Listener>> Listener::Listen(const Uri& uri) {
     case Uri::Kind::kFd:
       return std::unique_ptr<Listener>(std::make_unique<FdListener>(UniqueFd(uri.fd), UriName(uri)));
     case Uri::Kind::kFile:
+    case Uri::Kind::kRdma:
       break;  // rejected by ValidateUri
   }
   return Status::InvalidArgument("bad URI kind");
