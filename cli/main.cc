@@ -852,7 +852,7 @@ int main(int argc, char** argv) {
   auto* r = app.add_subcommand("recv", "Receive one migration (the destination side); exit 0 only if it completed "
                                        "and verified.");
   r->add_option("URI", recv.uri,
-                "Where to listen: tcp:HOST:PORT (port 0 picks one), unix:PATH, fd:N, or read file:PATH[,offset=N]")
+                "Where to listen: tcp:HOST:PORT (port 0 picks one), unix:PATH, fd:N, rdma:HOST:PORT (QEMU's RDMA protocol; needs an RDMA device), or read file:PATH[,offset=N]")
       ->required();
   AddRecvOptions(r, recv);
   RecvOpts load;

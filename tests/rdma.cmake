@@ -1,3 +1,12 @@
 # rdma/ (issue 12): codec and registration-cache unit tests on the host.
 ferry_test(rdma_codec_test unit rdma_codec_test.cc LIBS ferry_rdma)
 ferry_test(rdma_host_test unit rdma_host_test.cc LIBS ferry_core)
+
+# The soft-RoCE VM (tests/rdma/vm.sh): Debian's kernel with rdma_rxe under
+# QEMU TCG, QEMU 7.2 and ferry inside. About 20-60 s each on 2 cores.
+add_test(NAME rdma/vm_smoke COMMAND ${PROJECT_SOURCE_DIR}/tests/rdma/ctest.sh smoke)
+add_test(NAME rdma/qemu7.2_to_ferry
+         COMMAND ${PROJECT_SOURCE_DIR}/tests/rdma/ctest.sh ferry $<TARGET_FILE:ferry>
+                 ${PROJECT_SOURCE_DIR}/tests/rdma/qemu-to-ferry)
+set_tests_properties(rdma/vm_smoke rdma/qemu7.2_to_ferry PROPERTIES
+  LABELS "rdma;integration" TIMEOUT 900 SKIP_RETURN_CODE 77 RUN_SERIAL ON)
