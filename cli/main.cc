@@ -549,6 +549,7 @@ int RecvOverRdma(const RecvOpts& o, const Uri& uri, const MigrationParams& param
     std::lock_guard<std::mutex> lock(mu);
     running = nullptr;
   }
+  Note(receiver.Summary());
   MigrationStats st = dest.Stats();
   PrintResult("recv", st, o.json, "", false);
   if (!result.ok()) PrintError(result);

@@ -47,7 +47,15 @@ Status RdmaPageReceiver::OnBlockListed(StreamReader& r, RamBlock& block) {
   return Status();
 }
 
+std::string RdmaPageReceiver::Summary() const {
+  return "rdma: " + std::to_string(hooks_) + " registration rounds, " +
+         (conn_.pin_all() ? "pin-all, " : "dynamic registration, ") + std::to_string(registrations()) +
+         " memory registrations, " + std::to_string(register_requests_) + " REGISTER REQUESTs, " +
+         std::to_string(compress_requests_) + " COMPRESS";
+}
+
 Status RdmaPageReceiver::Finish() {
+  if (cache_) registrations_ = cache_->total_registered();
   cache_.reset();  // deregisters every chunk and block
   return Status();
 }

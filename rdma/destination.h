@@ -64,6 +64,10 @@ class RdmaPageReceiver final : public PageReceiver {
   uint64_t register_requests() const { return register_requests_; }
   uint64_t compress_requests() const { return compress_requests_; }
   uint64_t hooks() const { return hooks_; }
+  // Memory registrations made (pin-all: one per block; dynamic: per chunk range).
+  uint64_t registrations() const { return cache_ ? cache_->total_registered() : registrations_; }
+  // "rdma: 3 registration rounds, pin-all, 1 registration, 0 REGISTER REQUESTs, 0 COMPRESS"
+  std::string Summary() const;
 
  private:
   Status AnswerRamBlocks();
@@ -77,7 +81,7 @@ class RdmaPageReceiver final : public PageReceiver {
   std::vector<RamBlock*> order_;     // the source's block order (its setup list)
   std::vector<uint64_t> offsets_;    // each block's offset in the ram_addr_t space we announce
   std::unique_ptr<RegistrationCache> cache_;
-  uint64_t register_requests_ = 0, compress_requests_ = 0, hooks_ = 0;
+  uint64_t register_requests_ = 0, compress_requests_ = 0, hooks_ = 0, registrations_ = 0;
 };
 
 }  // namespace ferry::rdma

@@ -13,6 +13,14 @@ size=67108864
 dd if=/dev/urandom of=/tmp/pat1 bs=1048576 count=8 2>/dev/null
 dd if=/dev/urandom of=/tmp/pat2 bs=4096 count=3 2>/dev/null
 /payload/ferry --version 2>&1 | head -1
+# The kernel's own verbs objects (MAD QPs and the like): after every case the
+# count must be back to this, i.e. ferry released everything it made.
+baseline=$(rdma resource show 2>/dev/null)
+echo "ferry-vm: resources before: $baseline"
+resources_released() {
+  now=$(rdma resource show 2>/dev/null)
+  if [ "$now" = "$baseline" ]; then ok "$1-resources-released"; else bad "$1-resources-released"; echo "ferry-vm:   now: $now"; fi
+}
 
 # run_case NAME PORT PIN_ALL(on|off)
 run_case() {
@@ -47,16 +55,57 @@ run_case() {
   hmp src-$name quit >/dev/null; wait $qpid
   nonzero=$(tr -d '\000' < /tmp/src-$name.mem | wc -c)
   echo "ferry-vm: $name: source memory has $nonzero non-zero bytes"
+  sed 's/^/ferry-vm:   /' /tmp/ferry-$name.log
   if [ "$frc" = 0 ] && [ "$nonzero" -gt 4000000 ] && cmp -n $size /tmp/src-$name.mem /tmp/ferry-$name.mem; then
     ok "qemu7.2-to-ferry-$name"
   else
     bad "qemu7.2-to-ferry-$name"
-    sed 's/^/ferry-vm:   ferry: /' /tmp/ferry-$name.log
   fi
-  rdma resource show 2>/dev/null | sed 's/^/ferry-vm:   /'
+  resources_released "$name"
   rm -f /tmp/src-$name.mem /tmp/ferry-$name.mem
+}
+
+# The source QEMU is killed mid-migration: ferry must fail with one error
+# line (not hang, not crash) and release its verbs objects.
+run_killed() {
+  port=4447
+  rm -f /tmp/ready-killed
+  /payload/ferry recv rdma:192.0.2.1:$port --qemu-compat none,version=7.2 -c verify=off \
+    --ready-file /tmp/ready-killed --timeout 120 >/tmp/ferry-killed.log 2>&1 &
+  fpid=$!
+  i=0
+  while [ ! -s /tmp/ready-killed ] && [ $i -lt 60 ]; do sleep 0.5; i=$((i+1)); done
+  qemu-system-x86_64 -M none -m 512M -nodefaults -display none -accel tcg \
+    -device loader,file=/tmp/pat1,addr=0x1f0000 -monitor unix:/tmp/src-killed.sock,server=on,wait=off -S &
+  qpid=$!
+  i=0
+  while [ ! -S /tmp/src-killed.sock ] && [ $i -lt 60 ]; do sleep 0.5; i=$((i+1)); done
+  sleep 1
+  hmp src-killed "migrate -d rdma:192.0.2.1:$port" >/dev/null
+  i=0; s=""
+  while [ $i -lt 100 ]; do
+    s=$(hmp src-killed 'info migrate' | grep -o 'Migration status: [a-z-]*')
+    case "$s" in *active*|*completed*|*failed*) break;; esac
+    sleep 0.1; i=$((i+1))
+  done
+  sleep 0.5
+  s=$(hmp src-killed 'info migrate' | grep -o 'Migration status: [a-z-]*')
+  kill -9 $qpid; wait $qpid 2>/dev/null
+  echo "ferry-vm: killed: source was '$s' when killed"
+  # A hang detector, not a speed check: ferry gets 60 s to notice.
+  t=0
+  while kill -0 $fpid 2>/dev/null && [ $t -lt 120 ]; do sleep 0.5; t=$((t+1)); done
+  if kill -0 $fpid 2>/dev/null; then kill -9 $fpid; fi
+  wait $fpid; frc=$?
+  echo "ferry-vm: killed: ferry exit $frc about $((t/2)) s after the kill"
+  sed 's/^/ferry-vm:   /' /tmp/ferry-killed.log
+  errors=$(grep -c '^ferry: error:' /tmp/ferry-killed.log)
+  case "$s" in *active*) ;; *) echo "ferry-vm: killed: the source was not mid-migration";; esac
+  if [ "$frc" != 0 ] && [ "$frc" -lt 128 ] && [ "$errors" = 1 ] && [ $t -lt 120 ]; then ok "killed-source"; else bad "killed-source"; fi
+  resources_released killed
 }
 
 run_case dynamic 4445 off
 run_case pinall 4446 on
+run_killed
 echo "ferry-vm: $pass passed, $fail failed"
