@@ -30,6 +30,7 @@
 #include "multifd/channels.h"
 #include "multifd/multifd.h"
 #include "rdma/destination.h"
+#include "rdma/source.h"
 #include "socket/socket.h"
 
 namespace ferry::cli {
@@ -237,9 +238,8 @@ int RunSend(const SendOpts& o) {
   if (!uri.ok()) return Fail(uri.status(), kExitUsage);
   Result<Config> config = ParseConfig(o, *uri);
   if (!config.ok()) return Fail(config.status(), kExitUsage);
-  if (uri->kind == Uri::Kind::kRdma) {  // issue 12: only the destination side exists so far
-    return Fail(Status::Unsupported("ferry send over rdma: is not implemented yet (ferry can receive over rdma:)"),
-                kExitUsage);
+  if (uri->kind == Uri::Kind::kRdma && config->params.multifd) {
+    return Fail(Status::Unsupported("multifd over rdma: is not implemented yet"), kExitUsage);
   }
   const MigrationParams& params = config->params;
   const bool multifd = params.multifd;
@@ -307,6 +307,8 @@ int RunSend(const SendOpts& o) {
   // The source is built once its connections exist (multifd hands its
   // channels to the sink factory); until then a signal stops the connecting.
   std::unique_ptr<multifd::MultifdSinkFactory> multifd_sinks;
+  std::unique_ptr<rdma::RdmaConnection> rdma_conn;  // rdma: (outlives the source and its sink)
+  std::unique_ptr<rdma::RdmaSinkFactory> rdma_sinks;
   std::unique_ptr<MigrationSource> source;
   std::mutex source_mu;
   MigrationSource* running = nullptr;  // guarded by source_mu
@@ -346,6 +348,16 @@ int RunSend(const SendOpts& o) {
     } else {
       ch = f.status();
     }
+  } else if (uri->kind == Uri::Kind::kRdma) {
+    Result<std::unique_ptr<rdma::RdmaConnection>> c = rdma::RdmaConnection::Connect(*uri, false, connect_timeout);
+    if (c.ok()) {
+      rdma_conn = std::move(*c);
+      rdma_sinks = std::make_unique<rdma::RdmaSinkFactory>(*rdma_conn);
+      ch = std::unique_ptr<Channel>(
+          std::make_unique<rdma::RdmaStreamChannel>(*rdma_conn, rdma::RdmaStreamChannel::Side::kSource));
+    } else {
+      ch = c.status();
+    }
   } else {
     ch = Connect(*uri, connect_timeout, stop.get_token());
   }
@@ -375,14 +387,16 @@ int RunSend(const SendOpts& o) {
   }
   source = std::make_unique<MigrationSource>(params, guest.blocks(), **tracker, &guest,
                                              std::vector<DeviceHandler*>{},
-                                             to_file ? static_cast<PageSinkFactory*>(mapped_sinks.get())
-                                                     : static_cast<PageSinkFactory*>(multifd_sinks.get()));
+                                             to_file      ? static_cast<PageSinkFactory*>(mapped_sinks.get())
+                                             : rdma_sinks ? static_cast<PageSinkFactory*>(rdma_sinks.get())
+                                                          : static_cast<PageSinkFactory*>(multifd_sinks.get()));
   {
     std::lock_guard<std::mutex> lock(source_mu);
     running = source.get();
     if (stop.stop_requested()) running->Cancel();  // a signal between connecting and here
   }
-  const bool two_way = !to_file && !to_fifo && (uri->kind != Uri::Kind::kFd || IsSocket(uri->fd));
+  const bool two_way = !to_file && !to_fifo && uri->kind != Uri::Kind::kRdma &&
+                       (uri->kind != Uri::Kind::kFd || IsSocket(uri->fd));
   Channel& channel = to_file ? static_cast<Channel&>(*file) : **ch;
   guest.StartWriter(*dirty_rate, *hot_set, tracker->get(), o.seed);
 

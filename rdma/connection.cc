@@ -11,8 +11,12 @@
 namespace ferry::rdma {
 namespace {
 
-constexpr uint64_t kRecvWrId = 1;
 constexpr uint64_t kSendWrId = 2;
+constexpr uint64_t kWriteWrId = 3;
+constexpr uint64_t kRecvWrId = 16;  // + slot
+constexpr uint64_t kAnyRecv = ~uint64_t{0};
+// WRITEs in flight before the source waits for the oldest (QEMU: 512).
+constexpr uint64_t kMaxWritesInFlight = 128;
 // Work requests: QEMU's source keeps up to 512 WRITEs in flight on its side;
 // the destination only sends control messages and posts one receive.
 constexpr int kCqEntries = 64;
@@ -59,7 +63,7 @@ void RdmaConnection::Shutdown() {
   }
 }
 
-Status RdmaConnection::Setup(rdma_cm_id* id) {
+Status RdmaConnection::Setup(rdma_cm_id* id, int receives) {
   wake_ = UniqueFd(eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
   if (wake_.get() < 0) return ErrnoStatus("rdma: eventfd");
   pd_ = ProtectionDomain(ibv_alloc_pd(id->verbs));
@@ -67,10 +71,10 @@ Status RdmaConnection::Setup(rdma_cm_id* id) {
   comp_ = CompletionChannel(ibv_create_comp_channel(id->verbs));
   if (!comp_) return ErrnoStatus("rdma: ibv_create_comp_channel");
   FERRY_RETURN_IF_ERROR(SetNonBlocking(comp_->fd, "completion channel"));
-  cq_ = CompletionQueue(ibv_create_cq(id->verbs, kCqEntries, nullptr, comp_.get(), 0));
+  cq_ = CompletionQueue(ibv_create_cq(id->verbs, kCqEntries + kMaxWritesInFlight, nullptr, comp_.get(), 0));
   if (!cq_) return ErrnoStatus("rdma: ibv_create_cq");
   ibv_qp_init_attr attr{};
-  attr.cap.max_send_wr = 16;
+  attr.cap.max_send_wr = kMaxWritesInFlight + 8;
   attr.cap.max_recv_wr = 3;
   attr.cap.max_send_sge = 1;
   attr.cap.max_recv_sge = 1;
@@ -78,17 +82,24 @@ Status RdmaConnection::Setup(rdma_cm_id* id) {
   attr.recv_cq = cq_.get();
   attr.qp_type = IBV_QPT_RC;
   if (rdma_create_qp(id, pd_.get(), &attr) != 0) return ErrnoStatus("rdma: rdma_create_qp");
-  recv_buf_.resize(kControlMaxBuffer);
   send_buf_.resize(kControlMaxBuffer);
-  FERRY_ASSIGN_OR_RETURN(recv_mr_, RegisterMemory(pd_.get(), recv_buf_.data(), recv_buf_.size(), kRemoteWriteAccess));
   FERRY_ASSIGN_OR_RETURN(send_mr_, RegisterMemory(pd_.get(), send_buf_.data(), send_buf_.size(), IBV_ACCESS_LOCAL_WRITE));
-  return PostRecv();
+  recv_buf_.resize(receives);
+  recv_mr_.resize(receives);
+  for (int i = 0; i < receives; ++i) {
+    recv_buf_[i].resize(kControlMaxBuffer);
+    FERRY_ASSIGN_OR_RETURN(recv_mr_[i],
+                           RegisterMemory(pd_.get(), recv_buf_[i].data(), recv_buf_[i].size(), kRemoteWriteAccess));
+    FERRY_RETURN_IF_ERROR(PostRecv(i));
+  }
+  return Status();
 }
 
-Status RdmaConnection::PostRecv() {
-  ibv_sge sge{reinterpret_cast<uintptr_t>(recv_buf_.data()), static_cast<uint32_t>(recv_buf_.size()), recv_mr_->lkey};
+Status RdmaConnection::PostRecv(size_t slot) {
+  ibv_sge sge{reinterpret_cast<uintptr_t>(recv_buf_[slot].data()), static_cast<uint32_t>(recv_buf_[slot].size()),
+              recv_mr_[slot]->lkey};
   ibv_recv_wr wr{};
-  wr.wr_id = kRecvWrId;
+  wr.wr_id = kRecvWrId + slot;
   wr.sg_list = &sge;
   wr.num_sge = 1;
   ibv_recv_wr* bad = nullptr;
@@ -113,22 +124,66 @@ Status RdmaConnection::Send(std::span<const uint8_t> message) {
   return WaitFor(kSendWrId, "sending a control message").status();
 }
 
-Result<Message> RdmaConnection::ReceiveAfterReady() {
-  FERRY_RETURN_IF_ERROR(Send(EncodeEmpty(ControlType::kReady)));
-  FERRY_ASSIGN_OR_RETURN(uint32_t len, WaitFor(kRecvWrId, "waiting for the source's control message"));
+Result<Message> RdmaConnection::NextMessage(const char* what) {
+  FERRY_ASSIGN_OR_RETURN(auto done, WaitFor(kAnyRecv, what));
+  const size_t slot = done.first - kRecvWrId;
   // Keep the message where the next receive cannot overwrite it, then give
-  // the buffer back to the QP before the next READY lets the peer send.
-  last_.assign(recv_buf_.begin(), recv_buf_.begin() + len);
-  FERRY_RETURN_IF_ERROR(PostRecv());
+  // the buffer back to the QP.
+  last_.assign(recv_buf_[slot].begin(), recv_buf_[slot].begin() + done.second);
+  FERRY_RETURN_IF_ERROR(PostRecv(slot));
   return DecodeMessage(last_);
 }
 
-Result<uint32_t> RdmaConnection::WaitFor(uint64_t wr_id, const char* what) {
+Result<Message> RdmaConnection::ReceiveAfterReady() {
+  FERRY_RETURN_IF_ERROR(Send(EncodeEmpty(ControlType::kReady)));
+  return NextMessage("waiting for the source's control message");
+}
+
+Status RdmaConnection::SendWhenReady(std::span<const uint8_t> message) {
+  FERRY_ASSIGN_OR_RETURN(Message m, NextMessage("waiting for the destination's READY"));
+  FERRY_RETURN_IF_ERROR(ExpectType(m, ControlType::kReady));
+  return Send(message);
+}
+
+Result<Message> RdmaConnection::Request(std::span<const uint8_t> message, ControlType answer) {
+  FERRY_RETURN_IF_ERROR(SendWhenReady(message));
+  FERRY_ASSIGN_OR_RETURN(Message m, NextMessage("waiting for the destination's answer"));
+  FERRY_RETURN_IF_ERROR(ExpectType(m, answer));
+  return m;
+}
+
+Status RdmaConnection::Write(const void* local, uint32_t len, uint32_t lkey, uint64_t remote, uint32_t rkey) {
+  while (writes_in_flight_ >= kMaxWritesInFlight) {
+    FERRY_RETURN_IF_ERROR(WaitFor(kWriteWrId, "writing guest memory").status());
+  }
+  ibv_sge sge{reinterpret_cast<uintptr_t>(local), len, lkey};
+  ibv_send_wr wr{};
+  wr.wr_id = kWriteWrId;
+  wr.sg_list = &sge;
+  wr.num_sge = 1;
+  wr.opcode = IBV_WR_RDMA_WRITE;
+  wr.send_flags = IBV_SEND_SIGNALED;
+  wr.wr.rdma.remote_addr = remote;
+  wr.wr.rdma.rkey = rkey;
+  ibv_send_wr* bad = nullptr;
+  int rc = ibv_post_send(cm_id_->qp, &wr, &bad);
+  if (rc != 0) return ErrnoStatus("rdma: ibv_post_send (RDMA WRITE)", rc);
+  ++writes_in_flight_;
+  return Status();
+}
+
+Status RdmaConnection::DrainWrites() {
+  while (writes_in_flight_ > 0) FERRY_RETURN_IF_ERROR(WaitFor(kWriteWrId, "writing guest memory").status());
+  return Status();
+}
+
+Result<std::pair<uint64_t, uint32_t>> RdmaConnection::WaitFor(uint64_t wr_id, const char* what) {
+  auto matches = [wr_id](uint64_t id) { return id == wr_id || (wr_id == kAnyRecv && id >= kRecvWrId); };
   for (auto it = early_.begin(); it != early_.end(); ++it) {
-    if (it->first == wr_id) {
-      uint32_t len = it->second;
+    if (matches(it->first)) {
+      auto done = *it;
       early_.erase(it);
-      return len;
+      return done;
     }
   }
   auto last_progress = std::chrono::steady_clock::now();
@@ -143,7 +198,12 @@ Result<uint32_t> RdmaConnection::WaitFor(uint64_t wr_id, const char* what) {
         return Status::Closed(std::string("rdma: ") + what + ": work request failed: " + ibv_wc_status_str(wc.status) +
                               (wc.status == IBV_WC_WR_FLUSH_ERR ? " (the connection is gone)" : ""));
       }
-      if (wc.wr_id == wr_id) return wc.byte_len;
+      if (wc.wr_id == kWriteWrId) {
+        --writes_in_flight_;
+        if (wr_id == kWriteWrId) return std::pair<uint64_t, uint32_t>(wc.wr_id, wc.byte_len);
+        continue;
+      }
+      if (matches(wc.wr_id)) return std::pair<uint64_t, uint32_t>(wc.wr_id, wc.byte_len);
       early_.emplace_back(wc.wr_id, wc.byte_len);
       last_progress = std::chrono::steady_clock::now();
       continue;
@@ -182,6 +242,51 @@ Result<uint32_t> RdmaConnection::WaitFor(uint64_t wr_id, const char* what) {
       }
     }
   }
+}
+
+Result<std::unique_ptr<RdmaConnection>> RdmaConnection::Connect(const Uri& uri, bool pin_all,
+                                                                 std::chrono::milliseconds timeout) {
+  FERRY_RETURN_IF_ERROR(RequireDevice().status());
+  std::unique_ptr<RdmaConnection> c(new RdmaConnection());
+  FERRY_ASSIGN_OR_RETURN(c->events_, CreateEventChannel());
+  rdma_cm_id* raw = nullptr;
+  if (rdma_create_id(c->events_.get(), &raw, nullptr, RDMA_PS_TCP) != 0) return ErrnoStatus("rdma: rdma_create_id");
+  c->cm_id_ = CmId(raw);
+  rdma_addrinfo hints{};
+  hints.ai_flags = RAI_NUMERICHOST;
+  hints.ai_port_space = RDMA_PS_TCP;
+  rdma_addrinfo* res = nullptr;
+  std::string port = std::to_string(uri.port);
+  if (rdma_getaddrinfo(uri.host.c_str(), port.c_str(), &hints, &res) != 0 || res == nullptr) {
+    return Status::InvalidArgument("rdma: cannot use '" + uri.host + "' as a peer address (numeric IPv4 or IPv6)");
+  }
+  const int ms = static_cast<int>(std::min<int64_t>(timeout.count() > 0 ? timeout.count() : 10000, 10000));
+  int rc = rdma_resolve_addr(raw, nullptr, res->ai_dst_addr, ms);
+  int err = errno;
+  rdma_freeaddrinfo(res);
+  if (rc != 0) return ErrnoStatus("rdma: cannot resolve " + uri.text, err);
+  FERRY_RETURN_IF_ERROR(WaitCmEvent(c->events_.get(), RDMA_CM_EVENT_ADDR_RESOLVED, "resolving the address").status());
+  if (rdma_resolve_route(raw, ms) != 0) return ErrnoStatus("rdma: cannot resolve a route to " + uri.text);
+  FERRY_RETURN_IF_ERROR(WaitCmEvent(c->events_.get(), RDMA_CM_EVENT_ROUTE_RESOLVED, "resolving the route").status());
+  // Two receives: an answer and the READY after it may both be on the way.
+  FERRY_RETURN_IF_ERROR(c->Setup(raw, 2));
+  auto priv = EncodeCapabilities({kProtocolVersion, pin_all ? kCapPinAll : 0});
+  rdma_conn_param param{};
+  param.initiator_depth = 2;
+  param.retry_count = 5;
+  param.private_data = priv.data();
+  param.private_data_len = priv.size();
+  if (rdma_connect(raw, &param) != 0) return ErrnoStatus("rdma: rdma_connect to " + uri.text);
+  Result<CmEvent> est = WaitCmEvent(c->events_.get(), RDMA_CM_EVENT_ESTABLISHED, "connecting");
+  if (!est.ok()) return est.status().WithContext("rdma: connecting to " + uri.text);
+  FERRY_ASSIGN_OR_RETURN(Capabilities answer,
+                         DecodeCapabilities(std::span(static_cast<const uint8_t*>((*est)->param.conn.private_data),
+                                                      (*est)->param.conn.private_data_len)));
+  c->caps_ = {kProtocolVersion, answer.flags & (pin_all ? kCapPinAll : 0)};
+  c->peer_ = AddressOf(rdma_get_peer_addr(raw), uri.port);
+  est->reset();
+  FERRY_RETURN_IF_ERROR(SetNonBlocking(c->events_->fd, "event channel"));
+  return c;
 }
 
 Result<std::unique_ptr<RdmaListener>> RdmaListener::Listen(const Uri& uri) {
@@ -229,7 +334,7 @@ Result<std::unique_ptr<RdmaConnection>> RdmaListener::Accept(std::chrono::millis
   c->peer_ = AddressOf(rdma_get_peer_addr(id), ntohs(rdma_get_dst_port(id)));
   FERRY_ASSIGN_OR_RETURN(c->events_, CreateEventChannel());
   if (rdma_migrate_id(id, c->events_.get()) != 0) return ErrnoStatus("rdma: rdma_migrate_id");
-  FERRY_RETURN_IF_ERROR(c->Setup(id));
+  FERRY_RETURN_IF_ERROR(c->Setup(id, 1));
 
   auto priv = EncodeCapabilities(c->caps_);
   rdma_conn_param param{};

@@ -43,8 +43,23 @@ class RdmaConnection {
   ibv_pd* pd() const { return pd_.get(); }
   const std::string& peer() const { return peer_; }
 
+  // The source's (active) side: connects to HOST:PORT asking for pin-all or
+  // not; the destination's answer decides (pin_all()).
+  static Result<std::unique_ptr<RdmaConnection>> Connect(const Uri& uri, bool pin_all,
+                                                          std::chrono::milliseconds timeout);
+
   // Sends one encoded control message and waits for its completion.
   Status Send(std::span<const uint8_t> message);
+  // The source's way to send: waits for the peer's READY, then sends.
+  Status SendWhenReady(std::span<const uint8_t> message);
+  // SendWhenReady, then waits for the answer, which must be of type `answer`.
+  Result<Message> Request(std::span<const uint8_t> message, ControlType answer);
+
+  // RDMA WRITE of [local, local+len) (registered with lkey) to remote memory;
+  // signalled; waits for older WRITEs when too many are in flight.
+  Status Write(const void* local, uint32_t len, uint32_t lkey, uint64_t remote, uint32_t rkey);
+  // Waits until every WRITE posted so far has completed.
+  Status DrainWrites();
   // The destination's way to receive: sends READY, waits for the next
   // message (any type) and posts the receive buffer again. The returned
   // payload stays valid until the next call that receives.
@@ -59,10 +74,14 @@ class RdmaConnection {
  private:
   friend class RdmaListener;
   RdmaConnection() = default;
-  Status Setup(rdma_cm_id* id);  // PD, CQ, QP, buffers; id's ownership is already ours
-  Status PostRecv();
-  // Waits for the completion of work request `wr_id`; returns its byte_len.
-  Result<uint32_t> WaitFor(uint64_t wr_id, const char* what);
+  // PD, CQ, QP, `receives` receive buffers posted; id's ownership is already ours.
+  Status Setup(rdma_cm_id* id, int receives);
+  Status PostRecv(size_t slot);
+  // Waits for the completion of work request `wr_id` (kAnyRecv: any
+  // receive); returns {wr_id, byte_len}.
+  Result<std::pair<uint64_t, uint32_t>> WaitFor(uint64_t wr_id, const char* what);
+  // The next control message the peer sent, in arrival order.
+  Result<Message> NextMessage(const char* what);
 
   std::string peer_;
   Capabilities caps_;
@@ -77,8 +96,11 @@ class RdmaConnection {
   CompletionChannel comp_;
   CompletionQueue cq_;
   CmId cm_id_;
-  std::vector<uint8_t> recv_buf_, send_buf_;
-  MemoryRegion recv_mr_, send_mr_;
+  std::vector<std::vector<uint8_t>> recv_buf_;
+  std::vector<uint8_t> send_buf_;
+  std::vector<MemoryRegion> recv_mr_;
+  MemoryRegion send_mr_;
+  uint64_t writes_in_flight_ = 0;
   // Completions that arrived while another one was awaited: wr_id -> byte_len.
   std::vector<std::pair<uint64_t, uint32_t>> early_;
   std::vector<uint8_t> last_;  // the last message received (ReceiveAfterReady)

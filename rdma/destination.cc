@@ -8,8 +8,31 @@
 namespace ferry::rdma {
 
 Status RdmaStreamChannel::WriteAll(std::span<iovec> iov) {
-  (void)iov;
-  return Status::Unsupported("rdma: the destination does not write to the source (no return path over rdma)");
+  if (side_ != Side::kSource) {
+    return Status::Unsupported("rdma: the destination does not write to the source (no return path over rdma)");
+  }
+  std::vector<uint8_t> piece;
+  piece.reserve(kMaxPayload);
+  for (const iovec& v : iov) {
+    const auto* p = static_cast<const uint8_t*>(v.iov_base);
+    size_t left = v.iov_len;
+    while (left > 0) {
+      const size_t n = std::min(left, kMaxPayload - piece.size());
+      piece.insert(piece.end(), p, p + n);
+      p += n;
+      left -= n;
+      if (piece.size() == kMaxPayload) {
+        FERRY_ASSIGN_OR_RETURN(std::vector<uint8_t> wire, EncodeQemuFile(piece));
+        FERRY_RETURN_IF_ERROR(conn_.SendWhenReady(wire));
+        piece.clear();
+      }
+    }
+  }
+  if (!piece.empty()) {
+    FERRY_ASSIGN_OR_RETURN(std::vector<uint8_t> wire, EncodeQemuFile(piece));
+    FERRY_RETURN_IF_ERROR(conn_.SendWhenReady(wire));
+  }
+  return Status();
 }
 
 void RdmaStreamChannel::SetProgressBound(const ProgressBound& bound) {
@@ -17,6 +40,9 @@ void RdmaStreamChannel::SetProgressBound(const ProgressBound& bound) {
 }
 
 Result<size_t> RdmaStreamChannel::ReadSome(void* buf, size_t len) {
+  if (side_ != Side::kDestination) {
+    return Status::Unsupported("rdma: the source reads nothing from the destination (no return path over rdma)");
+  }
   while (pos_ == data_.size()) {
     FERRY_ASSIGN_OR_RETURN(Message m, conn_.ReceiveAfterReady());
     FERRY_RETURN_IF_ERROR(ExpectType(m, ControlType::kQemuFile));

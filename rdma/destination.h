@@ -29,12 +29,15 @@
 
 namespace ferry::rdma {
 
+// The main stream over a connection: the destination reads it, the source
+// writes it (QEMU's RDMA return path is not supported: one direction only).
 class RdmaStreamChannel final : public Channel {
  public:
-  explicit RdmaStreamChannel(RdmaConnection& conn) : conn_(conn) {}
-  // The destination never writes (QEMU's RDMA return path is not supported).
+  enum class Side { kDestination, kSource };
+  explicit RdmaStreamChannel(RdmaConnection& conn, Side side = Side::kDestination) : conn_(conn), side_(side) {}
+  // Source: QEMU FILE messages of up to kMaxPayload bytes, each after a READY.
   Status WriteAll(std::span<iovec> iov) override;
-  // Bytes left from the current QEMU FILE message, or the next message.
+  // Destination: bytes left from the current QEMU FILE message, or the next message.
   Result<size_t> ReadSome(void* buf, size_t len) override;
   void Shutdown() override { conn_.Shutdown(); }
   std::string Describe() const override { return "rdma:" + conn_.peer(); }
@@ -42,6 +45,7 @@ class RdmaStreamChannel final : public Channel {
 
  private:
   RdmaConnection& conn_;
+  Side side_;
   std::vector<uint8_t> data_;
   size_t pos_ = 0;
 };

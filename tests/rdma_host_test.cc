@@ -41,11 +41,20 @@ TEST(RdmaHost, RecvWithoutDeviceFailsWithOneLine) {
   EXPECT_EQ(err.rfind("ferry: error: no RDMA device", 0), 0u) << err;
 }
 
-TEST(RdmaHost, SendIsRefusedClearlyForNow) {
+TEST(RdmaHost, SendWithoutDeviceFailsWithOneLine) {
+  if (HostHasRdmaDevice()) GTEST_SKIP() << "this host has an RDMA device; the no-device error cannot be shown here";
   std::string err;
-  int rc = RunCmd(std::string(FERRY_BIN) + " send rdma:127.0.0.1:4444 --ram 4M", &err);
+  int rc = RunCmd(std::string(FERRY_BIN) + " send rdma:127.0.0.1:4444 --ram 4M --connect-timeout 2", &err);
+  EXPECT_EQ(rc, 1);
+  EXPECT_EQ(std::count(err.begin(), err.end(), '\n'), 1) << err;
+  EXPECT_EQ(err.rfind("ferry: error: no RDMA device", 0), 0u) << err;
+}
+
+TEST(RdmaHost, MultifdOverRdmaIsRefusedClearlyForNow) {
+  std::string err;
+  int rc = RunCmd(std::string(FERRY_BIN) + " send rdma:127.0.0.1:4444 --ram 4M -c multifd=on", &err);
   EXPECT_EQ(rc, 2);
-  EXPECT_NE(err.find("not implemented yet"), std::string::npos) << err;
+  EXPECT_NE(err.find("multifd over rdma: is not implemented yet"), std::string::npos) << err;
 }
 
 TEST(RdmaHost, UriParsesLikeTcp) {
