@@ -241,6 +241,9 @@ int RunSend(const SendOpts& o) {
   if (uri->kind == Uri::Kind::kRdma && config->params.multifd) {
     return Fail(Status::Unsupported("multifd over rdma: is not implemented yet"), kExitUsage);
   }
+  if (uri->kind != Uri::Kind::kRdma && config->params.rdma_pin_all) {
+    return Fail(Status::InvalidArgument("capability rdma-pin-all needs an rdma: URI"), kExitUsage);
+  }
   const MigrationParams& params = config->params;
   const bool multifd = params.multifd;
   Result<uint64_t> dirty_rate = ParseSize(o.dirty_rate);
@@ -349,7 +352,7 @@ int RunSend(const SendOpts& o) {
       ch = f.status();
     }
   } else if (uri->kind == Uri::Kind::kRdma) {
-    Result<std::unique_ptr<rdma::RdmaConnection>> c = rdma::RdmaConnection::Connect(*uri, false, connect_timeout);
+    Result<std::unique_ptr<rdma::RdmaConnection>> c = rdma::RdmaConnection::Connect(*uri, params.rdma_pin_all, connect_timeout);
     if (c.ok()) {
       rdma_conn = std::move(*c);
       rdma_sinks = std::make_unique<rdma::RdmaSinkFactory>(*rdma_conn);
@@ -782,7 +785,8 @@ void AddSendOptions(CLI::App* s, SendOpts& send) {
                 "Capability NAME=on|off: verify (ferry's digest check, default on), multifd (pages over "
                 "multifd-channels extra connections; with mapped-ram: file threads), zero-copy-send (MSG_ZEROCOPY on the "
                 "multifd channels; not with compression), mapped-ram (fixed page places in a file; file targets only), "
-                "validate-uuid (put --uuid in the stream; the destination refuses another uuid)");
+                "validate-uuid (put --uuid in the stream; the destination refuses another uuid), rdma-pin-all (rdma: "
+                "only: ask the destination to register all its RAM at setup instead of 1 MiB chunks on demand)");
   s->add_option("--uuid", send.uuid,
                 "The VM's uuid (QEMU's -uuid): put in every multifd channel's init packet and, with validate-uuid, "
                 "in the stream (default all zeros)");
@@ -853,7 +857,7 @@ int main(int argc, char** argv) {
   SendOpts send;
   auto* s = app.add_subcommand("send", "Migrate a guest's memory to a destination (the source side).");
   s->add_option("URI", send.uri,
-                "Where to send: tcp:HOST:PORT, tcp:[V6]:PORT, unix:PATH, fd:N or file:PATH[,offset=N]")
+                "Where to send: tcp:HOST:PORT, tcp:[V6]:PORT, unix:PATH, fd:N, rdma:HOST:PORT (QEMU's RDMA protocol) or file:PATH[,offset=N]")
       ->required();
   AddSendOptions(s, send);
   SendOpts save;

@@ -168,6 +168,10 @@ Status MigrationParams::SetCapability(std::string_view name, bool on) {
     mapped_ram = on;
     return Status::Ok();
   }
+  if (name == "rdma-pin-all") {
+    rdma_pin_all = on;
+    return Status::Ok();
+  }
   if (name == "validate-uuid") {
     validate_uuid = on;
     return Status::Ok();
@@ -178,7 +182,7 @@ Status MigrationParams::SetCapability(std::string_view name, bool on) {
     return Status::Ok();
   }
   static constexpr std::string_view kQemuCaps[] = {
-      "xbzrle", "rdma-pin-all", "auto-converge", "zero-blocks", "compress", "events", "postcopy-ram",
+      "xbzrle", "auto-converge", "zero-blocks", "compress", "events", "postcopy-ram",
       "x-colo", "release-ram", "return-path", "pause-before-switchover", "dirty-bitmaps",
       "postcopy-blocktime", "late-block-activate", "x-ignore-shared", "background-snapshot",
       "postcopy-preempt", "switchover-ack", "dirty-limit"};

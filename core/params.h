@@ -45,6 +45,7 @@ struct MigrationParams {
 
   // Capabilities.
   bool verify = true;  // "verify": ferry's digest section + verdict (off for QEMU peers)
+  bool rdma_pin_all = false;  // "rdma-pin-all": over rdma:, register all guest RAM at setup (the source asks)
   bool multifd = false;         // "multifd": pages over multifd-channels extra connections
   bool zero_copy_send = false;  // "zero-copy-send": MSG_ZEROCOPY on multifd channels
   bool mapped_ram = false;      // "mapped-ram": fixed page places in a file (file: targets only); with

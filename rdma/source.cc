@@ -16,13 +16,11 @@ class RdmaSink final : public PageSink {
   Status OnBlockListed(RamBlock& block) override {
     Block b;
     b.block = &block;
-    // WRITEs straight from guest memory when it can be registered; a
-    // read-only file mapping (send --memory-file) cannot (EFAULT on
-    // soft-RoCE): then pages go through registered bounce buffers.
-    Result<MemoryRegion> mr = RegisterMemory(conn_.pd(), block.host, block.used_length, 0);
-    if (mr.ok()) {
-      b.local = std::move(*mr);
-    } else if (bounce_.empty()) {
+    // Pages go through registered bounce buffers (one copy): registering
+    // guest memory itself would pin it (populating it, and with a read-only
+    // pin of anonymous memory racing the guest's copy-on-write) and fails on
+    // a read-only file mapping (send --memory-file). Zero-copy is left to do.
+    if (bounce_.empty()) {
       bounce_.resize(kBounceSlots * kChunkSize);
       FERRY_ASSIGN_OR_RETURN(bounce_mr_,
                              RegisterMemory(conn_.pd(), bounce_.data(), bounce_.size(), IBV_ACCESS_LOCAL_WRITE));
@@ -92,7 +90,6 @@ class RdmaSink final : public PageSink {
  private:
   struct Block {
     RamBlock* block = nullptr;
-    MemoryRegion local;
     DestBlock remote;
     std::vector<uint32_t> chunk_rkey;  // dynamic: 0 = not registered yet
   };
@@ -129,27 +126,22 @@ class RdmaSink final : public PageSink {
       }
       rkey = b.chunk_rkey[chunk];
     }
-    const uint8_t* from = b.block->host + run_off_;
-    uint32_t lkey = 0;
-    if (b.local) {
-      lkey = b.local->lkey;
-    } else {
-      if (next_slot_ == kBounceSlots) {  // every slot may still be in flight
-        FERRY_RETURN_IF_ERROR(conn_.DrainWrites());
-        next_slot_ = 0;
-      }
-      uint8_t* slot = bounce_.data() + next_slot_++ * kChunkSize;
-      std::memcpy(slot, from, run_len_);
-      from = slot;
-      lkey = bounce_mr_->lkey;
+    if (next_slot_ == kBounceSlots) {  // every slot may still be in flight
+      FERRY_RETURN_IF_ERROR(conn_.DrainWrites());
+      next_slot_ = 0;
     }
-    FERRY_RETURN_IF_ERROR(conn_.Write(from, static_cast<uint32_t>(run_len_), lkey, b.remote.host_addr + run_off_, rkey));
+    uint8_t* slot = bounce_.data() + next_slot_++ * kChunkSize;
+    std::memcpy(slot, b.block->host + run_off_, run_len_);
+    FERRY_RETURN_IF_ERROR(conn_.Write(slot, static_cast<uint32_t>(run_len_), bounce_mr_->lkey,
+                                      b.remote.host_addr + run_off_, rkey));
     written_ += run_len_;
     run_len_ = 0;
     return Status();
   }
 
-  static constexpr size_t kBounceSlots = 8;  // 1 MiB each
+  // 1 MiB each: a run never crosses a chunk. 8 keep the QP busy while the
+  // next runs are copied; all are reused only after a drain.
+  static constexpr size_t kBounceSlots = 8;
 
   RdmaConnection& conn_;
   StreamWriter& main_;

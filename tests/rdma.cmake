@@ -8,8 +8,8 @@ add_test(NAME rdma/vm_smoke COMMAND ${PROJECT_SOURCE_DIR}/tests/rdma/ctest.sh sm
 add_test(NAME rdma/qemu7.2_to_ferry
          COMMAND ${PROJECT_SOURCE_DIR}/tests/rdma/ctest.sh ferry $<TARGET_FILE:ferry>
                  ${PROJECT_SOURCE_DIR}/tests/rdma/qemu-to-ferry)
-add_test(NAME rdma/ferry_to_qemu7.2
+add_test(NAME rdma/ferry_send
          COMMAND ${PROJECT_SOURCE_DIR}/tests/rdma/ctest.sh ferry $<TARGET_FILE:ferry>
-                 ${PROJECT_SOURCE_DIR}/tests/rdma/ferry-to-qemu)
-set_tests_properties(rdma/vm_smoke rdma/qemu7.2_to_ferry rdma/ferry_to_qemu7.2 PROPERTIES
+                 ${PROJECT_SOURCE_DIR}/tests/rdma/ferry-send)
+set_tests_properties(rdma/vm_smoke rdma/qemu7.2_to_ferry rdma/ferry_send PROPERTIES
   LABELS "rdma;integration" TIMEOUT 900 SKIP_RETURN_CODE 77 RUN_SERIAL ON)
