@@ -352,7 +352,7 @@ int RunSend(const SendOpts& o) {
       ch = f.status();
     }
   } else if (uri->kind == Uri::Kind::kRdma) {
-    Result<std::unique_ptr<rdma::RdmaConnection>> c = rdma::RdmaConnection::Connect(*uri, params.rdma_pin_all, connect_timeout);
+    Result<std::unique_ptr<rdma::RdmaConnection>> c = rdma::RdmaConnection::Connect(*uri, params.rdma_pin_all, connect_timeout, stop.get_token());
     if (c.ok()) {
       rdma_conn = std::move(*c);
       rdma_sinks = std::make_unique<rdma::RdmaSinkFactory>(*rdma_conn);
@@ -542,21 +542,39 @@ int RecvOverRdma(const RecvOpts& o, const Uri& uri, const MigrationParams& param
     Status s = WriteReadyFile(o.ready_file, (*listener)->address());
     if (!s.ok()) return Fail(s);
   }
-  Result<std::unique_ptr<rdma::RdmaConnection>> conn =
-      (*listener)->Accept(std::chrono::milliseconds(static_cast<int64_t>(o.timeout * 1000)));
-  if (!conn.ok()) return Fail(conn.status());
-  Note("rdma: connected to " + (*conn)->peer() + ((*conn)->pin_all() ? " (pin-all)" : " (dynamic registration)"));
-  rdma::RdmaStreamChannel channel(**conn);
-  rdma::RdmaPageReceiver receiver(**conn);
-  opts.receiver = &receiver;
-  MigrationDestination dest(opts, blocks, o.ram.empty() ? &memory : nullptr);
+  std::unique_ptr<rdma::RdmaConnection> conn;  // outlives the watcher and everything using it
   std::mutex mu;
-  MigrationDestination* running = &dest;  // guarded by mu
+  MigrationDestination* running = nullptr;  // guarded by mu, like conn once set
   SignalWatcher signals([&] {
     std::lock_guard<std::mutex> lock(mu);
+    (*listener)->Shutdown();
+    if (conn) conn->Shutdown();
     if (running) running->Cancel();
-    (*conn)->Shutdown();
   });
+  Result<std::unique_ptr<rdma::RdmaConnection>> accepted =
+      (*listener)->Accept(std::chrono::milliseconds(static_cast<int64_t>(o.timeout * 1000)));
+  if (!accepted.ok()) {
+    if (signals.fired()) {
+      Note("cancelled while waiting for the source");
+      return kExitCancelled;
+    }
+    return Fail(accepted.status());
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    conn = std::move(*accepted);
+    if (signals.fired()) conn->Shutdown();
+  }
+  Note("rdma: connected to " + conn->peer() + (conn->pin_all() ? " (pin-all)" : " (dynamic registration)"));
+  rdma::RdmaStreamChannel channel(*conn);
+  rdma::RdmaPageReceiver receiver(*conn);
+  opts.receiver = &receiver;
+  MigrationDestination dest(opts, blocks, o.ram.empty() ? &memory : nullptr);
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    running = &dest;
+    if (signals.fired()) dest.Cancel();
+  }
   Status result;
   {
     Progress progress([&] { return dest.Stats(); }, "recv");

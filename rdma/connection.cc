@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <thread>
 
 namespace ferry::rdma {
 namespace {
@@ -27,12 +28,14 @@ Status SetNonBlocking(int fd, const char* what) {
   return Status();
 }
 
-// Waits until `fd` is readable; kTimeout after `timeout` (0 = forever).
-Status WaitReadable(int fd, std::chrono::milliseconds timeout, const std::string& what) {
-  pollfd p{fd, POLLIN, 0};
+// Waits until `fd` is readable; kTimeout after `timeout` (0 = forever),
+// kCancelled once `wake` (an eventfd, or -1) is.
+Status WaitReadable(int fd, std::chrono::milliseconds timeout, const std::string& what, int wake = -1) {
+  pollfd p[2] = {{fd, POLLIN, 0}, {wake, POLLIN, 0}};
   int ms = timeout.count() > 0 ? static_cast<int>(timeout.count()) : -1;
   while (true) {
-    int n = poll(&p, 1, ms);
+    int n = poll(p, wake >= 0 ? 2 : 1, ms);
+    if (n > 0 && (p[1].revents & POLLIN)) return Status::Cancelled("rdma: cancelled while " + what);
     if (n > 0) return Status();
     if (n == 0) return Status::Timeout("rdma: " + what + ": nothing within " + std::to_string(timeout.count() / 1000) + " s");
     if (errno != EINTR) return ErrnoStatus("rdma: poll");
@@ -245,8 +248,22 @@ Result<std::pair<uint64_t, uint32_t>> RdmaConnection::WaitFor(uint64_t wr_id, co
 }
 
 Result<std::unique_ptr<RdmaConnection>> RdmaConnection::Connect(const Uri& uri, bool pin_all,
-                                                                 std::chrono::milliseconds timeout) {
+                                                                 std::chrono::milliseconds timeout,
+                                                                 std::stop_token stop) {
   FERRY_RETURN_IF_ERROR(RequireDevice().status());
+  // Like tcp:, a destination that is not listening yet is tried again until
+  // the timeout (a refusal is kClosed; anything else fails at once).
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (true) {
+    Result<std::unique_ptr<RdmaConnection>> c = ConnectOnce(uri, pin_all, timeout);
+    if (c.ok() || c.status().code() != Code::kClosed || std::chrono::steady_clock::now() >= deadline) return c;
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    if (stop.stop_requested()) return Status::Cancelled("rdma: cancelled while connecting to " + uri.text);
+  }
+}
+
+Result<std::unique_ptr<RdmaConnection>> RdmaConnection::ConnectOnce(const Uri& uri, bool pin_all,
+                                                                     std::chrono::milliseconds timeout) {
   std::unique_ptr<RdmaConnection> c(new RdmaConnection());
   FERRY_ASSIGN_OR_RETURN(c->events_, CreateEventChannel());
   rdma_cm_id* raw = nullptr;
@@ -277,8 +294,9 @@ Result<std::unique_ptr<RdmaConnection>> RdmaConnection::Connect(const Uri& uri, 
   param.private_data = priv.data();
   param.private_data_len = priv.size();
   if (rdma_connect(raw, &param) != 0) return ErrnoStatus("rdma: rdma_connect to " + uri.text);
-  Result<CmEvent> est = WaitCmEvent(c->events_.get(), RDMA_CM_EVENT_ESTABLISHED, "connecting");
-  if (!est.ok()) return est.status().WithContext("rdma: connecting to " + uri.text);
+  const std::string what = "connecting to " + uri.text;
+  Result<CmEvent> est = WaitCmEvent(c->events_.get(), RDMA_CM_EVENT_ESTABLISHED, what.c_str());
+  if (!est.ok()) return est.status();
   FERRY_ASSIGN_OR_RETURN(Capabilities answer,
                          DecodeCapabilities(std::span(static_cast<const uint8_t*>((*est)->param.conn.private_data),
                                                       (*est)->param.conn.private_data_len)));
@@ -292,6 +310,8 @@ Result<std::unique_ptr<RdmaConnection>> RdmaConnection::Connect(const Uri& uri, 
 Result<std::unique_ptr<RdmaListener>> RdmaListener::Listen(const Uri& uri) {
   FERRY_RETURN_IF_ERROR(RequireDevice().status());
   std::unique_ptr<RdmaListener> l(new RdmaListener());
+  l->wake_ = UniqueFd(eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
+  if (l->wake_.get() < 0) return ErrnoStatus("rdma: eventfd");
   FERRY_ASSIGN_OR_RETURN(l->events_, CreateEventChannel());
   FERRY_RETURN_IF_ERROR(SetNonBlocking(l->events_->fd, "event channel"));
   rdma_cm_id* raw = nullptr;
@@ -314,8 +334,13 @@ Result<std::unique_ptr<RdmaListener>> RdmaListener::Listen(const Uri& uri) {
   return l;
 }
 
+void RdmaListener::Shutdown() {
+  uint64_t one = 1;
+  (void)!write(wake_.get(), &one, sizeof one);
+}
+
 Result<std::unique_ptr<RdmaConnection>> RdmaListener::Accept(std::chrono::milliseconds timeout) {
-  FERRY_RETURN_IF_ERROR(WaitReadable(events_->fd, timeout, "waiting for the source to connect"));
+  FERRY_RETURN_IF_ERROR(WaitReadable(events_->fd, timeout, "waiting for the source to connect", wake_.get()));
   FERRY_ASSIGN_OR_RETURN(CmEvent req, WaitCmEvent(events_.get(), RDMA_CM_EVENT_CONNECT_REQUEST, "accepting"));
   rdma_cm_id* id = req->id;
   Result<Capabilities> caps = DecodeCapabilities(
@@ -342,7 +367,8 @@ Result<std::unique_ptr<RdmaConnection>> RdmaListener::Accept(std::chrono::millis
   param.private_data = priv.data();
   param.private_data_len = priv.size();
   if (rdma_accept(id, &param) != 0) return ErrnoStatus("rdma: rdma_accept");
-  FERRY_RETURN_IF_ERROR(WaitReadable(c->events_->fd, timeout, "waiting for the connection to be established"));
+  FERRY_RETURN_IF_ERROR(
+      WaitReadable(c->events_->fd, timeout, "waiting for the connection to be established", wake_.get()));
   FERRY_ASSIGN_OR_RETURN(CmEvent est, WaitCmEvent(c->events_.get(), RDMA_CM_EVENT_ESTABLISHED, "accepting"));
   FERRY_RETURN_IF_ERROR(SetNonBlocking(c->events_->fd, "event channel"));
   return c;

@@ -20,6 +20,7 @@
 #include <atomic>
 #include <chrono>
 #include <memory>
+#include <stop_token>
 #include <string>
 #include <vector>
 
@@ -44,9 +45,12 @@ class RdmaConnection {
   const std::string& peer() const { return peer_; }
 
   // The source's (active) side: connects to HOST:PORT asking for pin-all or
-  // not; the destination's answer decides (pin_all()).
+  // not; the destination's answer decides (pin_all()). A refused connection
+  // (nobody listening yet) is retried until `timeout`.
+  // `stop` ends the retries (kCancelled).
   static Result<std::unique_ptr<RdmaConnection>> Connect(const Uri& uri, bool pin_all,
-                                                          std::chrono::milliseconds timeout);
+                                                          std::chrono::milliseconds timeout,
+                                                          std::stop_token stop = {});
 
   // Sends one encoded control message and waits for its completion.
   Status Send(std::span<const uint8_t> message);
@@ -74,6 +78,8 @@ class RdmaConnection {
  private:
   friend class RdmaListener;
   RdmaConnection() = default;
+  static Result<std::unique_ptr<RdmaConnection>> ConnectOnce(const Uri& uri, bool pin_all,
+                                                              std::chrono::milliseconds timeout);
   // PD, CQ, QP, `receives` receive buffers posted; id's ownership is already ours.
   Status Setup(rdma_cm_id* id, int receives);
   Status PostRecv(size_t slot);
@@ -116,9 +122,12 @@ class RdmaListener {
   // Waits for the source's connection request, checks its capabilities
   // (version 1; pin-all is accepted), sets up the QP and accepts.
   Result<std::unique_ptr<RdmaConnection>> Accept(std::chrono::milliseconds timeout);
+  // Makes a waiting (or later) Accept fail with kCancelled. Any thread.
+  void Shutdown();
 
  private:
   RdmaListener() = default;
+  UniqueFd wake_;
   EventChannel events_;
   CmId id_;
   std::string address_;

@@ -83,4 +83,34 @@ if [ "$src" = 0 ] && [ "$rrc" = 0 ] && grep -q 'verified: yes' /tmp/recv-live.lo
   ok ferry-to-ferry-pinall-live; else bad ferry-to-ferry-pinall-live; fi
 rm -f /tmp/recv-live.mem
 resources_released ferry-live
+# Nobody listening: ferry send retries until --connect-timeout, then one line.
+/payload/ferry send rdma:192.0.2.1:4499 --ram 4M --connect-timeout 2 >/tmp/refused.log 2>&1
+frc=$?
+sed 's/^/ferry-vm:   /' /tmp/refused.log
+if [ "$frc" = 1 ] && [ "$(grep -c '^ferry: error:' /tmp/refused.log)" = 1 ] && grep -q 'REJECTED' /tmp/refused.log; then
+  ok connection-refused; else bad connection-refused; fi
+resources_released refused
+
+# The destination QEMU is killed mid-migration: ferry send fails with one
+# error line (not a hang) and releases its verbs objects.
+qemu-system-x86_64 -M none -m 512M -nodefaults -display none -accel tcg -incoming rdma:192.0.2.1:4454 \
+  -monitor unix:/tmp/dst-killed.sock,server=on,wait=off &
+qpid=$!
+i=0
+while [ ! -S /tmp/dst-killed.sock ] && [ $i -lt 60 ]; do sleep 0.5; i=$((i+1)); done
+sleep 1
+/payload/ferry send rdma:192.0.2.1:4454 --ram 512M --fill random=100 --qemu-compat none,version=7.2 \
+  --dirty-tracker all-once --connect-timeout 30 >/tmp/killed.log 2>&1 &
+spid=$!
+sleep 4
+kill -9 $qpid; wait $qpid 2>/dev/null
+t=0
+while kill -0 $spid 2>/dev/null && [ $t -lt 120 ]; do sleep 0.5; t=$((t+1)); done
+if kill -0 $spid 2>/dev/null; then kill -9 $spid; fi
+wait $spid; frc=$?
+echo "ferry-vm: killed destination: ferry send exit $frc about $((t/2)) s after the kill"
+sed 's/^/ferry-vm:   /' /tmp/killed.log
+if [ "$frc" = 1 ] && [ "$(grep -c '^ferry: error:' /tmp/killed.log)" = 1 ] && [ $t -lt 120 ]; then
+  ok killed-destination; else bad killed-destination; fi
+resources_released killed-destination
 echo "ferry-vm: $pass passed, $fail failed"

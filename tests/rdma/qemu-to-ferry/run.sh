@@ -108,4 +108,18 @@ run_killed() {
 run_case dynamic 4445 off
 run_case pinall 4446 on
 run_killed
+
+# SIGINT while ferry waits for the source: exit 3 at once, nothing left behind.
+/payload/ferry recv rdma:192.0.2.1:4448 --ready-file /tmp/ready-cancel --timeout 120 >/tmp/cancel.log 2>&1 &
+cpid=$!
+i=0
+while [ ! -s /tmp/ready-cancel ] && [ $i -lt 60 ]; do sleep 0.5; i=$((i+1)); done
+kill -INT $cpid
+t=0
+while kill -0 $cpid 2>/dev/null && [ $t -lt 60 ]; do sleep 0.5; t=$((t+1)); done
+if kill -0 $cpid 2>/dev/null; then kill -9 $cpid; fi
+wait $cpid; crc=$?
+sed 's/^/ferry-vm:   /' /tmp/cancel.log
+if [ "$crc" = 3 ] && grep -q 'cancelled while waiting for the source' /tmp/cancel.log; then ok sigint-while-listening; else bad sigint-while-listening; fi
+resources_released cancel
 echo "ferry-vm: $pass passed, $fail failed"
