@@ -2,7 +2,7 @@
 # CTest entry for the soft-RoCE VM tests (labels rdma, integration):
 #
 #   tests/rdma/ctest.sh smoke                         # tests/rdma/smoke as it is
-#   tests/rdma/ctest.sh ferry FERRY_BIN TEST_DIR      # TEST_DIR + ferry (payload.sh)
+#   tests/rdma/ctest.sh ferry FERRY_BIN TEST_DIR [BIN...]  # TEST_DIR + ferry + BINs (payload.sh)
 #
 # A missing prerequisite fails the test; with FERRY_ALLOW_SKIP=1 it is a
 # skip (exit 77, the tests' SKIP_RETURN_CODE).
@@ -27,10 +27,10 @@ timeout=${FERRY_RDMA_VM_TIMEOUT:-600}
 case "${1:-}" in
   smoke) exec "$here/vm.sh" run "$here/smoke" "$timeout" ;;
   ferry)
-    [ $# -eq 3 ] || { echo "usage: ctest.sh ferry FERRY_BIN TEST_DIR" >&2; exit 2; }
+    [ $# -ge 3 ] || { echo "usage: ctest.sh ferry FERRY_BIN TEST_DIR [BIN...]" >&2; exit 2; }
     work=$(mktemp -d)
     trap 'rm -rf "$work"' EXIT
-    "$here/payload.sh" "$2" "$3" "$work/payload"
+    "$here/payload.sh" "$2" "$3" "$work/payload" "${@:4}"
     "$here/vm.sh" run "$work/payload" "$timeout" ;;
-  *) echo "usage: ctest.sh smoke | ferry FERRY_BIN TEST_DIR" >&2; exit 2 ;;
+  *) echo "usage: ctest.sh smoke | ferry FERRY_BIN TEST_DIR [BIN...]" >&2; exit 2 ;;
 esac

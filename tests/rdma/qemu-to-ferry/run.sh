@@ -109,6 +109,18 @@ run_case dynamic 4445 off
 run_case pinall 4446 on
 run_killed
 
+# A source announcing RDMA protocol version 2 is rejected with one line.
+/payload/ferry recv rdma:192.0.2.1:4449 --ready-file /tmp/ready-version --timeout 60 >/tmp/version.log 2>&1 &
+vpid=$!
+i=0
+while [ ! -s /tmp/ready-version ] && [ $i -lt 60 ]; do sleep 0.5; i=$((i+1)); done
+/payload/rdma_version_client 192.0.2.1 4449 >/tmp/version-client.log 2>&1; vcrc=$?
+wait $vpid; vrc=$?
+sed 's/^/ferry-vm:   /' /tmp/version.log /tmp/version-client.log
+if [ "$vcrc" = 0 ] && [ "$vrc" = 1 ] && [ "$(grep -c '^ferry: error:' /tmp/version.log)" = 1 ] &&
+   grep -q 'protocol version 2' /tmp/version.log; then ok wrong-protocol-version; else bad wrong-protocol-version; fi
+resources_released version
+
 # SIGINT while ferry waits for the source: exit 3 at once, nothing left behind.
 /payload/ferry recv rdma:192.0.2.1:4448 --ready-file /tmp/ready-cancel --timeout 120 >/tmp/cancel.log 2>&1 &
 cpid=$!
