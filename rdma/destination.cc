@@ -70,6 +70,10 @@ Status RdmaPageReceiver::OnBlockListed(StreamReader& r, RamBlock& block) {
   if (cache_) return Status::Protocol("rdma: a RAM block listed after the registration started");
   offsets_.push_back(order_.empty() ? 0 : offsets_.back() + order_.back()->used_length);
   order_.push_back(&block);
+  // The source writes pages with RDMA WRITEs that no code on this side sees,
+  // so no page of the block stays known to be zero (the loader marked fresh
+  // memory so): the verification and ZERO records must read the pages.
+  block.known_zero = DirtyBitmap();
   return Status();
 }
 
