@@ -1,6 +1,8 @@
 #include "rdma/transport.h"
 
 #include <mutex>
+#include <optional>
+#include <string>
 #include <stop_token>
 
 #include "rdma/connection.h"
@@ -52,6 +54,12 @@ class RdmaTransport final : public Transport {
   Status Validate(const PlanView& plan) const override {
     if (IsRdma(plan.endpoint()) && plan.capability("multifd")) {
       return Status::Unsupported("multifd over rdma: is not implemented yet");
+    }
+    // A channel layer (tls/) wraps socket connections; rdma's control
+    // messages and WRITEs have none, so its settings would be ignored.
+    if (IsRdma(plan.endpoint())) {
+      const std::optional<std::string> creds = plan.parameter("tls-creds");
+      if (creds && !creds->empty()) return Status::Unsupported("tls-creds over rdma: is not supported");
     }
     return Status::Ok();
   }

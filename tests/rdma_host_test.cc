@@ -7,6 +7,8 @@
 #include <sys/wait.h>
 
 #include <cstdio>
+#include <memory>
+#include <optional>
 #include <string>
 
 #include "core/uri.h"
@@ -108,6 +110,39 @@ TEST(RdmaHost, BuiltinRegistryOwnsTheSchemeAndCapability) {
     ASSERT_FALSE(bad.ok());
     EXPECT_NE(bad.status().message().find("missing ':PORT'"), std::string::npos) << bad.status().ToString();
   }
+}
+
+// A channel layer's settings (tls-creds, as tls/ names it) are refused over
+// rdma:, whose connection no layer wraps.
+class FakeTlsLayer final : public ferry::Transport {
+ public:
+  std::string_view name() const override { return "fake-tls"; }
+  std::vector<std::string_view> parameters() const override { return {"tls-creds"}; }
+  ferry::Status SetParameter(std::string_view name, std::string_view value) override {
+    (void)name;
+    creds_ = std::string(value);
+    return ferry::Status::Ok();
+  }
+  std::optional<std::string> parameter(std::string_view name) const override {
+    if (name == "tls-creds") return creds_;
+    return std::nullopt;
+  }
+
+ private:
+  std::string creds_;
+};
+
+TEST(RdmaHost, ChannelLayerSettingsAreRefusedOverRdma) {
+  ferry::TransportRegistry registry = ferry::BuiltinTransports();
+  registry.Add([] { return std::make_unique<FakeTlsLayer>(); });
+  ferry::MigrationSpec spec;
+  spec.uri = "rdma:192.0.2.1:4444";
+  spec.parameters = {"tls-creds=tls0"};
+  auto p = ferry::Plan(registry, ferry::Side::kSource, spec);
+  ASSERT_FALSE(p.ok());
+  EXPECT_EQ(p.status().message(), "tls-creds over rdma: is not supported");
+  spec.parameters = {"tls-creds="};
+  EXPECT_TRUE(ferry::Plan(registry, ferry::Side::kDestination, spec).ok());
 }
 
 }  // namespace
