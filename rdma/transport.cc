@@ -1,6 +1,5 @@
 #include "rdma/transport.h"
 
-#include <mutex>
 #include <optional>
 #include <string>
 #include <stop_token>
