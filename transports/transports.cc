@@ -5,6 +5,7 @@
 
 #include "file/file_transport.h"
 #include "multifd/transport.h"
+#include "rdma/transport.h"
 #include "socket/socket_transport.h"
 
 namespace ferry {
@@ -13,7 +14,8 @@ const TransportRegistry& BuiltinTransports() {
   static const TransportRegistry registry = TransportRegistry()
                                                 .Add(MakeSocketTransport)
                                                 .Add(multifd::MakeTransport)
-                                                .Add(MakeFileTransport);
+                                                .Add(MakeFileTransport)
+                                                .Add(rdma::MakeTransport);
   return registry;
 }
 
