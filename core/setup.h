@@ -8,7 +8,8 @@
 //   socket/   tcp:, unix:, fd:            endpoints (dials and accepts connections)
 //   file/     file: (regular file, FIFO)  endpoint; mapped-ram and direct-io (sink and receiver)
 //   multifd/  capability multifd           sink/receiver over extra socket connections
-//   tls/      (coming) a channel wrapper on every socket connection; rdma/ (coming) rdma: endpoint
+//   rdma/     rdma:                       endpoint with its own sink/receiver (QEMU's RDMA protocol)
+//   tls/      (coming) a channel wrapper on every socket connection
 //
 //   MigrationSpec spec;
 //   spec.uri = "unix:/run/vm.sock";
