@@ -22,7 +22,8 @@ int main(int argc, char** argv) {
   SendOpts send;
   auto* s = app.add_subcommand("send", "Migrate a guest's memory to a destination (the source side).");
   s->add_option("URI", send.uri,
-                "Where to send: tcp:HOST:PORT, tcp:[V6]:PORT, unix:PATH, fd:N or file:PATH[,offset=N]")
+                "Where to send: tcp:HOST:PORT, tcp:[V6]:PORT, unix:PATH, fd:N, rdma:HOST:PORT (QEMU's RDMA "
+                "protocol) or file:PATH[,offset=N]")
       ->required();
   AddSendOptions(s, send);
   SendOpts save;
@@ -36,7 +37,8 @@ int main(int argc, char** argv) {
   auto* r = app.add_subcommand("recv", "Receive one migration (the destination side); exit 0 only if it completed "
                                        "and verified.");
   r->add_option("URI", recv.uri,
-                "Where to listen: tcp:HOST:PORT (port 0 picks one), unix:PATH, fd:N, or read file:PATH[,offset=N]")
+                "Where to listen: tcp:HOST:PORT (port 0 picks one), unix:PATH, fd:N, rdma:HOST:PORT (QEMU's RDMA "
+                "protocol; needs an RDMA device), or read file:PATH[,offset=N]")
       ->required();
   AddRecvOptions(r, recv);
   RecvOpts load;

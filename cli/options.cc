@@ -55,7 +55,8 @@ void AddSendOptions(CLI::App* s, SendOpts& send) {
                 "Capability NAME=on|off: verify (ferry's digest check, default on), multifd (pages over "
                 "multifd-channels extra connections; with mapped-ram: file threads), zero-copy-send (MSG_ZEROCOPY on the "
                 "multifd channels; not with compression), mapped-ram (fixed page places in a file; file targets only), "
-                "validate-uuid (put --uuid in the stream; the destination refuses another uuid)");
+                "validate-uuid (put --uuid in the stream; the destination refuses another uuid), rdma-pin-all (rdma: "
+                "only: ask the destination to register all its RAM at setup instead of 1 MiB chunks on demand)");
   s->add_option("--uuid", send.uuid,
                 "The VM's uuid (QEMU's -uuid): put in every multifd channel's init packet and, with validate-uuid, "
                 "in the stream (default all zeros)");

@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "core/pagemap_scan.h"
 #include "core/unique_fd.h"
 #include "core/unpopulated.h"
 
@@ -41,42 +42,13 @@
 namespace ferry {
 namespace {
 
-// Mirrors of the PAGEMAP_SCAN argument and result records. Named locally so a
-// future <linux/fs.h> that defines the real ones does not collide.
-struct ScanArgs {
-  uint64_t size;
-  uint64_t flags;
-  uint64_t start;
-  uint64_t end;
-  uint64_t walk_end;
-  uint64_t vec;
-  uint64_t vec_len;
-  uint64_t max_pages;
-  uint64_t category_inverted;
-  uint64_t category_mask;
-  uint64_t category_anyof_mask;
-  uint64_t return_mask;
-};
-static_assert(sizeof(ScanArgs) == 96, "PAGEMAP_SCAN argument is 12 u64s");
-
-struct ScanRegion {
-  uint64_t start;
-  uint64_t end;
-  uint64_t categories;
-};
-static_assert(sizeof(ScanRegion) == 24, "PAGEMAP_SCAN region is 3 u64s");
-
-#ifdef PAGEMAP_SCAN
-constexpr unsigned long kPagemapScanIoctl = PAGEMAP_SCAN;
-#else
-constexpr unsigned long kPagemapScanIoctl = _IOWR('f', 16, ScanArgs);
-#endif
-
-// Scan flags.
-constexpr uint64_t kScanWpMatching = 1ull << 0;  // re-protect what matched
-constexpr uint64_t kScanCheckWpAsync = 1ull << 1;  // EPERM unless async-WP registered
-// Page categories.
-constexpr uint64_t kPageWritten = 1ull << 1;
+// PAGEMAP_SCAN (core/pagemap_scan.h).
+using ScanArgs = pagemap::ScanArg;
+using ScanRegion = pagemap::Region;
+constexpr unsigned long kPagemapScanIoctl = pagemap::kScanIoctl;
+using pagemap::kScanCheckWpAsync;
+using pagemap::kScanWpMatching;
+constexpr uint64_t kPageWritten = pagemap::kPageIsWritten;
 
 // At most this many regions per PAGEMAP_SCAN call; a full vector means the
 // walk stopped early and has to be resumed.

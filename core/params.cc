@@ -35,9 +35,7 @@ Result<uint64_t> ParseSize(std::string_view text) {
   return static_cast<uint64_t>(bytes);
 }
 
-namespace {
-
-Result<uint64_t> ParseUint(std::string_view name, std::string_view value) {
+Result<uint64_t> ParseParameterUint(std::string_view name, std::string_view value) {
   uint64_t v = 0;
   auto [p, ec] = std::from_chars(value.data(), value.data() + value.size(), v);
   if (value.empty() || ec != std::errc() || p != value.data() + value.size()) {
@@ -47,11 +45,9 @@ Result<uint64_t> ParseUint(std::string_view name, std::string_view value) {
   return v;
 }
 
-}  // namespace
-
 Status MigrationParams::SetParameter(std::string_view name, std::string_view value) {
   if (name == "downtime-limit") {
-    FERRY_ASSIGN_OR_RETURN(uint64_t v, ParseUint(name, value));
+    FERRY_ASSIGN_OR_RETURN(uint64_t v, ParseParameterUint(name, value));
     if (v > 2000 * 1000) return Status::InvalidArgument("downtime-limit must be at most 2000000 ms");
     downtime_limit_ms = v;
     return Status::Ok();
@@ -63,7 +59,7 @@ Status MigrationParams::SetParameter(std::string_view name, std::string_view val
     return Status::Ok();
   }
   if (name == "no-progress-timeout") {
-    FERRY_ASSIGN_OR_RETURN(uint64_t v, ParseUint(name, value));
+    FERRY_ASSIGN_OR_RETURN(uint64_t v, ParseParameterUint(name, value));
     if (v > 7 * 24 * 3600) {
       return Status::InvalidArgument("no-progress-timeout must be at most 604800 s (a week; 0 waits forever), got " +
                                      std::string(value));
@@ -72,7 +68,7 @@ Status MigrationParams::SetParameter(std::string_view name, std::string_view val
     return Status::Ok();
   }
   if (name == "max-stalled-passes") {
-    FERRY_ASSIGN_OR_RETURN(uint64_t v, ParseUint(name, value));
+    FERRY_ASSIGN_OR_RETURN(uint64_t v, ParseParameterUint(name, value));
     if (v > 1000000) {
       return Status::InvalidArgument("max-stalled-passes must be at most 1000000 (0 = never give up), got " +
                                      std::string(value));

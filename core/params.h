@@ -93,6 +93,10 @@ struct MigrationParams {
   Status SetQemuCompat(std::string_view spec);
 };
 
+// A -p NAME=VALUE value that must be a non-negative integer (every owner of
+// parameters parses its numbers with this, for one message).
+Result<uint64_t> ParseParameterUint(std::string_view name, std::string_view value);
+
 // Parses "4G", "256M", "4096", "1.5G" (powers of 1024).
 Result<uint64_t> ParseSize(std::string_view text);
 

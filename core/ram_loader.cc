@@ -123,7 +123,7 @@ Status RamLoader::Load(StreamReader& r, uint32_t version) {
     return Status::Protocol("RAM section version " + std::to_string(version) + " is not supported (only 4)");
   }
   constexpr uint64_t kKnown = wire::kRamZero | wire::kRamMemSize | wire::kRamPage | wire::kRamEos |
-                              wire::kRamContinue | wire::kRamMultifdFlush;
+                              wire::kRamContinue | wire::kRamMultifdFlush | wire::kRamHook;
   while (true) {
     const uint64_t at = r.offset();
     const uint64_t rec = r.GetBe64();
@@ -195,6 +195,13 @@ Status RamLoader::Load(StreamReader& r, uint32_t version) {
         eos_seen_ = true;
         if (receiver_ && sync_on_eos_) FERRY_RETURN_IF_ERROR(receiver_->Sync());
         return Status::Ok();
+      case wire::kRamHook:
+        if (!receiver_) {
+          return Status::Protocol("RAM_SAVE_FLAG_HOOK record (QEMU's RDMA registration hook) in a stream that is "
+                                  "not received over rdma:" + At(at));
+        }
+        FERRY_RETURN_IF_ERROR(receiver_->OnRamHook(r));
+        break;
       case wire::kRamMultifdFlush:
         if (!receiver_) {
           return Status::Protocol("MULTIFD_FLUSH record, but multifd is not enabled on this side" + At(at));

@@ -42,6 +42,15 @@ class PageReceiver {
     (void)block;
     return Status::Ok();
   }
+  // A RAM_SAVE_FLAG_HOOK record (QEMU's RDMA transport: the source's
+  // registration requests follow on the transport's control channel until
+  // it says the round's registrations are finished). Only a receiver that
+  // carries such a control channel accepts it.
+  virtual Status OnRamHook(StreamReader& r) {
+    (void)r;
+    return Status::Protocol("RAM_SAVE_FLAG_HOOK record (QEMU's RDMA registration hook) in a stream that is not "
+                            "received over rdma:");
+  }
   // RAM record flags this stream must not contain (mapped-ram: pages and
   // MULTIFD_FLUSH never appear in its main stream).
   virtual uint64_t forbidden_flags() const { return 0; }

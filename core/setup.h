@@ -8,8 +8,8 @@
 //   socket/   tcp:, unix:, fd:            endpoints (dials and accepts connections)
 //   file/     file: (regular file, FIFO)  endpoint; mapped-ram and direct-io (sink and receiver)
 //   multifd/  capability multifd           sink/receiver over extra socket connections
+//   rdma/     rdma:                       endpoint with its own sink/receiver (QEMU's RDMA protocol)
 //   tls/      parameters tls-*             a TLS session on every socket connection (WrapChannel)
-//   rdma/     (coming) rdma: endpoint
 //
 //   MigrationSpec spec;
 //   spec.uri = "unix:/run/vm.sock";

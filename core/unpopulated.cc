@@ -1,5 +1,7 @@
 #include "core/unpopulated.h"
 
+#include "core/pagemap_scan.h"
+
 #include <fcntl.h>
 #include <sys/ioctl.h>
 #include <unistd.h>
@@ -11,39 +13,18 @@
 namespace ferry {
 namespace {
 
-// PAGEMAP_SCAN (include/uapi/linux/fs.h of Linux 6.7+; Debian 12's headers
-// predate it). Local names so a newer <linux/fs.h> does not collide.
-struct PmScanArg {
-  uint64_t size;
-  uint64_t flags;
-  uint64_t start;
-  uint64_t end;
-  uint64_t walk_end;
-  uint64_t vec;
-  uint64_t vec_len;
-  uint64_t max_pages;
-  uint64_t category_inverted;
-  uint64_t category_mask;
-  uint64_t category_anyof_mask;
-  uint64_t return_mask;
-};
-static_assert(sizeof(PmScanArg) == 96, "struct pm_scan_arg is 12 u64s");
-struct PageRegion {
-  uint64_t start;
-  uint64_t end;
-  uint64_t categories;
-};
-static_assert(sizeof(PageRegion) == 24, "struct page_region is 3 u64s");
-constexpr unsigned long kPagemapScan = _IOWR('f', 16, PmScanArg);
-
-constexpr uint64_t kPageIsWpAllowed = 1ull << 0;
-constexpr uint64_t kPageIsWritten = 1ull << 1;
-constexpr uint64_t kPageIsFile = 1ull << 2;
-constexpr uint64_t kPageIsPresent = 1ull << 3;
-constexpr uint64_t kPageIsSwapped = 1ull << 4;
-constexpr uint64_t kPageIsPfnZero = 1ull << 5;
-constexpr uint64_t kPageIsHuge = 1ull << 6;
-constexpr uint64_t kPageIsSoftDirty = 1ull << 7;
+// PAGEMAP_SCAN (core/pagemap_scan.h).
+using PmScanArg = pagemap::ScanArg;
+using PageRegion = pagemap::Region;
+constexpr unsigned long kPagemapScan = pagemap::kScanIoctl;
+using pagemap::kPageIsFile;
+using pagemap::kPageIsHuge;
+using pagemap::kPageIsPfnZero;
+using pagemap::kPageIsPresent;
+using pagemap::kPageIsSoftDirty;
+using pagemap::kPageIsSwapped;
+using pagemap::kPageIsWpAllowed;
+using pagemap::kPageIsWritten;
 [[maybe_unused]] constexpr uint64_t kAllCategories = kPageIsWpAllowed | kPageIsWritten | kPageIsFile |
                                                      kPageIsPresent | kPageIsSwapped | kPageIsPfnZero |
                                                      kPageIsHuge | kPageIsSoftDirty;

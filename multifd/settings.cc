@@ -3,20 +3,6 @@
 #include <charconv>
 
 namespace ferry::multifd {
-namespace {
-
-Result<uint64_t> ParseUint(std::string_view name, std::string_view value) {
-  uint64_t v = 0;
-  auto [p, ec] = std::from_chars(value.data(), value.data() + value.size(), v);
-  if (value.empty() || ec != std::errc() || p != value.data() + value.size()) {
-    return Status::InvalidArgument("parameter '" + std::string(name) + "' needs a non-negative integer, got '" +
-                                   std::string(value) + "'");
-  }
-  return v;
-}
-
-}  // namespace
-
 const std::vector<std::string_view>& Settings::ParameterNames() {
   static const std::vector<std::string_view> names = {"multifd-channels", "zero-page-detection",
                                                       "multifd-compression", "multifd-zstd-level",
@@ -33,7 +19,7 @@ Status Settings::SetParameter(std::string_view name, std::string_view value) {
   using ZPD = MigrationParams::ZeroPageDetection;
   using Compression = MigrationParams::Compression;
   if (name == "multifd-channels") {
-    FERRY_ASSIGN_OR_RETURN(uint64_t v, ParseUint(name, value));
+    FERRY_ASSIGN_OR_RETURN(uint64_t v, ParseParameterUint(name, value));
     if (v < 1 || v > 255) return Status::InvalidArgument("multifd-channels must be 1-255, got " + std::string(value));
     channels = static_cast<uint32_t>(v);
     return Status::Ok();
@@ -52,7 +38,7 @@ Status Settings::SetParameter(std::string_view name, std::string_view value) {
     return Status::Ok();
   }
   if (name == "multifd-zstd-level") {
-    FERRY_ASSIGN_OR_RETURN(uint64_t v, ParseUint(name, value));
+    FERRY_ASSIGN_OR_RETURN(uint64_t v, ParseParameterUint(name, value));
     if (v > 20) return Status::InvalidArgument("multifd-zstd-level must be 0-20, got " + std::string(value));
     zstd_level = static_cast<int>(v);
     return Status::Ok();

@@ -365,6 +365,15 @@ TEST(BadInput, UnknownFlags) {
   ExpectFailure(c.b, "unknown RAM record flags 0x800");
 }
 
+// QEMU's RDMA hook record is the RDMA transport's business: without an rdma
+// receiver it is refused with a message saying so.
+TEST(BadInput, RdmaHookWithoutRdma) {
+  Builder b;
+  b.header().start(0, "ram", 4).ram_setup(8192).footer(0);
+  b.u8(wire::kSectionPart).be32(0).be64(wire::kRamHook);
+  ExpectFailure(b.b, "RAM_SAVE_FLAG_HOOK record (QEMU's RDMA registration hook) in a stream that is not received over rdma:");
+}
+
 TEST(BadInput, InvalidFlagCombination) {
   Builder b;
   b.header().start(0, "ram", 4).ram_setup(8192).footer(0);

@@ -19,6 +19,9 @@
 
 #include "core/dirty_tracker.h"
 #include "core/migration.h"
+#include "file/file_transport.h"
+#include "multifd/transport.h"
+#include "socket/socket_transport.h"
 #include "transports/transports.h"
 
 namespace ferry {
@@ -101,7 +104,7 @@ TEST(Plan, RefusedCombinations) {
     EXPECT_TRUE(Refuses(side, Spec(tcp, {}, {"tls-creds=psk:" + dir.P("none")}), "keys.psk"));
     EXPECT_TRUE(Refuses(side, Spec(tcp, {"mapped_ram=on"}),
                         "unknown capability 'mapped_ram' (ferry knows: verify, validate-uuid, multifd, "
-                        "zero-copy-send, mapped-ram)"));
+                        "zero-copy-send, mapped-ram, rdma-pin-all)"));
     EXPECT_TRUE(Refuses(side, Spec(tcp, {"xbzrle=on"}), "capability 'xbzrle' is not supported"));
     EXPECT_TRUE(Refuses(side, Spec(tcp, {}, {"multifd-channels=0"}), "multifd-channels must be 1-255, got 0"));
     EXPECT_TRUE(Refuses(side, Spec(tcp, {}, {"multifd-channels=x"}), "needs a non-negative integer, got 'x'"));
@@ -115,9 +118,9 @@ TEST(Plan, RefusedCombinations) {
     EXPECT_TRUE(Refuses(side, Spec(tcp, {"validate-uuid=on"}), "validate-uuid needs the VM's uuid"));
     EXPECT_TRUE(Refuses(side, Spec(tcp, {}, {}, "none,version=9.1"), "--qemu-compat takes MACHINE[,version="));
     EXPECT_TRUE(Refuses(side, Spec("tcp:127.0.0.1"), "bad URI 'tcp:127.0.0.1': missing ':PORT'"));
-    EXPECT_TRUE(Refuses(side, Spec("rdma:1.2.3.4:5"),
-                        "bad URI 'rdma:1.2.3.4:5': unknown scheme (expected tcp:HOST:PORT, tcp:[V6]:PORT, unix:PATH, "
-                        "fd:N or file:PATH[,offset=N])"));
+    EXPECT_TRUE(Refuses(side, Spec("vsock:1:5"),
+                        "bad URI 'vsock:1:5': unknown scheme (expected tcp:HOST:PORT, tcp:[V6]:PORT, unix:PATH, "
+                        "fd:N, file:PATH[,offset=N] or rdma:HOST:PORT)"));
     MigrationSpec bad_uuid = Spec(tcp, {"multifd=on"});
     bad_uuid.uuid = "not-a-uuid";
     EXPECT_TRUE(Refuses(side, bad_uuid, "--uuid"));
@@ -470,7 +473,10 @@ TEST(Registry, ALayerWrapsEveryConnectionMainAndMultifd) {
 }
 
 TEST(Registry, ATransportOwnsItsSchemeAndCapability) {
-  TransportRegistry registry = BuiltinTransports();
+  // The built-in transports but rdma/, then a fake in its place.
+  TransportRegistry base =
+      TransportRegistry().Add(MakeSocketTransport).Add(multifd::MakeTransport).Add(MakeFileTransport);
+  TransportRegistry registry = base;
   registry.Add([] { return std::make_unique<FakeRdma>(); });
   Result<MigrationPlan> p = Plan(registry, Side::kSource, Spec("rdma:10.0.0.1:4444", {"rdma-pin-all=on"}));
   ASSERT_TRUE(p.ok()) << p.status().ToString();
@@ -493,7 +499,7 @@ TEST(Registry, ATransportOwnsItsSchemeAndCapability) {
   EXPECT_NE(mf.status().message().find("the multifd capability needs a tcp: or unix: URI"), std::string::npos)
       << mf.status().ToString();
   // Without the registration the capability is QEMU's, not supported here.
-  Result<MigrationPlan> builtin = Plan(Side::kSource, Spec("tcp:127.0.0.1:1", {"rdma-pin-all=on"}));
+  Result<MigrationPlan> builtin = Plan(base, Side::kSource, Spec("tcp:127.0.0.1:1", {"rdma-pin-all=on"}));
   ASSERT_FALSE(builtin.ok());
   EXPECT_EQ(builtin.status().code(), Code::kUnsupported) << builtin.status().ToString();
 }

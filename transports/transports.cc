@@ -5,6 +5,7 @@
 
 #include "file/file_transport.h"
 #include "multifd/transport.h"
+#include "rdma/transport.h"
 #include "socket/socket_transport.h"
 #include "tls/transport.h"
 
@@ -15,6 +16,7 @@ const TransportRegistry& BuiltinTransports() {
                                                 .Add(MakeSocketTransport)
                                                 .Add(multifd::MakeTransport)
                                                 .Add(MakeFileTransport)
+                                                .Add(rdma::MakeTransport)
                                                 .Add(tls::MakeTransport);
   return registry;
 }

@@ -1,18 +1,18 @@
 // Embedding libferry: migrate a buffer between two threads over a unix socket
-// and check the copy byte for byte. Built against an installed libferry by
+// (with multifd) and check the copy byte for byte. Built against an installed libferry by
 // tests/consumer/run.cmake (CMake find_package and pkg-config); README's
 // embedding example is this file.
 #include <ferry/core/migration.h>
-#include <ferry/socket/socket.h>
+#include <ferry/transports/transports.h>
 #include <ferry/version.h>
 
 #include <sys/mman.h>
 #include <unistd.h>
 
-#include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <random>
+#include <stop_token>
 #include <string>
 #include <thread>
 
@@ -26,38 +26,48 @@ class NoVcpus : public ferry::GuestControl {
 };
 
 ferry::Status Migrate(uint8_t* guest, uint8_t* copy, size_t size) {
-  FERRY_ASSIGN_OR_RETURN(ferry::Uri uri,
-                         ferry::ParseUri("unix:/tmp/ferry-example-" + std::to_string(getpid()) + ".sock"));
-  FERRY_ASSIGN_OR_RETURN(auto listener, ferry::Listener::Listen(uri));
+  // One description of the migration, as `ferry send/recv` takes it: a URI,
+  // -c capabilities and -p parameters. Plan() checks every combination once.
+  ferry::MigrationSpec spec;
+  spec.uri = "unix:/tmp/ferry-example-" + std::to_string(getpid()) + ".sock";
+  spec.capabilities = {"multifd=on"};       // pages over extra connections
+  spec.parameters = {"multifd-channels=2"};
+  FERRY_ASSIGN_OR_RETURN(ferry::MigrationPlan incoming, ferry::Plan(ferry::Side::kDestination, spec));
+  FERRY_ASSIGN_OR_RETURN(ferry::MigrationPlan outgoing, ferry::Plan(ferry::Side::kSource, spec));
 
-  // Destination thread: accept, receive into `copy`, verify (the default).
+  // Destination thread: listen, accept every connection, receive into
+  // `copy`, verify (the default) and tell the source.
   ferry::Status received;
+  std::stop_source stop;  // ends the destination's wait if the source fails early
   std::thread destination([&] {
     ferry::RamBlockList blocks;
     received = blocks.Add("ram", copy, size);
     if (!received.ok()) return;
-    auto channel = listener->Accept(std::chrono::seconds(30));
-    if (!channel.ok()) {
-      received = channel.status();
+    auto conn = incoming.OpenDestination(stop.get_token());
+    if (!conn.ok()) {
+      received = conn.status();
       return;
     }
-    ferry::MigrationDestination dst(ferry::DestinationOptions{}, blocks, /*allocator=*/nullptr);
-    received = dst.Run(**channel);
+    ferry::DestinationOptions options = incoming.destination_options();
+    (*conn)->Apply(options);
+    ferry::MigrationDestination dst(options, blocks, /*allocator=*/nullptr);
+    received = dst.Run((*conn)->channel());
   });
 
-  // Source: connect and send `guest`, waiting for the destination's verdict.
+  // Source: connect (retrying until the destination listens) and send
+  // `guest`, waiting for the destination's verdict.
   ferry::Status sent = [&]() -> ferry::Status {
     ferry::RamBlockList blocks;
     FERRY_RETURN_IF_ERROR(blocks.Add("ram", guest, size));  // you own the memory
     FERRY_ASSIGN_OR_RETURN(auto tracker, ferry::MakeDirtyTracker(ferry::DirtyTrackerKind::kAllOnce));
+    FERRY_ASSIGN_OR_RETURN(auto conn, outgoing.OpenSource({}));
     NoVcpus vcpus;
-    ferry::MigrationSource source(ferry::MigrationParams{}, blocks, *tracker, &vcpus);
-    FERRY_ASSIGN_OR_RETURN(auto channel, ferry::Connect(uri, std::chrono::seconds(30)));
-    return source.Run(*channel, /*await_confirmation=*/true);
+    ferry::MigrationSource source(outgoing.params(), blocks, *tracker, &vcpus, {}, conn->sink_factory());
+    return source.Run(conn->channel(), conn->two_way());
   }();
-  if (!sent.ok()) listener->Shutdown();
+  if (!sent.ok()) stop.request_stop();
   destination.join();
-  unlink(uri.path.c_str());
+  unlink(spec.uri.substr(5).c_str());
   FERRY_RETURN_IF_ERROR(sent);
   return received;
 }

@@ -1,0 +1,208 @@
+#include "rdma/destination.h"
+
+#include <cstring>
+
+#include "core/stream.h"
+#include "core/wire.h"
+
+namespace ferry::rdma {
+
+Status RdmaStreamChannel::WriteAll(std::span<iovec> iov) {
+  if (side_ != Side::kSource) {
+    return Status::Unsupported("rdma: the destination does not write to the source (no return path over rdma)");
+  }
+  std::vector<uint8_t> piece;
+  piece.reserve(kMaxPayload);
+  for (const iovec& v : iov) {
+    const auto* p = static_cast<const uint8_t*>(v.iov_base);
+    size_t left = v.iov_len;
+    while (left > 0) {
+      const size_t n = std::min(left, kMaxPayload - piece.size());
+      piece.insert(piece.end(), p, p + n);
+      p += n;
+      left -= n;
+      if (piece.size() == kMaxPayload) {
+        FERRY_ASSIGN_OR_RETURN(std::vector<uint8_t> wire, EncodeQemuFile(piece));
+        FERRY_RETURN_IF_ERROR(conn_.SendWhenReady(wire));
+        piece.clear();
+      }
+    }
+  }
+  if (!piece.empty()) {
+    FERRY_ASSIGN_OR_RETURN(std::vector<uint8_t> wire, EncodeQemuFile(piece));
+    FERRY_RETURN_IF_ERROR(conn_.SendWhenReady(wire));
+  }
+  return Status();
+}
+
+void RdmaStreamChannel::SetProgressBound(const ProgressBound& bound) {
+  conn_.SetTimeout(bound.limit);
+}
+
+Result<size_t> RdmaStreamChannel::ReadSome(void* buf, size_t len) {
+  if (side_ != Side::kDestination) {
+    return Status::Unsupported("rdma: the source reads nothing from the destination (no return path over rdma)");
+  }
+  while (pos_ == data_.size()) {
+    FERRY_ASSIGN_OR_RETURN(Message m, conn_.ReceiveAfterReady());
+    FERRY_RETURN_IF_ERROR(ExpectType(m, ControlType::kQemuFile));
+    data_.assign(m.payload.begin(), m.payload.end());
+    pos_ = 0;
+  }
+  size_t n = std::min(len, data_.size() - pos_);
+  std::memcpy(buf, data_.data() + pos_, n);
+  pos_ += n;
+  return n;
+}
+
+Status RdmaPageReceiver::Start(std::function<void(const Status&)> on_error) {
+  (void)on_error;  // everything runs on the migration thread
+  return Status();
+}
+
+uint64_t RdmaPageReceiver::forbidden_flags() const {
+  // QEMU refuses multifd with RDMA: no MULTIFD_FLUSH can be in this stream.
+  return wire::kRamMultifdFlush;
+}
+
+Status RdmaPageReceiver::OnBlockListed(StreamReader& r, RamBlock& block) {
+  (void)r;
+  if (cache_) return Status::Protocol("rdma: a RAM block listed after the registration started");
+  offsets_.push_back(order_.empty() ? 0 : offsets_.back() + order_.back()->used_length);
+  order_.push_back(&block);
+  // The source writes pages with RDMA WRITEs that no code on this side sees,
+  // so no page of the block stays known to be zero (the loader marked fresh
+  // memory so): the verification and ZERO records must read the pages.
+  block.known_zero = DirtyBitmap();
+  return Status();
+}
+
+std::string RdmaPageReceiver::Summary() const {
+  return "rdma: " + std::to_string(hooks_) + " registration rounds, " +
+         (conn_.pin_all() ? "pin-all, " : "dynamic registration, ") + std::to_string(registrations()) +
+         " memory registrations, " + std::to_string(register_requests_) + " REGISTER REQUESTs, " +
+         std::to_string(compress_requests_) + " COMPRESS";
+}
+
+Status RdmaPageReceiver::Finish() {
+  if (cache_) registrations_ = cache_->total_registered();
+  cache_.reset();  // deregisters every chunk and block
+  if (note_) note_(Summary());
+  return Status();
+}
+
+Result<RamBlock*> RdmaPageReceiver::BlockAt(uint32_t index, uint64_t key, uint64_t* offset_in_block) {
+  if (index >= order_.size()) {
+    return Status::Protocol("rdma: RAM block index " + std::to_string(index) + " out of range (" +
+                            std::to_string(order_.size()) + " blocks)");
+  }
+  RamBlock* b = order_[index];
+  if (key < offsets_[index] || key - offsets_[index] >= b->used_length) {
+    return Status::Protocol("rdma: address " + std::to_string(key) + " is outside RAM block '" + b->name + "'");
+  }
+  *offset_in_block = key - offsets_[index];
+  return b;
+}
+
+Status RdmaPageReceiver::AnswerRamBlocks() {
+  if (!cache_) {
+    std::vector<LocalBlock> local;
+    for (RamBlock* b : order_) local.push_back({b->host, b->used_length});
+    cache_ = std::make_unique<RegistrationCache>(registrar_, std::move(local), conn_.pin_all());
+    FERRY_RETURN_IF_ERROR(cache_->RegisterAll());
+  }
+  std::vector<DestBlock> blocks;
+  for (size_t i = 0; i < order_.size(); ++i) {
+    DestBlock d{reinterpret_cast<uintptr_t>(order_[i]->host), offsets_[i], order_[i]->used_length, 0};
+    if (conn_.pin_all()) {
+      FERRY_ASSIGN_OR_RETURN(Keys k, cache_->BlockKeys(static_cast<uint32_t>(i)));
+      d.rkey = k.rkey;
+    }
+    blocks.push_back(d);
+  }
+  FERRY_ASSIGN_OR_RETURN(std::vector<uint8_t> wire, EncodeRamBlocksResult(blocks));
+  return conn_.Send(wire);
+}
+
+Status RdmaPageReceiver::AnswerRegister(const Message& m) {
+  if (!cache_) return Status::Protocol("rdma: REGISTER REQUEST before RAM BLOCKS REQUEST");
+  FERRY_ASSIGN_OR_RETURN(std::vector<RegisterEntry> entries, DecodeRegisterRequest(m));
+  std::vector<RegisterResult> results;
+  for (const RegisterEntry& e : entries) {
+    uint64_t off = 0;
+    FERRY_ASSIGN_OR_RETURN(RamBlock * b, BlockAt(e.block_index, e.key, &off));
+    // `chunks` counts the chunks after the one holding the address.
+    if (e.chunks >= cache_->chunk_count(e.block_index)) {
+      return Status::Protocol("rdma: REGISTER REQUEST for " + std::to_string(e.chunks + 1) + " chunks of RAM block '" +
+                              b->name + "'");
+    }
+    const uint64_t first = off >> kChunkShift;
+    const uint64_t last = std::min(first + e.chunks, cache_->chunk_count(e.block_index) - 1);
+    FERRY_ASSIGN_OR_RETURN(Keys k, cache_->Register(e.block_index, off, last - first + 1));
+    results.push_back({k.rkey, reinterpret_cast<uintptr_t>(b->host)});
+    ++register_requests_;
+  }
+  FERRY_ASSIGN_OR_RETURN(std::vector<uint8_t> wire, EncodeRegisterResults(results));
+  return conn_.Send(wire);
+}
+
+Status RdmaPageReceiver::AnswerUnregister(const Message& m) {
+  if (!cache_) return Status::Protocol("rdma: UNREGISTER REQUEST before RAM BLOCKS REQUEST");
+  FERRY_ASSIGN_OR_RETURN(std::vector<RegisterEntry> entries, DecodeUnregisterRequest(m));
+  for (const RegisterEntry& e : entries) FERRY_RETURN_IF_ERROR(cache_->Unregister(e.block_index, e.key));
+  std::vector<uint8_t> wire = EncodeEmpty(ControlType::kUnregisterFinished);
+  return conn_.Send(wire);
+}
+
+Status RdmaPageReceiver::ApplyCompress(const Message& m) {
+  FERRY_ASSIGN_OR_RETURN(std::vector<CompressEntry> entries, DecodeCompress(m));
+  for (const CompressEntry& c : entries) {
+    uint64_t off = 0;
+    FERRY_ASSIGN_OR_RETURN(RamBlock * b, BlockAt(c.block_index, c.offset, &off));
+    if (c.length > b->used_length - off) {
+      return Status::Protocol("rdma: COMPRESS of " + std::to_string(c.length) + " bytes runs past RAM block '" +
+                              b->name + "'");
+    }
+    // Memory starts zeroed: only write what differs.
+    uint8_t* p = b->host + off;
+    const auto fill = static_cast<uint8_t>(c.value);
+    for (uint64_t i = 0; i < c.length; i += 4096) {
+      const size_t n = std::min<uint64_t>(4096, c.length - i);
+      bool same = true;
+      for (size_t j = 0; j < n && same; ++j) same = p[i + j] == fill;
+      if (!same) std::memset(p + i, fill, n);
+    }
+    ++compress_requests_;
+  }
+  return Status();
+}
+
+Status RdmaPageReceiver::OnRamHook(StreamReader& r) {
+  (void)r;
+  ++hooks_;
+  while (true) {
+    FERRY_ASSIGN_OR_RETURN(Message m, conn_.ReceiveAfterReady());
+    switch (m.type) {
+      case ControlType::kRamBlocksRequest:
+        FERRY_RETURN_IF_ERROR(AnswerRamBlocks());
+        break;
+      case ControlType::kRegisterRequest:
+        FERRY_RETURN_IF_ERROR(AnswerRegister(m));
+        break;
+      case ControlType::kUnregisterRequest:
+        FERRY_RETURN_IF_ERROR(AnswerUnregister(m));
+        break;
+      case ControlType::kCompress:
+        FERRY_RETURN_IF_ERROR(ApplyCompress(m));
+        break;
+      case ControlType::kRegisterFinished:
+        return Status();
+      case ControlType::kError:
+        return Status::Protocol("rdma: the source reported an error (ERROR message) during registration");
+      default:
+        return Status::Protocol("rdma: unexpected " + ControlTypeName(m.type) + " during registration");
+    }
+  }
+}
+
+}  // namespace ferry::rdma

@@ -1,0 +1,18 @@
+# rdma/ (issue 12): codec and registration-cache unit tests on the host.
+ferry_test(rdma_codec_test unit rdma_codec_test.cc LIBS ferry_core)
+ferry_test(rdma_host_test unit rdma_host_test.cc LIBS ferry_core)
+
+# The soft-RoCE VM (tests/rdma/vm.sh): Debian's kernel with rdma_rxe under
+# QEMU TCG, QEMU 7.2 and ferry inside. About 20-60 s each on 2 cores.
+add_test(NAME rdma/vm_smoke COMMAND ${PROJECT_SOURCE_DIR}/tests/rdma/ctest.sh smoke)
+# A client announcing protocol version 2 (the destination must refuse it).
+add_executable(rdma_version_client rdma/version_client.cc)
+target_link_libraries(rdma_version_client PRIVATE ferry_core)
+add_test(NAME rdma/qemu7.2_to_ferry
+         COMMAND ${PROJECT_SOURCE_DIR}/tests/rdma/ctest.sh ferry $<TARGET_FILE:ferry>
+                 ${PROJECT_SOURCE_DIR}/tests/rdma/qemu-to-ferry $<TARGET_FILE:rdma_version_client>)
+add_test(NAME rdma/ferry_send
+         COMMAND ${PROJECT_SOURCE_DIR}/tests/rdma/ctest.sh ferry $<TARGET_FILE:ferry>
+                 ${PROJECT_SOURCE_DIR}/tests/rdma/ferry-send)
+set_tests_properties(rdma/vm_smoke rdma/qemu7.2_to_ferry rdma/ferry_send PROPERTIES
+  LABELS "rdma;integration" TIMEOUT 900 SKIP_RETURN_CODE 77 RUN_SERIAL ON)
