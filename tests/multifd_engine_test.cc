@@ -757,8 +757,16 @@ class TestGuest final : public GuestControl {
   int bursts_done() const { return bursts_done_.load(); }
 
   void Pause() override {
-    std::lock_guard<std::mutex> lock(mu_);  // waits for a burst in progress
+    std::unique_lock<std::mutex> lock(mu_);  // waits for a burst in progress
+    cv_.wait(lock, [this] { return !hold_pause_; });
     paused_ = true;
+  }
+  // While held, a switchover waits in Pause(): a test that must act while the
+  // migration is still iterating cannot lose the race to convergence.
+  void HoldPause(bool hold) {
+    std::lock_guard<std::mutex> lock(mu_);
+    hold_pause_ = hold;
+    cv_.notify_all();
   }
   void Resume() override {
     std::lock_guard<std::mutex> lock(mu_);
@@ -825,6 +833,7 @@ class TestGuest final : public GuestControl {
   std::mutex mu_;
   std::condition_variable cv_;
   bool paused_ = false;
+  bool hold_pause_ = false;
   bool quit_ = false;
   std::thread writer_;
   std::atomic<int> bursts_done_{0};
@@ -1084,12 +1093,14 @@ TEST(MultifdFault, LostChannelFailsBothSidesAndARetrySucceeds) {
   p.downtime_limit_ms = 1;
   {
     DestMemory dest(guest.blocks());
-    // The writer never stops, so the migration cannot converge: it is still
-    // running when the channel goes.
+    // The switchover is held until the channel is cut, so the migration is
+    // still running when it goes, however the writer thread is scheduled.
+    guest.HoldPause(true);
     Outcome o = Migrate(guest, dest, p, SocketPairLinks(4), /*writer_bursts=*/-1,
                         [&](MigrationSource&, MigrationDestination& dst, Links& links) {
-                          ASSERT_TRUE(WaitUntil([&] { return dst.Stats().multifd_bytes > (8u << 20); }));
+                          EXPECT_TRUE(WaitUntil([&] { return dst.Stats().multifd_bytes > (8u << 20); }));
                           ::shutdown(links.dst_fds[2], SHUT_RDWR);
+                          guest.HoldPause(false);
                         });
     EXPECT_FALSE(o.src.ok());
     EXPECT_FALSE(o.dst.ok());
