@@ -96,6 +96,9 @@ def main():
     args.ferry_send_arg = []
     args.ferry_recv_arg = []
     args.netns = False
+    args.guest = "shmem"  # the pattern file in /dev/shm, as below
+    args.content = "halves"
+    args.layout = "halves"
 
     size = args.size
     workdir = e2e.tempfile.mkdtemp(prefix="ferry-tls-bench-")
