@@ -23,3 +23,14 @@ add_test(NAME rdma/qemu10.0
                  qemu10-system-x86_64=${FERRY_QEMU10_ROOT}/usr/bin/qemu-system-x86_64)
 set_tests_properties(rdma/vm_smoke rdma/qemu7.2_to_ferry rdma/ferry_send rdma/qemu10.0 PROPERTIES
   LABELS "rdma;integration" TIMEOUT 900 SKIP_RETURN_CODE 77 RUN_SERIAL ON)
+
+# Failure cases in the VM (tests/rdma/failures): connection refused, the
+# destination killed or SIGINT mid-migration, a remote access error (a fake
+# destination answering wrong memory keys), rdma:[IPv6]:PORT.
+add_executable(rdma_bad_rkey_dest rdma/bad_rkey_dest.cc)
+target_link_libraries(rdma_bad_rkey_dest PRIVATE ferry_core)
+add_test(NAME rdma/failures
+         COMMAND ${PROJECT_SOURCE_DIR}/tests/rdma/ctest.sh ferry $<TARGET_FILE:ferry>
+                 ${PROJECT_SOURCE_DIR}/tests/rdma/failures $<TARGET_FILE:rdma_bad_rkey_dest>)
+set_tests_properties(rdma/failures PROPERTIES
+  LABELS "rdma;integration" TIMEOUT 900 SKIP_RETURN_CODE 77 RUN_SERIAL ON)
