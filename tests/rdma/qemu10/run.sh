@@ -22,6 +22,8 @@ bad() { echo "ferry-vm: FAIL $1"; fail=$((fail+1)); }
 hmp() { echo "$2" | socat - unix-connect:/tmp/$1.sock; }
 size=67108864
 echo "ferry-vm: $($Q10 --version | head -1)"
+# The initramfs lives in RAM: what it leaves of the VM's -m 2048.
+echo "ferry-vm: memory: $(grep -E 'MemTotal|MemAvailable' /proc/meminfo | tr -s ' ' | tr '\n' ' ')"
 /payload/ferry --version 2>&1 | head -1
 baseline=$(rdma resource show 2>/dev/null)
 echo "ferry-vm: resources before: $baseline"
