@@ -86,11 +86,19 @@ EOF
   "$here/../tests/rdma/vm.sh" run "$work/payload" "${FERRY_RDMA_VM_TIMEOUT:-900}" > "$work/console.log"
   rc=$?
   tr -d '\r' < "$work/console.log" | sed -n 's/^bench| //p'
-  [ $rc = 0 ] || { echo "rdma_bench: the VM run failed (console: ferry-vm lines follow)"; tr -d '\r' < "$work/console.log" | grep 'ferry-vm' ; exit 1; }
+  if [ $rc != 0 ]; then
+    if grep -q '^bench| ' "$work/console.log"; then echo "rdma_bench: not every run succeeded (see above)"
+    else echo "rdma_bench: the VM run failed; its console:"; tr -d '\r' < "$work/console.log" | tail -20; fi
+    exit 1
+  fi
   exit 0
 fi
 
 # ---- the benchmark itself (host or VM) -------------------------------------
+if [ -z "$(ls /sys/class/infiniband 2>/dev/null)" ]; then
+  echo "rdma_bench: no RDMA device here (/sys/class/infiniband is empty); --vm runs the benchmark in the soft-RoCE VM" >&2
+  exit 1
+fi
 [ -n "$SIZE" ] || SIZE=4G
 bytes=$(echo "$SIZE" | awk '{n=$1+0; u=toupper(substr($1,length($1))); m=1; if(u=="K")m=1024; if(u=="M")m=1048576; if(u=="G")m=1073741824; if(u=="T")m=1099511627776; printf "%.0f", n*m}')
 [ "$bytes" -ge 1048576 ] 2>/dev/null || die "--size '$SIZE' is not a size of at least 1M"
