@@ -198,6 +198,12 @@ Result<std::pair<uint64_t, uint32_t>> RdmaConnection::WaitFor(uint64_t wr_id, co
     if (n < 0) return Status::Io("rdma: ibv_poll_cq failed", EIO);
     if (n == 1) {
       if (wc.status != IBV_WC_SUCCESS) {
+        // A failed WRITE surfaces in whatever wait polls next: name it, not the wait.
+        if (wc.wr_id == kWriteWrId && wc.status != IBV_WC_WR_FLUSH_ERR) {
+          return Status::Closed(std::string("rdma: RDMA WRITE into the peer's memory failed: ") +
+                                ibv_wc_status_str(wc.status) +
+                                (wc.status == IBV_WC_REM_ACCESS_ERR ? " (the peer refused the memory key or address)" : ""));
+        }
         return Status::Closed(std::string("rdma: ") + what + ": work request failed: " + ibv_wc_status_str(wc.status) +
                               (wc.status == IBV_WC_WR_FLUSH_ERR ? " (the connection is gone)" : ""));
       }

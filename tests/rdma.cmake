@@ -14,5 +14,23 @@ add_test(NAME rdma/qemu7.2_to_ferry
 add_test(NAME rdma/ferry_send
          COMMAND ${PROJECT_SOURCE_DIR}/tests/rdma/ctest.sh ferry $<TARGET_FILE:ferry>
                  ${PROJECT_SOURCE_DIR}/tests/rdma/ferry-send)
-set_tests_properties(rdma/vm_smoke rdma/qemu7.2_to_ferry rdma/ferry_send PROPERTIES
+# QEMU 10.0 (FERRY_QEMU10_ROOT, tests/CMakeLists.txt) in the VM, both
+# directions, dynamic and pin-all; its binary goes into the payload as
+# qemu10-system-x86_64 (the base image's qemu-system-x86_64 is 7.2).
+add_test(NAME rdma/qemu10.0
+         COMMAND ${PROJECT_SOURCE_DIR}/tests/rdma/ctest.sh ferry $<TARGET_FILE:ferry>
+                 ${PROJECT_SOURCE_DIR}/tests/rdma/qemu10
+                 qemu10-system-x86_64=${FERRY_QEMU10_ROOT}/usr/bin/qemu-system-x86_64)
+set_tests_properties(rdma/vm_smoke rdma/qemu7.2_to_ferry rdma/ferry_send rdma/qemu10.0 PROPERTIES
+  LABELS "rdma;integration" TIMEOUT 900 SKIP_RETURN_CODE 77 RUN_SERIAL ON)
+
+# Failure cases in the VM (tests/rdma/failures): connection refused, the
+# destination killed or SIGINT mid-migration, a remote access error (a fake
+# destination answering wrong memory keys), rdma:[IPv6]:PORT.
+add_executable(rdma_bad_rkey_dest rdma/bad_rkey_dest.cc)
+target_link_libraries(rdma_bad_rkey_dest PRIVATE ferry_core)
+add_test(NAME rdma/failures
+         COMMAND ${PROJECT_SOURCE_DIR}/tests/rdma/ctest.sh ferry $<TARGET_FILE:ferry>
+                 ${PROJECT_SOURCE_DIR}/tests/rdma/failures $<TARGET_FILE:rdma_bad_rkey_dest>)
+set_tests_properties(rdma/failures PROPERTIES
   LABELS "rdma;integration" TIMEOUT 900 SKIP_RETURN_CODE 77 RUN_SERIAL ON)

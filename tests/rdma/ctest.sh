@@ -2,7 +2,7 @@
 # CTest entry for the soft-RoCE VM tests (labels rdma, integration):
 #
 #   tests/rdma/ctest.sh smoke                         # tests/rdma/smoke as it is
-#   tests/rdma/ctest.sh ferry FERRY_BIN TEST_DIR [BIN...]  # TEST_DIR + ferry + BINs (payload.sh)
+#   tests/rdma/ctest.sh ferry FERRY_BIN TEST_DIR [BIN|NAME=BIN...]  # TEST_DIR + ferry + BINs (payload.sh)
 #
 # A missing prerequisite fails the test; with FERRY_ALLOW_SKIP=1 it is a
 # skip (exit 77, the tests' SKIP_RETURN_CODE).
@@ -17,6 +17,12 @@ done
 if ! { [ -s "$CACHE/base.cpio.gz" ] && [ -s "$CACHE/vmlinuz" ]; }; then
   command -v apt-get >/dev/null && command -v dpkg >/dev/null || missing+=("apt-get/dpkg (to build $CACHE)")
   [ -w "$(dirname "$CACHE")" ] || [ -w "$CACHE" ] || missing+=("a writable $CACHE")
+fi
+# Further binaries of the payload (e.g. QEMU 10.0 as NAME=PATH; bash .ci/deps unpacks it).
+if [ "${1:-}" = ferry ]; then
+  for arg in "${@:4}"; do
+    [ -x "${arg#*=}" ] || missing+=("${arg#*=}")
+  done
 fi
 if [ ${#missing[@]} -gt 0 ]; then
   echo "rdma VM test: missing prerequisites: ${missing[*]} (bash .ci/deps installs them)"
