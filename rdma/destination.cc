@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include "core/stream.h"
+#include "core/thread_name.h"
 #include "core/wire.h"
 
 namespace ferry::rdma {
@@ -55,9 +56,102 @@ Result<size_t> RdmaStreamChannel::ReadSome(void* buf, size_t len) {
   return n;
 }
 
+RdmaPageReceiver::~RdmaPageReceiver() {
+  Abort();
+  for (std::thread& t : threads_) {
+    if (t.joinable()) t.join();
+  }
+}
+
+void RdmaPageReceiver::SetProgressBound(const ProgressBound& bound) {
+  if (bound.limit.count() > 0) wait_limit_ = bound.limit;
+}
+
 Status RdmaPageReceiver::Start(std::function<void(const Status&)> on_error) {
-  (void)on_error;  // everything runs on the migration thread
+  // Without channels everything runs on the migration thread.
+  on_error_ = std::move(on_error);
+  markers_.assign(channels_.size(), 0);
+  channel_end_.assign(channels_.size(), Status());
+  channel_done_.assign(channels_.size(), false);
+  for (size_t i = 0; i < channels_.size(); ++i) {
+    channels_[i]->SetTimeout(std::chrono::milliseconds(0));  // idle between rounds; Abort/Finish wake it
+    threads_.emplace_back([this, i] { ChannelLoop(i); });
+  }
   return Status();
+}
+
+void RdmaPageReceiver::Abort() {
+  conn_.Shutdown();
+  for (RdmaConnection* c : channels_) c->Shutdown();
+  {
+    std::lock_guard lock(mu_);
+    finishing_ = true;
+  }
+  cv_.notify_all();
+}
+
+void RdmaPageReceiver::ChannelLoop(size_t i) {
+  SetThreadName("rdma-mfd-recv", i);
+  RdmaConnection& ch = *channels_[i];
+  Status end;
+  while (true) {
+    Result<Message> m = ch.ReceiveAfterReady();
+    if (!m.ok()) {
+      end = m.status();
+      break;
+    }
+    Status s;
+    switch (m->type) {
+      case ControlType::kRegisterRequest:
+        s = AnswerRegister(ch, *m);
+        break;
+      case ControlType::kCompress:
+        s = ApplyCompress(*m);
+        break;
+      case ControlType::kRegisterFinished: {
+        std::lock_guard lock(mu_);
+        ++markers_[i];
+        cv_.notify_all();
+        break;
+      }
+      case ControlType::kError:
+        s = Status::Protocol("rdma: the source reported an error (ERROR message)");
+        break;
+      default:
+        s = Status::Protocol("rdma: unexpected " + ControlTypeName(m->type) + " on a multifd channel");
+    }
+    if (!s.ok()) {
+      end = s;
+      // A wrong message is this side's verdict at once; a peer gone (the
+      // source's end, or its failure, which the main stream reports too)
+      // matters only to a hook still waiting for this channel.
+      if (on_error_) on_error_(s.WithContext("rdma multifd channel " + std::to_string(i)));
+      break;
+    }
+  }
+  std::lock_guard lock(mu_);
+  channel_end_[i] = end.WithContext("rdma multifd channel " + std::to_string(i));
+  channel_done_[i] = true;
+  cv_.notify_all();
+}
+
+Status RdmaPageReceiver::WaitForMarkers() {
+  std::unique_lock lock(mu_);
+  const auto deadline = std::chrono::steady_clock::now() + wait_limit_;
+  while (true) {
+    bool all = true;
+    for (size_t i = 0; i < channels_.size(); ++i) {
+      if (markers_[i] >= rounds_) continue;
+      if (channel_done_[i]) return channel_end_[i];
+      all = false;
+    }
+    if (all) return Status();
+    if (finishing_) return Status::Cancelled("rdma: cancelled while waiting for the multifd channels");
+    if (cv_.wait_until(lock, deadline) == std::cv_status::timeout) {
+      return Status::Timeout("rdma: the multifd channels did not end round " + std::to_string(rounds_) + " within " +
+                             std::to_string(wait_limit_.count() / 1000) + " s");
+    }
+  }
 }
 
 uint64_t RdmaPageReceiver::forbidden_flags() const {
@@ -81,10 +175,21 @@ std::string RdmaPageReceiver::Summary() const {
   return "rdma: " + std::to_string(hooks_) + " registration rounds, " +
          (conn_.pin_all() ? "pin-all, " : "dynamic registration, ") + std::to_string(registrations()) +
          " memory registrations, " + std::to_string(register_requests_) + " REGISTER REQUESTs, " +
-         std::to_string(compress_requests_) + " COMPRESS";
+         std::to_string(compress_requests_) + " COMPRESS; " + std::to_string(registered_bytes_ >> 10) +
+         " KiB registered for RDMA WRITEs, " + std::to_string(compress_bytes_ / 4096) + " zero pages by COMPRESS" +
+         (channels_.empty() ? std::string() : ", " + std::to_string(channels_.size()) + " multifd channels");
 }
 
 Status RdmaPageReceiver::Finish() {
+  {
+    std::lock_guard lock(mu_);
+    finishing_ = true;
+  }
+  for (RdmaConnection* c : channels_) c->Shutdown();
+  for (std::thread& t : threads_) {
+    if (t.joinable()) t.join();
+  }
+  std::lock_guard lock(mu_);
   if (cache_) registrations_ = cache_->total_registered();
   cache_.reset();  // deregisters every chunk and block
   if (note_) note_(Summary());
@@ -105,11 +210,15 @@ Result<RamBlock*> RdmaPageReceiver::BlockAt(uint32_t index, uint64_t key, uint64
 }
 
 Status RdmaPageReceiver::AnswerRamBlocks() {
+  std::lock_guard lock(mu_);
   if (!cache_) {
     std::vector<LocalBlock> local;
     for (RamBlock* b : order_) local.push_back({b->host, b->used_length});
     cache_ = std::make_unique<RegistrationCache>(registrar_, std::move(local), conn_.pin_all());
     FERRY_RETURN_IF_ERROR(cache_->RegisterAll());
+    if (conn_.pin_all()) {
+      for (RamBlock* b : order_) registered_bytes_ += b->used_length;
+    }
   }
   std::vector<DestBlock> blocks;
   for (size_t i = 0; i < order_.size(); ++i) {
@@ -124,10 +233,11 @@ Status RdmaPageReceiver::AnswerRamBlocks() {
   return conn_.Send(wire);
 }
 
-Status RdmaPageReceiver::AnswerRegister(const Message& m) {
-  if (!cache_) return Status::Protocol("rdma: REGISTER REQUEST before RAM BLOCKS REQUEST");
+Status RdmaPageReceiver::AnswerRegister(RdmaConnection& conn, const Message& m) {
   FERRY_ASSIGN_OR_RETURN(std::vector<RegisterEntry> entries, DecodeRegisterRequest(m));
   std::vector<RegisterResult> results;
+  std::unique_lock lock(mu_);
+  if (!cache_) return Status::Protocol("rdma: REGISTER REQUEST before RAM BLOCKS REQUEST");
   for (const RegisterEntry& e : entries) {
     uint64_t off = 0;
     FERRY_ASSIGN_OR_RETURN(RamBlock * b, BlockAt(e.block_index, e.key, &off));
@@ -138,15 +248,21 @@ Status RdmaPageReceiver::AnswerRegister(const Message& m) {
     }
     const uint64_t first = off >> kChunkShift;
     const uint64_t last = std::min(first + e.chunks, cache_->chunk_count(e.block_index) - 1);
+    const uint64_t before = cache_->total_registered();
     FERRY_ASSIGN_OR_RETURN(Keys k, cache_->Register(e.block_index, off, last - first + 1));
+    if (cache_->total_registered() != before) {
+      registered_bytes_ += std::min<uint64_t>((last + 1) << kChunkShift, b->used_length) - (first << kChunkShift);
+    }
     results.push_back({k.rkey, reinterpret_cast<uintptr_t>(b->host)});
     ++register_requests_;
   }
+  lock.unlock();
   FERRY_ASSIGN_OR_RETURN(std::vector<uint8_t> wire, EncodeRegisterResults(results));
-  return conn_.Send(wire);
+  return conn.Send(wire);
 }
 
 Status RdmaPageReceiver::AnswerUnregister(const Message& m) {
+  std::lock_guard lock(mu_);
   if (!cache_) return Status::Protocol("rdma: UNREGISTER REQUEST before RAM BLOCKS REQUEST");
   FERRY_ASSIGN_OR_RETURN(std::vector<RegisterEntry> entries, DecodeUnregisterRequest(m));
   for (const RegisterEntry& e : entries) FERRY_RETURN_IF_ERROR(cache_->Unregister(e.block_index, e.key));
@@ -173,6 +289,7 @@ Status RdmaPageReceiver::ApplyCompress(const Message& m) {
       if (!same) std::memset(p + i, fill, n);
     }
     ++compress_requests_;
+    compress_bytes_ += c.length;
   }
   return Status();
 }
@@ -180,14 +297,16 @@ Status RdmaPageReceiver::ApplyCompress(const Message& m) {
 Status RdmaPageReceiver::OnRamHook(StreamReader& r) {
   (void)r;
   ++hooks_;
+  bool setup = false;
   while (true) {
     FERRY_ASSIGN_OR_RETURN(Message m, conn_.ReceiveAfterReady());
     switch (m.type) {
       case ControlType::kRamBlocksRequest:
         FERRY_RETURN_IF_ERROR(AnswerRamBlocks());
+        setup = true;
         break;
       case ControlType::kRegisterRequest:
-        FERRY_RETURN_IF_ERROR(AnswerRegister(m));
+        FERRY_RETURN_IF_ERROR(AnswerRegister(conn_, m));
         break;
       case ControlType::kUnregisterRequest:
         FERRY_RETURN_IF_ERROR(AnswerUnregister(m));
@@ -196,7 +315,11 @@ Status RdmaPageReceiver::OnRamHook(StreamReader& r) {
         FERRY_RETURN_IF_ERROR(ApplyCompress(m));
         break;
       case ControlType::kRegisterFinished:
-        return Status();
+        // multifd: the round's pages are in place once every channel's
+        // marker for it arrived too (the source sends them first).
+        if (channels_.empty() || setup) return Status();
+        ++rounds_;
+        return WaitForMarkers();
       case ControlType::kError:
         return Status::Protocol("rdma: the source reported an error (ERROR message) during registration");
       default:

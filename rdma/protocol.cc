@@ -74,7 +74,27 @@ Result<Capabilities> DecodeCapabilities(std::span<const uint8_t> data) {
     return Status::Unsupported("rdma: peer speaks RDMA protocol version " + std::to_string(c.version) +
                                ", ferry speaks version " + std::to_string(kProtocolVersion));
   }
+  if (c.flags & kFerryCapabilities) {
+    if (data.size() < kFerryCapabilitiesSize) {
+      return Status::Protocol("rdma: connection private data with ferry's multifd flags is " +
+                              std::to_string(data.size()) + " bytes, expected " +
+                              std::to_string(kFerryCapabilitiesSize));
+    }
+    c.channel = LoadBe32(data.data() + 8);
+    c.channels = LoadBe32(data.data() + 12);
+  }
   return c;
+}
+
+std::vector<uint8_t> EncodeConnectData(const Capabilities& caps) {
+  std::vector<uint8_t> out((caps.flags & kFerryCapabilities) ? kFerryCapabilitiesSize : kCapabilitiesSize);
+  StoreBe32(out.data(), caps.version);
+  StoreBe32(out.data() + 4, caps.flags);
+  if (out.size() > kCapabilitiesSize) {
+    StoreBe32(out.data() + 8, caps.channel);
+    StoreBe32(out.data() + 12, caps.channels);
+  }
+  return out;
 }
 
 Capabilities AcceptCapabilities(const Capabilities& requested) {

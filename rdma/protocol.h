@@ -41,6 +41,16 @@ inline constexpr uint32_t kProtocolVersion = 1;
 // subset it accepts.
 inline constexpr uint32_t kCapPinAll = 0x01;  // register all guest RAM at setup
 inline constexpr uint32_t kKnownCapabilities = kCapPinAll;
+// ferry's own flags (ferry <-> ferry only, docs/rdma-multifd.md): QEMU drops
+// flags it does not know from its answer, so a source asking for them learns
+// that the peer does not take them.
+//   kCapFerryMultifd: the main connection; `channels` multifd channels follow.
+//   kCapFerryChannel: multifd channel number `channel` of `channels`.
+inline constexpr uint32_t kCapFerryMultifd = 0x00010000;
+inline constexpr uint32_t kCapFerryChannel = 0x00020000;
+inline constexpr uint32_t kFerryCapabilities = kCapFerryMultifd | kCapFerryChannel;
+// With a ferry flag the private data goes on: be32 channel, be32 channels.
+inline constexpr size_t kFerryCapabilitiesSize = 16;
 
 // Dynamic registration works in 1 MiB chunks of each RAM block.
 inline constexpr unsigned kChunkShift = 20;
@@ -85,9 +95,14 @@ std::string ControlTypeName(ControlType type);
 struct Capabilities {
   uint32_t version = kProtocolVersion;
   uint32_t flags = 0;
+  uint32_t channel = 0;   // with kCapFerryChannel
+  uint32_t channels = 0;  // with kCapFerryMultifd or kCapFerryChannel
 };
+// 8 bytes, or 16 with a ferry flag (then channel and channels follow).
+std::vector<uint8_t> EncodeConnectData(const Capabilities& caps);
 std::array<uint8_t, kCapabilitiesSize> EncodeCapabilities(const Capabilities& caps);
-// Refuses short private data and versions other than kProtocolVersion.
+// Refuses short private data and versions other than kProtocolVersion; with
+// a ferry flag, private data shorter than 16 bytes.
 // Unknown flags are kept; AcceptCapabilities drops them.
 Result<Capabilities> DecodeCapabilities(std::span<const uint8_t> data);
 // The destination's answer to a source's request: same version, only the

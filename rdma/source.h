@@ -6,9 +6,10 @@
 //   setup (START):  block list, then HOOK, RAM BLOCKS REQUEST -> RESULT
 //                   (remote addresses; rkeys with pin-all), REGISTER FINISHED
 //   every PART/END: HOOK; per run of contiguous pages inside one 1 MiB chunk
-//                   one WRITE (dynamic: REGISTER REQUEST first for a chunk
-//                   not registered yet); at the section end every WRITE
-//                   completes, then REGISTER FINISHED
+//                   one WRITE straight from guest memory (dynamic: REGISTER
+//                   REQUEST first for a chunk not registered yet; a run all
+//                   zeros in such a chunk is a COMPRESS instead); at the
+//                   section end every WRITE completes, then REGISTER FINISHED
 //
 //   auto conn = RdmaConnection::Connect(uri, /*pin_all=*/false, timeout);
 //   RdmaStreamChannel channel(**conn, RdmaStreamChannel::Side::kSource);
@@ -20,16 +21,33 @@
 #include <vector>
 
 #include "core/page_sink.h"
+#include "core/ram_block.h"
 #include "rdma/connection.h"
 
 namespace ferry::rdma {
+
+// Contiguous pages of one block inside one 1 MiB chunk, gathered on the
+// migration thread (`block` is the index in the setup list's order).
+struct RunCoalescer {
+  RamBlock* ram = nullptr;
+  int64_t block = -1;
+  uint64_t off = 0, len = 0;
+  // Extends the run by the page if it continues it; false otherwise.
+  bool Add(RamBlock& b, uint64_t page_index);
+  // A new run of this page (the one before must be taken: len = 0).
+  void Start(RamBlock& b, uint64_t page_index, const std::vector<RamBlock*>& order);
+};
+
+// Setup: RAM BLOCKS REQUEST -> RESULT, checked against the source's blocks.
+Result<std::vector<DestBlock>> RequestRamBlocks(RdmaConnection& conn, const std::vector<RamBlock*>& blocks);
 
 class RdmaSinkFactory final : public PageSinkFactory {
  public:
   explicit RdmaSinkFactory(RdmaConnection& conn) : conn_(conn) {}
   Result<std::unique_ptr<PageSink>> Make(StreamWriter& main) override;
-  // Zero pages are written like any other (the destination's memory may hold
-  // older data); the saver needs not look for them.
+  // Zero pages are found by the sink (a zero run in a chunk not registered
+  // yet becomes a COMPRESS; others are written like any page: the
+  // destination's memory may hold older data); the saver needs not look.
   bool saver_detects_zero() const override { return false; }
 
  private:

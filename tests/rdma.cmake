@@ -16,3 +16,9 @@ add_test(NAME rdma/ferry_send
                  ${PROJECT_SOURCE_DIR}/tests/rdma/ferry-send)
 set_tests_properties(rdma/vm_smoke rdma/qemu7.2_to_ferry rdma/ferry_send PROPERTIES
   LABELS "rdma;integration" TIMEOUT 900 SKIP_RETURN_CODE 77 RUN_SERIAL ON)
+# multifd over rdma, ferry <-> ferry (docs/rdma-multifd.md).
+add_test(NAME rdma/multifd
+         COMMAND ${PROJECT_SOURCE_DIR}/tests/rdma/ctest.sh ferry $<TARGET_FILE:ferry>
+                 ${PROJECT_SOURCE_DIR}/tests/rdma/multifd)
+set_tests_properties(rdma/multifd PROPERTIES
+  LABELS "rdma;integration" TIMEOUT 900 SKIP_RETURN_CODE 77 RUN_SERIAL ON)
