@@ -109,6 +109,7 @@ void RdmaPageReceiver::ChannelLoop(size_t i) {
         s = ApplyCompress(*m);
         break;
       case ControlType::kRegisterFinished: {
+        written_pages_ += DecodeWrittenPages(*m);
         std::lock_guard lock(mu_);
         ++markers_[i];
         cv_.notify_all();
@@ -171,13 +172,43 @@ Status RdmaPageReceiver::OnBlockListed(StreamReader& r, RamBlock& block) {
   return Status();
 }
 
+RdmaDestinationStats RdmaPageReceiver::Stats() const {
+  RdmaDestinationStats st;
+  st.channels = static_cast<uint32_t>(channels_.size());
+  st.pages_counted = (conn_.capabilities().flags & kCapFerryCounts) != 0;
+  st.written_pages = written_pages_;
+  st.compress_bytes = compress_bytes_;
+  st.compress_entries = compress_requests_;
+  st.register_requests = register_requests_;
+  st.registrations = registrations();
+  st.registered_bytes = registered_bytes_;
+  st.hooks = hooks_;
+  return st;
+}
+
+void RdmaPageReceiver::FillStats(MigrationStats& stats) const {
+  // The loader saw no page (none is in the stream); these are the pages it
+  // could not see. Without the source's count (QEMU) WRITEs stay uncounted:
+  // the summary says so.
+  const uint64_t zero = compress_bytes_ / 4096;
+  stats.ram.duplicate += zero;
+  if (conn_.capabilities().flags & kCapFerryCounts) {
+    stats.ram.normal += written_pages_;
+    stats.ram.normal_bytes += written_pages_ * 4096;
+  }
+}
+
 std::string RdmaPageReceiver::Summary() const {
-  return "rdma: " + std::to_string(hooks_) + " registration rounds, " +
-         (conn_.pin_all() ? "pin-all, " : "dynamic registration, ") + std::to_string(registrations()) +
-         " memory registrations, " + std::to_string(register_requests_) + " REGISTER REQUESTs, " +
-         std::to_string(compress_requests_) + " COMPRESS; " + std::to_string(registered_bytes_ >> 10) +
-         " KiB registered for RDMA WRITEs, " + std::to_string(compress_bytes_ / 4096) + " zero pages by COMPRESS" +
-         (channels_.empty() ? std::string() : ", " + std::to_string(channels_.size()) + " multifd channels");
+  const RdmaDestinationStats st = Stats();
+  return "rdma: " + std::to_string(st.hooks) + " registration rounds, " +
+         (conn_.pin_all() ? "pin-all, " : "dynamic registration, ") + std::to_string(st.registrations) +
+         " memory registrations (" + std::to_string(st.registered_bytes >> 20) + " MiB), " +
+         std::to_string(st.register_requests) + " REGISTER REQUESTs; pages written by RDMA WRITE: " +
+         (st.pages_counted ? std::to_string(st.written_pages) + " (counted by the source)"
+                           : std::string("not known to this side (the source does not count them)")) +
+         ", zero pages by COMPRESS: " + std::to_string(st.compress_bytes / 4096) + " in " +
+         std::to_string(st.compress_entries) + " entries" +
+         (st.channels > 0 ? ", " + std::to_string(st.channels) + " multifd channels" : std::string());
 }
 
 Status RdmaPageReceiver::Finish() {
@@ -190,7 +221,6 @@ Status RdmaPageReceiver::Finish() {
     if (t.joinable()) t.join();
   }
   std::lock_guard lock(mu_);
-  if (cache_) registrations_ = cache_->total_registered();
   cache_.reset();  // deregisters every chunk and block
   if (note_) note_(Summary());
   return Status();
@@ -219,6 +249,7 @@ Status RdmaPageReceiver::AnswerRamBlocks() {
     if (conn_.pin_all()) {
       for (RamBlock* b : order_) registered_bytes_ += b->used_length;
     }
+    registrations_ = cache_->total_registered();
   }
   std::vector<DestBlock> blocks;
   for (size_t i = 0; i < order_.size(); ++i) {
@@ -250,6 +281,7 @@ Status RdmaPageReceiver::AnswerRegister(RdmaConnection& conn, const Message& m) 
     const uint64_t last = std::min(first + e.chunks, cache_->chunk_count(e.block_index) - 1);
     const uint64_t before = cache_->total_registered();
     FERRY_ASSIGN_OR_RETURN(Keys k, cache_->Register(e.block_index, off, last - first + 1));
+    registrations_ = cache_->total_registered();
     if (cache_->total_registered() != before) {
       registered_bytes_ += std::min<uint64_t>((last + 1) << kChunkShift, b->used_length) - (first << kChunkShift);
     }
@@ -315,6 +347,7 @@ Status RdmaPageReceiver::OnRamHook(StreamReader& r) {
         FERRY_RETURN_IF_ERROR(ApplyCompress(m));
         break;
       case ControlType::kRegisterFinished:
+        written_pages_ += DecodeWrittenPages(m);
         // multifd: the round's pages are in place once every channel's
         // marker for it arrived too (the source sends them first).
         if (channels_.empty() || setup) return Status();

@@ -32,6 +32,7 @@
 #include "core/ram_loader.h"
 #include "rdma/connection.h"
 #include "rdma/registration.h"
+#include "rdma/stats.h"
 
 namespace ferry::rdma {
 
@@ -76,7 +77,10 @@ class RdmaPageReceiver final : public PageReceiver {
   // Where Finish reports Summary() (a one-line notice); may stay empty.
   void set_note(std::function<void(std::string_view)> note) { note_ = std::move(note); }
   Status OnRamHook(StreamReader& r) override;
-  void FillStats(MigrationStats& stats) const override { (void)stats; }
+  // Page counts the RAM loader cannot see: zero pages from COMPRESS entries,
+  // and pages written by RDMA WRITE when the source counts them (ferry).
+  void FillStats(MigrationStats& stats) const override;
+  RdmaDestinationStats Stats() const;
   void SetProgressBound(const ProgressBound& bound) override;
 
   // Counters for tests and the report.
@@ -90,7 +94,7 @@ class RdmaPageReceiver final : public PageReceiver {
   uint64_t registered_bytes() const { return registered_bytes_; }
   uint64_t hooks() const { return hooks_; }
   // Memory registrations made (pin-all: one per block; dynamic: per chunk range).
-  uint64_t registrations() const { return cache_ ? cache_->total_registered() : registrations_; }
+  uint64_t registrations() const { return registrations_; }
   // "rdma: 3 registration rounds, pin-all, 1 registration, 0 REGISTER REQUESTs, 0 COMPRESS"
   std::string Summary() const;
 
@@ -109,8 +113,9 @@ class RdmaPageReceiver final : public PageReceiver {
   std::vector<uint64_t> offsets_;    // each block's offset in the ram_addr_t space we announce
   std::unique_ptr<RegistrationCache> cache_;  // mu_ (channel threads register too)
   std::function<void(std::string_view)> note_;
-  std::atomic<uint64_t> register_requests_ = 0, compress_requests_ = 0, compress_bytes_ = 0, registered_bytes_ = 0;
-  uint64_t hooks_ = 0, registrations_ = 0;
+  std::atomic<uint64_t> register_requests_ = 0, compress_requests_ = 0, compress_bytes_ = 0, registered_bytes_ = 0,
+                        written_pages_ = 0, registrations_ = 0;
+  uint64_t hooks_ = 0;
 
   // multifd channels
   std::vector<RdmaConnection*> channels_;

@@ -10,6 +10,7 @@
 #include "core/thread_name.h"
 #include "core/wire.h"
 #include "rdma/source.h"
+#include "rdma/stats.h"
 
 namespace ferry::rdma {
 namespace {
@@ -32,8 +33,9 @@ constexpr size_t kQueueDepth = 4;
 
 class RdmaMultifdSink final : public PageSink {
  public:
-  RdmaMultifdSink(RdmaConnection& conn, std::vector<RdmaConnection*> channels, ZeroPolicy zero, StreamWriter& main)
-      : conn_(conn), main_(main), zero_(zero), local_(conn.pd(), conn.pin_all()) {
+  RdmaMultifdSink(RdmaConnection& conn, std::vector<RdmaConnection*> channels, ZeroPolicy zero, StreamWriter& main,
+                  std::function<void(std::string_view)> note)
+      : conn_(conn), main_(main), zero_(zero), note_(std::move(note)), local_(conn.pd(), conn.pin_all()) {
     workers_.resize(channels.size());
     for (size_t i = 0; i < channels.size(); ++i) workers_[i].conn = channels[i];
   }
@@ -47,6 +49,24 @@ class RdmaMultifdSink final : public PageSink {
     for (Worker& w : workers_) {
       if (w.thread.joinable()) w.thread.join();
     }
+    if (complete_ && note_ && started_) note_(Stats().Summary());
+  }
+
+  Status OnComplete() override {
+    complete_ = true;
+    return Status();
+  }
+
+  // After the threads ended (or between rounds).
+  RdmaSourceStats Stats() const {
+    RdmaSourceStats st;
+    st.channels = static_cast<uint32_t>(workers_.size());
+    for (const Worker& w : workers_) {
+      if (w.writer) AddWriterStats(st, w.writer->counters());
+      st.signalled += w.conn->writes_signalled();
+    }
+    st.local_registrations = local_.registrations();
+    return st;
   }
 
   Status OnBlockListed(RamBlock& block) override {
@@ -197,7 +217,7 @@ class RdmaMultifdSink final : public PageSink {
       }
       if (s.ok() && item.sync) {
         s = w.writer->EndRound();
-        if (s.ok()) s = w.conn->SendWhenReady(EncodeEmpty(ControlType::kRegisterFinished));
+        if (s.ok()) s = w.conn->SendWhenReady(w.writer->FinishedMessage());
       }
       if (!s.ok()) {
         Fail(i, s);
@@ -214,6 +234,8 @@ class RdmaMultifdSink final : public PageSink {
   RdmaConnection& conn_;
   StreamWriter& main_;
   ZeroPolicy zero_;
+  std::function<void(std::string_view)> note_;
+  bool complete_ = false;
   std::vector<RamBlock*> blocks_;
   LocalMemory local_;
   std::vector<Worker> workers_;  // after local_: their writers go first
@@ -236,7 +258,7 @@ class RdmaMultifdSink final : public PageSink {
 
 Result<std::unique_ptr<PageSink>> RdmaMultifdSinkFactory::Make(StreamWriter& main) {
   if (channels_.empty()) return Status::InvalidArgument("rdma: multifd without channels");
-  return std::unique_ptr<PageSink>(std::make_unique<RdmaMultifdSink>(main_, channels_, zero_, main));
+  return std::unique_ptr<PageSink>(std::make_unique<RdmaMultifdSink>(main_, channels_, zero_, main, note_));
 }
 
 }  // namespace ferry::rdma

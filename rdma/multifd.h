@@ -16,7 +16,9 @@
 //     REGISTER FINISHED and every channel's marker for the round arrived.
 #pragma once
 
+#include <functional>
 #include <memory>
+#include <string_view>
 #include <vector>
 
 #include "core/page_sink.h"
@@ -28,8 +30,9 @@ namespace ferry::rdma {
 class RdmaMultifdSinkFactory final : public PageSinkFactory {
  public:
   // `channels` share main's PD; all outlive the factory's sinks.
-  RdmaMultifdSinkFactory(RdmaConnection& main, std::vector<RdmaConnection*> channels, ZeroPolicy zero)
-      : main_(main), channels_(std::move(channels)), zero_(zero) {}
+  RdmaMultifdSinkFactory(RdmaConnection& main, std::vector<RdmaConnection*> channels, ZeroPolicy zero,
+                         std::function<void(std::string_view)> note = {})
+      : main_(main), channels_(std::move(channels)), zero_(zero), note_(std::move(note)) {}
   Result<std::unique_ptr<PageSink>> Make(StreamWriter& main) override;
   bool saver_detects_zero() const override { return false; }
 
@@ -37,6 +40,7 @@ class RdmaMultifdSinkFactory final : public PageSinkFactory {
   RdmaConnection& main_;
   std::vector<RdmaConnection*> channels_;
   ZeroPolicy zero_;
+  std::function<void(std::string_view)> note_;
 };
 
 }  // namespace ferry::rdma

@@ -97,6 +97,17 @@ std::vector<uint8_t> EncodeConnectData(const Capabilities& caps) {
   return out;
 }
 
+std::vector<uint8_t> EncodeRegisterFinished(uint64_t written_pages) {
+  uint8_t n[8];
+  StoreBe64(n, written_pages);
+  return EncodeMessage(ControlType::kRegisterFinished, 1, std::span<const uint8_t>(n, 8)).value();
+}
+
+uint64_t DecodeWrittenPages(const Message& m) {
+  if (m.type != ControlType::kRegisterFinished || m.payload.size() < 8) return 0;
+  return LoadBe64(m.payload.data());
+}
+
 Capabilities AcceptCapabilities(const Capabilities& requested) {
   return {kProtocolVersion, requested.flags & kKnownCapabilities};
 }

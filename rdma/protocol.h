@@ -48,7 +48,11 @@ inline constexpr uint32_t kKnownCapabilities = kCapPinAll;
 //   kCapFerryChannel: multifd channel number `channel` of `channels`.
 inline constexpr uint32_t kCapFerryMultifd = 0x00010000;
 inline constexpr uint32_t kCapFerryChannel = 0x00020000;
-inline constexpr uint32_t kFerryCapabilities = kCapFerryMultifd | kCapFerryChannel;
+//   kCapFerryCounts: every REGISTER FINISHED carries be64 pages the sender
+//   wrote by RDMA WRITE on this connection since its previous one (the
+//   destination's page counts; it sees no WRITE).
+inline constexpr uint32_t kCapFerryCounts = 0x00040000;
+inline constexpr uint32_t kFerryCapabilities = kCapFerryMultifd | kCapFerryChannel | kCapFerryCounts;
 // With a ferry flag the private data goes on: be32 channel, be32 channels.
 inline constexpr size_t kFerryCapabilitiesSize = 16;
 
@@ -175,6 +179,11 @@ Result<std::vector<uint8_t>> EncodeRegisterRequest(std::span<const RegisterEntry
 Result<std::vector<uint8_t>> EncodeUnregisterRequest(std::span<const RegisterEntry> entries);
 Result<std::vector<uint8_t>> EncodeRegisterResults(std::span<const RegisterResult> results);
 Result<std::vector<uint8_t>> EncodeCompress(std::span<const CompressEntry> entries);
+
+// REGISTER FINISHED, with kCapFerryCounts: be64 pages written.
+std::vector<uint8_t> EncodeRegisterFinished(uint64_t written_pages);
+// The count of a REGISTER FINISHED (0 when it has none).
+uint64_t DecodeWrittenPages(const Message& m);
 
 // Checks the header of `received` (the bytes a RECV completion delivered):
 // at least 16 bytes, a known type other than kNone, len within what arrived

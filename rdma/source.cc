@@ -7,6 +7,7 @@
 #include "core/wire.h"
 #include "rdma/verbs.h"
 #include "rdma/writer.h"
+#include "rdma/stats.h"
 
 namespace ferry::rdma {
 
@@ -31,6 +32,26 @@ void RunCoalescer::Start(RamBlock& b, uint64_t page_index, const std::vector<Ram
   len = kPageSize;
 }
 
+void AddWriterStats(RdmaSourceStats& st, const WriterCounters& c) {
+  st.bytes_written += c.bytes_written;
+  st.bytes_copied += c.bytes_copied;
+  st.writes += c.writes;
+  st.zero_bytes += c.zero_bytes;
+  st.compress_messages += c.compress_messages;
+  st.register_requests += c.register_requests;
+}
+
+std::string RdmaSourceStats::Summary() const {
+  std::string s = "rdma: " + std::to_string(bytes_written / 4096) + " pages (" + std::to_string(bytes_written >> 20) +
+                  " MiB) in " + std::to_string(writes) + " RDMA WRITEs (" + std::to_string(signalled) + " signalled)";
+  if (bytes_copied > 0) s += ", " + std::to_string(bytes_copied >> 20) + " MiB of them copied (memory not registrable)";
+  s += ", " + std::to_string(zero_bytes / 4096) + " zero pages in " + std::to_string(compress_messages) +
+       " COMPRESS messages, " + std::to_string(register_requests) + " REGISTER REQUESTs, " +
+       std::to_string(local_registrations) + " source memory registrations";
+  if (channels > 0) s += ", " + std::to_string(channels) + " multifd channels";
+  return s;
+}
+
 Result<std::vector<DestBlock>> RequestRamBlocks(RdmaConnection& conn, const std::vector<RamBlock*>& blocks) {
   FERRY_ASSIGN_OR_RETURN(Message m, conn.Request(EncodeEmpty(ControlType::kRamBlocksRequest),
                                                  ControlType::kRamBlocksResult));
@@ -52,7 +73,24 @@ namespace {
 
 class RdmaSink final : public PageSink {
  public:
-  RdmaSink(RdmaConnection& conn, StreamWriter& main) : conn_(conn), main_(main), local_(conn.pd(), conn.pin_all()) {}
+  RdmaSink(RdmaConnection& conn, StreamWriter& main, std::function<void(std::string_view)> note)
+      : conn_(conn), main_(main), note_(std::move(note)), local_(conn.pd(), conn.pin_all()) {}
+  ~RdmaSink() override {
+    if (complete_ && note_ && writer_) note_(Stats().Summary());
+  }
+
+  Status OnComplete() override {
+    complete_ = true;
+    return Status();
+  }
+
+  RdmaSourceStats Stats() const {
+    RdmaSourceStats st;
+    AddWriterStats(st, writer_->counters());
+    st.signalled = conn_.writes_signalled();
+    st.local_registrations = local_.registrations();
+    return st;
+  }
 
   Status OnBlockListed(RamBlock& block) override {
     blocks_.push_back(&block);
@@ -94,7 +132,7 @@ class RdmaSink final : public PageSink {
     // Every WRITE of the round completes before REGISTER FINISHED: the
     // destination reads the section's EOS only after that.
     FERRY_RETURN_IF_ERROR(writer_->EndRound());
-    return conn_.SendWhenReady(EncodeEmpty(ControlType::kRegisterFinished));
+    return conn_.SendWhenReady(writer_->FinishedMessage());
   }
 
   uint64_t accounted_bytes() const override { return taken_; }
@@ -119,10 +157,12 @@ class RdmaSink final : public PageSink {
 
   RdmaConnection& conn_;
   StreamWriter& main_;
+  std::function<void(std::string_view)> note_;
   std::vector<RamBlock*> blocks_;
   LocalMemory local_;
   std::optional<PageWriter> writer_;  // after local_: goes first
   bool in_round_ = false;
+  bool complete_ = false;
   RunCoalescer runs_;
   uint64_t taken_ = 0;
 };
@@ -130,7 +170,7 @@ class RdmaSink final : public PageSink {
 }  // namespace
 
 Result<std::unique_ptr<PageSink>> RdmaSinkFactory::Make(StreamWriter& main) {
-  return std::unique_ptr<PageSink>(std::make_unique<RdmaSink>(conn_, main));
+  return std::unique_ptr<PageSink>(std::make_unique<RdmaSink>(conn_, main, note_));
 }
 
 }  // namespace ferry::rdma

@@ -17,7 +17,9 @@
 //   MigrationSource(params, blocks, tracker, guest, {}, &sinks).Run(channel, false);
 #pragma once
 
+#include <functional>
 #include <memory>
+#include <string_view>
 #include <vector>
 
 #include "core/page_sink.h"
@@ -38,12 +40,18 @@ struct RunCoalescer {
   void Start(RamBlock& b, uint64_t page_index, const std::vector<RamBlock*>& order);
 };
 
+struct RdmaSourceStats;
+struct WriterCounters;
+void AddWriterStats(RdmaSourceStats& st, const WriterCounters& c);
+
 // Setup: RAM BLOCKS REQUEST -> RESULT, checked against the source's blocks.
 Result<std::vector<DestBlock>> RequestRamBlocks(RdmaConnection& conn, const std::vector<RamBlock*>& blocks);
 
 class RdmaSinkFactory final : public PageSinkFactory {
  public:
-  explicit RdmaSinkFactory(RdmaConnection& conn) : conn_(conn) {}
+  // `note`: where the sink reports its counters once complete (may be empty).
+  explicit RdmaSinkFactory(RdmaConnection& conn, std::function<void(std::string_view)> note = {})
+      : conn_(conn), note_(std::move(note)) {}
   Result<std::unique_ptr<PageSink>> Make(StreamWriter& main) override;
   // Zero pages are found by the sink (a zero run in a chunk not registered
   // yet becomes a COMPRESS; others are written like any page: the
@@ -52,6 +60,7 @@ class RdmaSinkFactory final : public PageSinkFactory {
 
  private:
   RdmaConnection& conn_;
+  std::function<void(std::string_view)> note_;
 };
 
 }  // namespace ferry::rdma

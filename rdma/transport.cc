@@ -118,8 +118,9 @@ class RdmaTransport final : public Transport {
     conn.Keep(session);  // outlives the channel, the sinks and the receiver
     if (ctx.plan.side() == Side::kSource) {
       ConnectOptions main_opts;
+      main_opts.extra_flags = kCapFerryCounts;  // QEMU drops it from its answer
       if (n > 0) {
-        main_opts.extra_flags = kCapFerryMultifd;
+        main_opts.extra_flags |= kCapFerryMultifd;
         main_opts.channels = n;
       }
       FERRY_ASSIGN_OR_RETURN(session->main,
@@ -131,17 +132,18 @@ class RdmaTransport final : public Transport {
                                      "destination needs -c multifd=on; QEMU does not do multifd over rdma)");
         }
         for (uint32_t id = 0; id < n; ++id) {
-          ConnectOptions o{kCapFerryChannel, id, n, main.pd()};
+          ConnectOptions o{kCapFerryChannel | kCapFerryCounts, id, n, main.pd()};
           FERRY_ASSIGN_OR_RETURN(auto c, RdmaConnection::Connect(uri, main.pin_all(), ctx.remaining(), ctx.stop, o));
           session->channels.push_back(std::move(c));
         }
         const std::optional<std::string> zero = ctx.plan.parameter("zero-page-detection");
         conn.set_sink_factory(std::make_unique<RdmaMultifdSinkFactory>(
-            main, session->channel_ptrs(), zero && *zero == "none" ? ZeroPolicy::kNone : ZeroPolicy::kPages));
+            main, session->channel_ptrs(), zero && *zero == "none" ? ZeroPolicy::kNone : ZeroPolicy::kPages,
+            ctx.note));
         ctx.note("rdma: connected to " + main.peer() + " with " + std::to_string(n) + " multifd channels" +
                  (main.pin_all() ? " (pin-all)" : " (dynamic registration)"));
       } else {
-        conn.set_sink_factory(std::make_unique<RdmaSinkFactory>(main));
+        conn.set_sink_factory(std::make_unique<RdmaSinkFactory>(main, ctx.note));
       }
       conn.set_channel(std::make_unique<RdmaStreamChannel>(main, RdmaStreamChannel::Side::kSource));
       return Status::Ok();
@@ -151,7 +153,7 @@ class RdmaTransport final : public Transport {
     FERRY_RETURN_IF_ERROR(ctx.on_listening(listener->address()));
     std::stop_callback on_stop(ctx.stop, [&] { listener->Shutdown(); });
     ConnectOptions main_opts;
-    if (n > 0) main_opts.extra_flags = kCapFerryMultifd;
+    main_opts.extra_flags = kCapFerryCounts | (n > 0 ? kCapFerryMultifd : 0);
     FERRY_ASSIGN_OR_RETURN(session->main, listener->Accept(ctx.remaining(), main_opts));
     RdmaConnection& main = *session->main;
     const Capabilities& asked = main.requested();
@@ -171,7 +173,7 @@ class RdmaTransport final : public Transport {
     }
     session->channels.resize(n);
     for (uint32_t k = 0; k < n; ++k) {
-      FERRY_ASSIGN_OR_RETURN(auto c, listener->Accept(ctx.remaining(), ConnectOptions{kCapFerryChannel, 0, 0, main.pd()}));
+      FERRY_ASSIGN_OR_RETURN(auto c, listener->Accept(ctx.remaining(), ConnectOptions{kCapFerryChannel | kCapFerryCounts, 0, 0, main.pd()}));
       const Capabilities& ch = c->requested();
       if (!(ch.flags & kCapFerryChannel) || ch.channel >= n || ch.channels != n || session->channels[ch.channel]) {
         return Status::Protocol("rdma: connection " + std::to_string(k + 1) +

@@ -1,6 +1,7 @@
 #include "rdma/writer.h"
 
 #include <cerrno>
+#include <cstring>
 #include <string>
 
 #include "core/zero_page.h"
@@ -22,6 +23,7 @@ void LocalMemory::AddBlock(uint8_t* host, uint64_t length) {
 Result<MemoryRegion> LocalMemory::Register(uint8_t* addr, uint64_t len) {
   ibv_mr* mr = ibv_reg_mr(pd_, addr, len, IBV_ACCESS_LOCAL_WRITE);
   if (mr == nullptr && (errno == EFAULT || errno == EACCES || errno == EPERM)) mr = ibv_reg_mr(pd_, addr, len, 0);
+  if (mr == nullptr && errno == EFAULT) return MemoryRegion();
   if (mr == nullptr) {
     return ErrnoStatus("rdma: cannot register " + std::to_string(len) + " bytes of guest memory on the source");
   }
@@ -33,27 +35,44 @@ Result<MemoryRegion> LocalMemory::Register(uint8_t* addr, uint64_t len) {
 Status LocalMemory::PinAll() {
   std::lock_guard lock(mu_);
   for (Block& b : blocks_) {
-    if (b.whole || b.length == 0) continue;
+    if (b.whole || b.copy || b.length == 0) continue;
     FERRY_ASSIGN_OR_RETURN(b.whole, Register(b.host, b.length));
+    if (!b.whole) b.copy = true;
   }
   return Status();
 }
 
-Result<uint32_t> LocalMemory::Lkey(uint32_t b, uint64_t offset) {
+Result<std::optional<uint32_t>> LocalMemory::Lkey(uint32_t b, uint64_t offset) {
   std::lock_guard lock(mu_);
   if (b >= blocks_.size() || offset >= blocks_[b].length) return Status::Internal("rdma: page outside the blocks");
   Block& blk = blocks_[b];
-  if (blk.whole) return blk.whole->lkey;
+  if (blk.copy) return std::optional<uint32_t>();
+  if (blk.whole) return std::optional<uint32_t>(blk.whole->lkey);
   if (pin_all_) {
     FERRY_ASSIGN_OR_RETURN(blk.whole, Register(blk.host, blk.length));
-    return blk.whole->lkey;
+    if (!blk.whole) {
+      blk.copy = true;
+      return std::optional<uint32_t>();
+    }
+    return std::optional<uint32_t>(blk.whole->lkey);
   }
   MemoryRegion& slot = blk.chunk[offset >> kChunkShift];
   if (!slot) {
     const uint64_t start = offset & ~(kChunkSize - 1);
     FERRY_ASSIGN_OR_RETURN(slot, Register(blk.host + start, std::min(kChunkSize, blk.length - start)));
+    if (!slot) {
+      blk.copy = true;
+      return std::optional<uint32_t>();
+    }
   }
-  return slot->lkey;
+  return std::optional<uint32_t>(slot->lkey);
+}
+
+uint64_t LocalMemory::copied_blocks() const {
+  std::lock_guard lock(mu_);
+  uint64_t n = 0;
+  for (const Block& b : blocks_) n += b.copy ? 1 : 0;
+  return n;
 }
 
 uint64_t LocalMemory::registrations() const {
@@ -91,10 +110,31 @@ Result<uint32_t> PageWriter::RemoteKey(uint32_t b, uint64_t offset) {
 
 Status PageWriter::Write(uint32_t b, uint64_t offset, uint64_t len) {
   FERRY_ASSIGN_OR_RETURN(uint32_t rkey, RemoteKey(b, offset));
-  FERRY_ASSIGN_OR_RETURN(uint32_t lkey, local_.Lkey(b, offset));
+  FERRY_ASSIGN_OR_RETURN(std::optional<uint32_t> lkey, local_.Lkey(b, offset));
+  if (!lkey) return WriteCopy(b, offset, len, rkey);
   FERRY_RETURN_IF_ERROR(
-      conn_.Write(local_.host(b) + offset, static_cast<uint32_t>(len), lkey, remote_[b].host_addr + offset, rkey));
+      conn_.Write(local_.host(b) + offset, static_cast<uint32_t>(len), *lkey, remote_[b].host_addr + offset, rkey));
   counters_.bytes_written += len;
+  ++counters_.writes;
+  return Status();
+}
+
+Status PageWriter::WriteCopy(uint32_t b, uint64_t offset, uint64_t len, uint32_t rkey) {
+  if (bounce_.empty()) {
+    bounce_.resize(kBounceSlots * kChunkSize);
+    FERRY_ASSIGN_OR_RETURN(bounce_mr_,
+                           RegisterMemory(conn_.pd(), bounce_.data(), bounce_.size(), IBV_ACCESS_LOCAL_WRITE));
+  }
+  if (next_slot_ == kBounceSlots) {  // every slot may still be in flight
+    FERRY_RETURN_IF_ERROR(conn_.DrainWrites());
+    next_slot_ = 0;
+  }
+  uint8_t* slot = bounce_.data() + next_slot_++ * kChunkSize;
+  std::memcpy(slot, local_.host(b) + offset, len);
+  FERRY_RETURN_IF_ERROR(
+      conn_.Write(slot, static_cast<uint32_t>(len), bounce_mr_->lkey, remote_[b].host_addr + offset, rkey));
+  counters_.bytes_written += len;
+  counters_.bytes_copied += len;
   ++counters_.writes;
   return Status();
 }
@@ -153,9 +193,18 @@ Status PageWriter::Run(uint32_t b, uint64_t offset, uint64_t len) {
   return Status();
 }
 
+std::vector<uint8_t> PageWriter::FinishedMessage() {
+  if (!(conn_.capabilities().flags & kCapFerryCounts)) return EncodeEmpty(ControlType::kRegisterFinished);
+  const uint64_t pages = (counters_.bytes_written - reported_bytes_) / kPage;
+  reported_bytes_ = counters_.bytes_written;
+  return EncodeRegisterFinished(pages);
+}
+
 Status PageWriter::EndRound() {
   FERRY_RETURN_IF_ERROR(SendCompress());
-  return conn_.DrainWrites();
+  FERRY_RETURN_IF_ERROR(conn_.DrainWrites());
+  next_slot_ = 0;
+  return Status();
 }
 
 }  // namespace ferry::rdma

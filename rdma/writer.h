@@ -21,6 +21,7 @@
 
 #include <cstdint>
 #include <mutex>
+#include <optional>
 #include <vector>
 
 #include "rdma/connection.h"
@@ -36,10 +37,15 @@ class LocalMemory {
   // pin-all: registers every block whole (at setup).
   Status PinAll();
   // The lkey for the chunk of block `b` holding `offset`; registers it on
-  // first use. Any thread.
-  Result<uint32_t> Lkey(uint32_t b, uint64_t offset);
+  // first use. nullopt: the block cannot be registered (a read-only shared
+  // mapping, send --memory-file, on kernels before 6.2, which pin read-only
+  // memory for a forced write): its pages are copied through registered
+  // bounce buffers instead. Any thread.
+  Result<std::optional<uint32_t>> Lkey(uint32_t b, uint64_t offset);
   uint8_t* host(uint32_t b) const { return blocks_[b].host; }
   uint64_t registrations() const;
+  // Blocks that could not be registered (copied through bounce buffers).
+  uint64_t copied_blocks() const;
   uint64_t registered_bytes() const;
 
  private:
@@ -47,11 +53,13 @@ class LocalMemory {
     uint8_t* host = nullptr;
     uint64_t length = 0;
     MemoryRegion whole;
+    bool copy = false;  // cannot be registered: bounce buffers
     std::vector<MemoryRegion> chunk;
   };
   // Writable memory is registered for local write (the pin breaks
   // copy-on-write and populates the range, so the MR keeps following the
   // guest's pages); a read-only mapping (send --memory-file) read-only.
+  // An empty region: the memory cannot be pinned (EFAULT).
   Result<MemoryRegion> Register(uint8_t* addr, uint64_t len);
 
   ibv_pd* pd_;
@@ -79,6 +87,7 @@ struct WriterCounters {
   uint64_t writes = 0;           // RDMA WRITEs
   uint64_t compress_messages = 0;
   uint64_t register_requests = 0;
+  uint64_t bytes_copied = 0;     // through bounce buffers (memory that cannot be registered)
 };
 
 class PageWriter {
@@ -91,12 +100,17 @@ class PageWriter {
   // Sends the COMPRESS entries left and waits until every WRITE completed.
   Status EndRound();
   const WriterCounters& counters() const { return counters_; }
+  // The REGISTER FINISHED ending a round on this connection: with
+  // kCapFerryCounts it tells the pages written since the previous one.
+  std::vector<uint8_t> FinishedMessage();
 
  private:
   Result<uint32_t> RemoteKey(uint32_t b, uint64_t offset);
   Status Write(uint32_t b, uint64_t offset, uint64_t len);
   Status AddZero(uint32_t b, uint64_t offset, uint64_t len);
   Status SendCompress();
+  // A copy into the next bounce slot (1 MiB; all reused after a drain).
+  Status WriteCopy(uint32_t b, uint64_t offset, uint64_t len, uint32_t rkey);
 
   RdmaConnection& conn_;
   LocalMemory& local_;
@@ -105,6 +119,11 @@ class PageWriter {
   std::vector<std::vector<uint32_t>> rkey_;  // dynamic: per block, per chunk; 0 = not registered
   std::vector<CompressEntry> compress_;
   WriterCounters counters_;
+  uint64_t reported_bytes_ = 0;  // bytes_written told in REGISTER FINISHED so far
+  static constexpr size_t kBounceSlots = 8;
+  std::vector<uint8_t> bounce_;
+  MemoryRegion bounce_mr_;  // after bounce_: deregistered first
+  size_t next_slot_ = 0;
 };
 
 }  // namespace ferry::rdma
