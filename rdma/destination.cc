@@ -136,20 +136,20 @@ void RdmaPageReceiver::ChannelLoop(size_t i) {
   cv_.notify_all();
 }
 
-Status RdmaPageReceiver::WaitForMarkers() {
+Status RdmaPageReceiver::WaitForMarkers(uint64_t rounds) {
   std::unique_lock lock(mu_);
   const auto deadline = std::chrono::steady_clock::now() + wait_limit_;
   while (true) {
     bool all = true;
     for (size_t i = 0; i < channels_.size(); ++i) {
-      if (markers_[i] >= rounds_) continue;
+      if (markers_[i] >= rounds) continue;
       if (channel_done_[i]) return channel_end_[i];
       all = false;
     }
     if (all) return Status();
     if (finishing_) return Status::Cancelled("rdma: cancelled while waiting for the multifd channels");
     if (cv_.wait_until(lock, deadline) == std::cv_status::timeout) {
-      return Status::Timeout("rdma: the multifd channels did not end round " + std::to_string(rounds_) + " within " +
+      return Status::Timeout("rdma: the multifd channels did not end round " + std::to_string(rounds) + " within " +
                              std::to_string(wait_limit_.count() / 1000) + " s");
     }
   }
@@ -329,13 +329,11 @@ Status RdmaPageReceiver::ApplyCompress(const Message& m) {
 Status RdmaPageReceiver::OnRamHook(StreamReader& r) {
   (void)r;
   ++hooks_;
-  bool setup = false;
   while (true) {
     FERRY_ASSIGN_OR_RETURN(Message m, conn_.ReceiveAfterReady());
     switch (m.type) {
       case ControlType::kRamBlocksRequest:
         FERRY_RETURN_IF_ERROR(AnswerRamBlocks());
-        setup = true;
         break;
       case ControlType::kRegisterRequest:
         FERRY_RETURN_IF_ERROR(AnswerRegister(conn_, m));
@@ -348,11 +346,10 @@ Status RdmaPageReceiver::OnRamHook(StreamReader& r) {
         break;
       case ControlType::kRegisterFinished:
         written_pages_ += DecodeWrittenPages(m);
-        // multifd: the round's pages are in place once every channel's
-        // marker for it arrived too (the source sends them first).
-        if (channels_.empty() || setup) return Status();
-        ++rounds_;
-        return WaitForMarkers();
+        // multifd: the rounds' pages are in place once every channel's
+        // markers for them arrived too (the source sent them first).
+        if (channels_.empty()) return Status();
+        return WaitForMarkers(DecodeRounds(m));
       case ControlType::kError:
         return Status::Protocol("rdma: the source reported an error (ERROR message) during registration");
       default:

@@ -63,8 +63,8 @@ class RdmaPageReceiver final : public PageReceiver {
   ~RdmaPageReceiver() override;
   // ferry's multifd channels (docs/rdma-multifd.md), in the main
   // connection's PD: one thread each serves its REGISTER REQUESTs and
-  // COMPRESS, and every hook after the setup one waits for each channel's
-  // REGISTER FINISHED of the round. Before Start.
+  // COMPRESS; a hook ends when every channel sent as many REGISTER FINISHED
+  // (round markers) as the main one's round count says. Before Start.
   void AddChannels(std::vector<RdmaConnection*> channels) { channels_ = std::move(channels); }
 
   Status Start(std::function<void(const Status&)> on_error) override;
@@ -104,7 +104,8 @@ class RdmaPageReceiver final : public PageReceiver {
   Status AnswerUnregister(const Message& m);
   Status ApplyCompress(const Message& m);
   void ChannelLoop(size_t i);
-  Status WaitForMarkers();
+  // Until every channel sent `rounds` markers (REGISTER FINISHED).
+  Status WaitForMarkers(uint64_t rounds);
   Result<RamBlock*> BlockAt(uint32_t index, uint64_t key, uint64_t* offset_in_block);
 
   RdmaConnection& conn_;
@@ -126,7 +127,6 @@ class RdmaPageReceiver final : public PageReceiver {
   std::vector<uint64_t> markers_;       // mu_: REGISTER FINISHED per channel
   std::vector<Status> channel_end_;     // mu_: why a channel's thread ended
   std::vector<bool> channel_done_;      // mu_
-  uint64_t rounds_ = 0;                 // hooks after the setup one
   bool finishing_ = false;              // mu_
   std::chrono::milliseconds wait_limit_{30000};
 };

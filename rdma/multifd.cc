@@ -54,6 +54,11 @@ class RdmaMultifdSink final : public PageSink {
 
   Status OnComplete() override {
     complete_ = true;
+    round_end_ = true;
+    return Status();
+  }
+  Status OnRoundEnd() override {
+    round_end_ = true;
     return Status();
   }
 
@@ -109,10 +114,13 @@ class RdmaMultifdSink final : public PageSink {
     in_round_ = false;
     FERRY_RETURN_IF_ERROR(TakeRun());
     FERRY_RETURN_IF_ERROR(Push());
-    // The barrier: every thread's COMPRESS entries sent and WRITEs completed,
-    // its channel's REGISTER FINISHED sent; then the main one.
-    ++round_;
-    {
+    // The barrier, at a round's end only (a page is sent once per round, so
+    // sections inside a round need none): every thread's COMPRESS entries
+    // sent and applied, its WRITEs completed, its channel's REGISTER FINISHED
+    // sent; then the main one tells the destination how many rounds to wait for.
+    if (round_end_) {
+      round_end_ = false;
+      ++round_;
       std::unique_lock lock(mu_);
       for (Worker& w : workers_) w.queue.push_back(Item{{}, true});
       work_cv_.notify_all();
@@ -126,7 +134,11 @@ class RdmaMultifdSink final : public PageSink {
       if (failed_) return error_;
       if (aborted_) return Status::Cancelled("rdma: migration cancelled");
     }
-    return conn_.SendWhenReady(EncodeEmpty(ControlType::kRegisterFinished));
+    {
+      std::lock_guard lock(mu_);
+      if (failed_) return error_;
+    }
+    return conn_.SendWhenReady(EncodeRegisterFinished(0, round_));
   }
 
   uint64_t accounted_bytes() const override { return taken_; }
@@ -241,6 +253,7 @@ class RdmaMultifdSink final : public PageSink {
   std::vector<Worker> workers_;  // after local_: their writers go first
   bool started_ = false;
   bool in_round_ = false;
+  bool round_end_ = false;
   RunCoalescer runs_;
   Item batch_;
   uint64_t batch_bytes_ = 0;

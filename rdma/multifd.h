@@ -10,10 +10,13 @@
 //     REGISTER REQUEST on channel i for a destination chunk it did not use yet)
 //   round end: every thread sends its COMPRESS entries left, waits until all
 //     its WRITEs completed, sends REGISTER FINISHED on its channel (the round's
-//     marker); then the migration thread sends REGISTER FINISHED on the main one
+//     marker); then the migration thread sends REGISTER FINISHED on the main
+//     one, carrying the number of rounds so far (kCapFerryCounts); a section
+//     that does not end a round ends without the barrier
 //   destination: one thread per channel answers REGISTER REQUESTs (the shared
 //     registration cache) and applies COMPRESS; a hook ends once the main
-//     REGISTER FINISHED and every channel's marker for the round arrived.
+//     REGISTER FINISHED arrived and every channel sent as many markers as it
+//     says (all WRITEs and COMPRESS of those rounds are in place).
 #pragma once
 
 #include <functional>

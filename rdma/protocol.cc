@@ -97,15 +97,21 @@ std::vector<uint8_t> EncodeConnectData(const Capabilities& caps) {
   return out;
 }
 
-std::vector<uint8_t> EncodeRegisterFinished(uint64_t written_pages) {
-  uint8_t n[8];
+std::vector<uint8_t> EncodeRegisterFinished(uint64_t written_pages, uint64_t rounds) {
+  uint8_t n[16];
   StoreBe64(n, written_pages);
-  return EncodeMessage(ControlType::kRegisterFinished, 1, std::span<const uint8_t>(n, 8)).value();
+  StoreBe64(n + 8, rounds);
+  return EncodeMessage(ControlType::kRegisterFinished, 1, std::span<const uint8_t>(n, 16)).value();
 }
 
 uint64_t DecodeWrittenPages(const Message& m) {
   if (m.type != ControlType::kRegisterFinished || m.payload.size() < 8) return 0;
   return LoadBe64(m.payload.data());
+}
+
+uint64_t DecodeRounds(const Message& m) {
+  if (m.type != ControlType::kRegisterFinished || m.payload.size() < 16) return 0;
+  return LoadBe64(m.payload.data() + 8);
 }
 
 Capabilities AcceptCapabilities(const Capabilities& requested) {

@@ -50,7 +50,9 @@ inline constexpr uint32_t kCapFerryMultifd = 0x00010000;
 inline constexpr uint32_t kCapFerryChannel = 0x00020000;
 //   kCapFerryCounts: every REGISTER FINISHED carries be64 pages the sender
 //   wrote by RDMA WRITE on this connection since its previous one (the
-//   destination's page counts; it sees no WRITE).
+//   destination's page counts; it sees no WRITE), then be64 rounds: on the
+//   main connection with multifd, the number of round markers every channel
+//   has sent before it (the destination waits for them).
 inline constexpr uint32_t kCapFerryCounts = 0x00040000;
 inline constexpr uint32_t kFerryCapabilities = kCapFerryMultifd | kCapFerryChannel | kCapFerryCounts;
 // With a ferry flag the private data goes on: be32 channel, be32 channels.
@@ -180,10 +182,11 @@ Result<std::vector<uint8_t>> EncodeUnregisterRequest(std::span<const RegisterEnt
 Result<std::vector<uint8_t>> EncodeRegisterResults(std::span<const RegisterResult> results);
 Result<std::vector<uint8_t>> EncodeCompress(std::span<const CompressEntry> entries);
 
-// REGISTER FINISHED, with kCapFerryCounts: be64 pages written.
-std::vector<uint8_t> EncodeRegisterFinished(uint64_t written_pages);
-// The count of a REGISTER FINISHED (0 when it has none).
+// REGISTER FINISHED, with kCapFerryCounts: be64 pages written, be64 rounds.
+std::vector<uint8_t> EncodeRegisterFinished(uint64_t written_pages, uint64_t rounds = 0);
+// The fields of a REGISTER FINISHED (0 when it has none: QEMU's).
 uint64_t DecodeWrittenPages(const Message& m);
+uint64_t DecodeRounds(const Message& m);
 
 // Checks the header of `received` (the bytes a RECV completion delivered):
 // at least 16 bytes, a known type other than kNone, len within what arrived

@@ -1,13 +1,12 @@
 #include "rdma/source.h"
 
-#include <cstring>
 #include <optional>
 #include <string>
 
 #include "core/wire.h"
 #include "rdma/verbs.h"
-#include "rdma/writer.h"
 #include "rdma/stats.h"
+#include "rdma/writer.h"
 
 namespace ferry::rdma {
 

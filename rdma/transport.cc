@@ -166,6 +166,9 @@ class RdmaTransport final : public Transport {
       return Status::Unsupported("rdma: the source did not ask for multifd channels (send with -c multifd=on; QEMU "
                                  "does not do multifd over rdma)");
     }
+    if (n > 0 && !(asked.flags & kCapFerryCounts)) {
+      return Status::Protocol("rdma: a multifd source without round counts (flag 0x40000)");
+    }
     if (n > 0 && asked.channels != n) {
       return Status::Mismatch("rdma: the source has " + std::to_string(asked.channels) +
                               " multifd channels, this side expects " + std::to_string(n) +

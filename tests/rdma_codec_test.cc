@@ -192,14 +192,17 @@ TEST(RdmaCodec, FerryMultifdCapabilities) {
   EXPECT_EQ(short_data.status().code(), Code::kProtocol);
 
   // REGISTER FINISHED with the pages written since the previous one.
-  std::vector<uint8_t> fin = EncodeRegisterFinished(0x0102030405);
+  std::vector<uint8_t> fin = EncodeRegisterFinished(0x0102030405, 7);
+  EXPECT_EQ(fin.size(), kHeaderSize + 16);
   auto m = DecodeMessage(fin);
   ASSERT_TRUE(m.ok());
   EXPECT_EQ(m->type, ControlType::kRegisterFinished);
   EXPECT_EQ(DecodeWrittenPages(*m), 0x0102030405u);
+  EXPECT_EQ(DecodeRounds(*m), 7u);
   auto empty = DecodeMessage(EncodeEmpty(ControlType::kRegisterFinished));
   ASSERT_TRUE(empty.ok());
   EXPECT_EQ(DecodeWrittenPages(*empty), 0u);  // QEMU's: no count
+  EXPECT_EQ(DecodeRounds(*empty), 0u);
 }
 
 // A verbs layer that hands out fake keys and counts live registrations.
