@@ -7,8 +7,9 @@
 #  - the page counts: what the destination reports written by RDMA WRITE and
 #    zeroed by COMPRESS equals what the source says it sent;
 #  - multifd on the source only: both sides fail with one line;
-#  - multifd, the source killed mid-migration: the destination fails with one
-#    line at once; the destination killed: the source does.
+#  - multifd, the source killed (SIGKILL) mid-migration: the destination fails
+#    with one line at once; the destination killed: the source does; the same
+#    with SIGINT (the interrupted side exits 3, cancelled).
 # After every case `rdma resource show` is back to its baseline.
 export LD_LIBRARY_PATH=/payload/lib
 pass=0; fail=0
@@ -58,12 +59,13 @@ counts_match() {
     ok "$1-page-counts"; else bad "$1-page-counts"; fi
 }
 
-# killed WHO PORT: a 256 MiB random guest over multifd, WHO (send|recv) is
-# killed 2 s after the source connected (pages are on the way: about 5 s of
+# killed WHO SIG PORT: a 256 MiB random guest over multifd, WHO (send|recv)
+# gets SIG (KILL, or INT: it must exit 3, cancelled, at once) 2 s after the
+# source connected (pages are on the way: about 5 s of
 # them under TCG; filling the guest before may take long on a loaded host);
 # the other side exits 1 with one error line within 60 s.
 killed() {
-  who=$1 port=$2
+  who=$1 sig=$2 port=$3
   rm -f /tmp/ready-killed
   /payload/ferry recv rdma:192.0.2.1:$port --ready-file /tmp/ready-killed --timeout 400 $mfd \
     >/tmp/recv-killed.log 2>&1 &
@@ -80,18 +82,24 @@ killed() {
   done
   sleep 2
   if [ "$who" = send ]; then victim=$spid other=$rpid log=/tmp/recv-killed.log; else victim=$rpid other=$spid log=/tmp/send-killed.log; fi
-  kill -9 $victim; wait $victim 2>/dev/null
+  kill -$sig $victim
+  v=0
+  while kill -0 $victim 2>/dev/null && [ $v -lt 60 ]; do sleep 0.5; v=$((v+1)); done
+  if kill -0 $victim 2>/dev/null; then kill -9 $victim; fi
+  wait $victim; vrc=$?
   t=0
   while kill -0 $other 2>/dev/null && [ $t -lt 120 ]; do sleep 0.5; t=$((t+1)); done
   if kill -0 $other 2>/dev/null; then kill -9 $other; fi
   wait $other; orc=$?
-  echo "ferry-vm: $who killed $((i/2)) s after starting the source + 2 s: the other side exit $orc about $((t/2)) s after the kill"
+  echo "ferry-vm: $who: SIG$sig $((i/2)) s after starting the source + 2 s: exit $vrc; the other side exit $orc about $((t/2)) s later"
   sed 's/^/ferry-vm:   send: /' /tmp/send-killed.log
   sed 's/^/ferry-vm:   recv: /' /tmp/recv-killed.log
-  if [ "$orc" = 1 ] && [ "$(grep -c '^ferry: error:' $log)" = 1 ] && [ $t -lt 120 ] &&
+  vok=1
+  [ "$sig" = INT ] && [ "$vrc" != 3 ] && vok=0
+  if [ $vok = 1 ] && [ "$orc" = 1 ] && [ "$(grep -c '^ferry: error:' $log)" = 1 ] && [ $t -lt 120 ] &&
      grep -q 'rdma: connected' $log; then
-    ok "multifd-$who-killed"; else bad "multifd-$who-killed"; fi
-  resources_released "multifd-$who-killed"
+    ok "multifd-$who-sig$sig"; else bad "multifd-$who-sig$sig"; fi
+  resources_released "multifd-$who-sig$sig"
 }
 
 mfd="-c multifd=on -p multifd-channels=2"
@@ -127,6 +135,8 @@ if [ "$src" = 1 ] && [ "$rrc" = 1 ] && [ "$(grep -c '^ferry: error:' /tmp/send-m
   ok multifd-source-only-refused; else bad multifd-source-only-refused; fi
 resources_released mismatch
 
-killed send 4464
-killed recv 4465
+killed send KILL 4464
+killed recv KILL 4465
+killed send INT 4466
+killed recv INT 4467
 echo "ferry-vm: $pass passed, $fail failed"
