@@ -86,9 +86,10 @@ void AddRecvOptions(CLI::App* r, RecvOpts& recv) {
                 std::string(kParamHelp) + ". The multifd ones must match the source's.");
   r->add_option("-c,--capability", recv.caps,
                 "Capability NAME=on|off: verify (require the source's verification section; default on, off with "
-                "--qemu-compat), multifd (accept multifd-channels extra connections, over rdma: queue pairs; must match "
-                "the source), mapped-ram (the file has QEMU's mapped-ram layout; must match the source, which says so in "
-                "the stream), validate-uuid (accepted; a uuid in the stream is always checked against --uuid)");
+                "--qemu-compat), multifd (accept multifd-channels extra connections, over rdma: queue pairs; must "
+                "match the source), mapped-ram (the file has QEMU's mapped-ram layout; must match the source, which "
+                "says so in the stream), validate-uuid (accepted; a uuid in the stream is always checked against "
+                "--uuid)");
   r->add_option("--uuid", recv.uuid,
                 "This destination's uuid (QEMU's -uuid): multifd channels announcing another one are refused, and so "
                 "is a stream whose configuration carries another one (default all zeros, like QEMU without -uuid)");

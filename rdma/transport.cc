@@ -175,8 +175,9 @@ class RdmaTransport final : public Transport {
                               " (-p multifd-channels)");
     }
     session->channels.resize(n);
+    const ConnectOptions channel_opts{kCapFerryChannel | kCapFerryCounts, 0, 0, main.pd()};
     for (uint32_t k = 0; k < n; ++k) {
-      FERRY_ASSIGN_OR_RETURN(auto c, listener->Accept(ctx.remaining(), ConnectOptions{kCapFerryChannel | kCapFerryCounts, 0, 0, main.pd()}));
+      FERRY_ASSIGN_OR_RETURN(auto c, listener->Accept(ctx.remaining(), channel_opts));
       const Capabilities& ch = c->requested();
       if (!(ch.flags & kCapFerryChannel) || ch.channel >= n || ch.channels != n || session->channels[ch.channel]) {
         return Status::Protocol("rdma: connection " + std::to_string(k + 1) +
