@@ -53,7 +53,8 @@ void AddSendOptions(CLI::App* s, SendOpts& send) {
   s->add_option("-p,--parameter", send.params, kParamHelp);
   s->add_option("-c,--capability", send.caps,
                 "Capability NAME=on|off: verify (ferry's digest check, default on), multifd (pages over "
-                "multifd-channels extra connections; with mapped-ram: file threads), zero-copy-send (MSG_ZEROCOPY on the "
+                "multifd-channels extra connections; over rdma: that many more queue pairs, ferry to ferry only; with "
+                "mapped-ram: file threads), zero-copy-send (MSG_ZEROCOPY on the "
                 "multifd channels; not with compression), mapped-ram (fixed page places in a file; file targets only), "
                 "validate-uuid (put --uuid in the stream; the destination refuses another uuid), rdma-pin-all (rdma: "
                 "only: ask the destination to register all its RAM at setup instead of 1 MiB chunks on demand)");
@@ -85,9 +86,10 @@ void AddRecvOptions(CLI::App* r, RecvOpts& recv) {
                 std::string(kParamHelp) + ". The multifd ones must match the source's.");
   r->add_option("-c,--capability", recv.caps,
                 "Capability NAME=on|off: verify (require the source's verification section; default on, off with "
-                "--qemu-compat), multifd (accept multifd-channels extra connections; must match the source), mapped-ram "
-                "(the file has QEMU's mapped-ram layout; must match the source, which says so in the stream), validate-uuid "
-                "(accepted; a uuid in the stream is always checked against --uuid)");
+                "--qemu-compat), multifd (accept multifd-channels extra connections, over rdma: queue pairs; must "
+                "match the source), mapped-ram (the file has QEMU's mapped-ram layout; must match the source, which "
+                "says so in the stream), validate-uuid (accepted; a uuid in the stream is always checked against "
+                "--uuid)");
   r->add_option("--uuid", recv.uuid,
                 "This destination's uuid (QEMU's -uuid): multifd channels announcing another one are refused, and so "
                 "is a stream whose configuration carries another one (default all zeros, like QEMU without -uuid)");

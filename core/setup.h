@@ -76,6 +76,9 @@ class Endpoint {
   // Both directions: the source waits for the destination's confirmation,
   // the destination answers with a verdict.
   virtual bool two_way() const { return false; }
+  // The endpoint's transport drives the multifd channels itself (rdma:'s
+  // queue pairs): multifd/ then opens no connections of its own.
+  virtual bool own_multifd_channels() const { return false; }
 
  protected:
   explicit Endpoint(std::string text) : text_(std::move(text)) {}

@@ -31,7 +31,9 @@ class MultifdTransport final : public Transport {
   Status CheckEndpoint(const PlanView& plan) const override {
     const Endpoint& ep = plan.endpoint();
     // Over a file the channels are mapped-ram's threads: file/ checks that.
-    if (!settings_.enabled || ep.can_connect_more() || ep.local_file()) return Status::Ok();
+    if (!settings_.enabled || ep.can_connect_more() || ep.local_file() || ep.own_multifd_channels()) {
+      return Status::Ok();
+    }
     return Status::InvalidArgument("the multifd capability needs a tcp: or unix: URI (it opens " +
                                    std::to_string(settings_.channels) + " extra connections); " + ep.text() +
                                    " is a single descriptor");

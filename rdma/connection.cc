@@ -13,7 +13,9 @@ namespace ferry::rdma {
 namespace {
 
 constexpr uint64_t kSendWrId = 2;
-constexpr uint64_t kWriteWrId = 3;
+// A WRITE chain's signalled last WRITE: the tag and the chain's length.
+constexpr uint64_t kWriteWrId = uint64_t{1} << 62;
+constexpr uint64_t kWriteCountMask = 0xffff;
 constexpr uint64_t kRecvWrId = 16;  // + slot
 constexpr uint64_t kAnyRecv = ~uint64_t{0};
 // WRITEs in flight before the source waits for the oldest (QEMU: 512).
@@ -66,11 +68,19 @@ void RdmaConnection::Shutdown() {
   }
 }
 
-Status RdmaConnection::Setup(rdma_cm_id* id, int receives) {
+Status RdmaConnection::Setup(rdma_cm_id* id, int receives, ibv_pd* shared_pd) {
   wake_ = UniqueFd(eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
   if (wake_.get() < 0) return ErrnoStatus("rdma: eventfd");
-  pd_ = ProtectionDomain(ibv_alloc_pd(id->verbs));
-  if (!pd_) return ErrnoStatus("rdma: ibv_alloc_pd");
+  if (shared_pd != nullptr) {
+    if (shared_pd->context != id->verbs) {
+      return Status::Unsupported("rdma: a multifd channel is on another RDMA device than the main connection");
+    }
+    pd_raw_ = shared_pd;
+  } else {
+    pd_ = ProtectionDomain(ibv_alloc_pd(id->verbs));
+    if (!pd_) return ErrnoStatus("rdma: ibv_alloc_pd");
+    pd_raw_ = pd_.get();
+  }
   comp_ = CompletionChannel(ibv_create_comp_channel(id->verbs));
   if (!comp_) return ErrnoStatus("rdma: ibv_create_comp_channel");
   FERRY_RETURN_IF_ERROR(SetNonBlocking(comp_->fd, "completion channel"));
@@ -84,15 +94,15 @@ Status RdmaConnection::Setup(rdma_cm_id* id, int receives) {
   attr.send_cq = cq_.get();
   attr.recv_cq = cq_.get();
   attr.qp_type = IBV_QPT_RC;
-  if (rdma_create_qp(id, pd_.get(), &attr) != 0) return ErrnoStatus("rdma: rdma_create_qp");
+  if (rdma_create_qp(id, pd_raw_, &attr) != 0) return ErrnoStatus("rdma: rdma_create_qp");
   send_buf_.resize(kControlMaxBuffer);
-  FERRY_ASSIGN_OR_RETURN(send_mr_, RegisterMemory(pd_.get(), send_buf_.data(), send_buf_.size(), IBV_ACCESS_LOCAL_WRITE));
+  FERRY_ASSIGN_OR_RETURN(send_mr_, RegisterMemory(pd_raw_, send_buf_.data(), send_buf_.size(), IBV_ACCESS_LOCAL_WRITE));
   recv_buf_.resize(receives);
   recv_mr_.resize(receives);
   for (int i = 0; i < receives; ++i) {
     recv_buf_[i].resize(kControlMaxBuffer);
     FERRY_ASSIGN_OR_RETURN(recv_mr_[i],
-                           RegisterMemory(pd_.get(), recv_buf_[i].data(), recv_buf_[i].size(), kRemoteWriteAccess));
+                           RegisterMemory(pd_raw_, recv_buf_[i].data(), recv_buf_[i].size(), kRemoteWriteAccess));
     FERRY_RETURN_IF_ERROR(PostRecv(i));
   }
   return Status();
@@ -156,32 +166,49 @@ Result<Message> RdmaConnection::Request(std::span<const uint8_t> message, Contro
 }
 
 Status RdmaConnection::Write(const void* local, uint32_t len, uint32_t lkey, uint64_t remote, uint32_t rkey) {
-  while (writes_in_flight_ >= kMaxWritesInFlight) {
-    FERRY_RETURN_IF_ERROR(WaitFor(kWriteWrId, "writing guest memory").status());
-  }
-  ibv_sge sge{reinterpret_cast<uintptr_t>(local), len, lkey};
-  ibv_send_wr wr{};
-  wr.wr_id = kWriteWrId;
+  ibv_sge& sge = pending_sge_[pending_];
+  sge = {reinterpret_cast<uintptr_t>(local), len, lkey};
+  ibv_send_wr& wr = pending_wr_[pending_];
+  wr = {};
   wr.sg_list = &sge;
   wr.num_sge = 1;
   wr.opcode = IBV_WR_RDMA_WRITE;
-  wr.send_flags = IBV_SEND_SIGNALED;
   wr.wr.rdma.remote_addr = remote;
   wr.wr.rdma.rkey = rkey;
+  if (++pending_ == kSignalEvery) return PostPendingWrites();
+  return Status();
+}
+
+Status RdmaConnection::PostPendingWrites() {
+  if (pending_ == 0) return Status();
+  while (writes_in_flight_ + pending_ > kMaxWritesInFlight) {
+    FERRY_RETURN_IF_ERROR(WaitFor(kWriteWrId, "writing guest memory").status());
+  }
+  for (int i = 0; i + 1 < pending_; ++i) pending_wr_[i].next = &pending_wr_[i + 1];
+  ibv_send_wr& last = pending_wr_[pending_ - 1];
+  last.next = nullptr;
+  last.wr_id = kWriteWrId | static_cast<uint64_t>(pending_);
+  last.send_flags = IBV_SEND_SIGNALED;
   ibv_send_wr* bad = nullptr;
-  int rc = ibv_post_send(cm_id_->qp, &wr, &bad);
+  int rc = ibv_post_send(cm_id_->qp, &pending_wr_[0], &bad);
   if (rc != 0) return ErrnoStatus("rdma: ibv_post_send (RDMA WRITE)", rc);
-  ++writes_in_flight_;
+  writes_in_flight_ += pending_;
+  writes_posted_ += pending_;
+  ++writes_signalled_;
+  pending_ = 0;
   return Status();
 }
 
 Status RdmaConnection::DrainWrites() {
+  FERRY_RETURN_IF_ERROR(PostPendingWrites());
   while (writes_in_flight_ > 0) FERRY_RETURN_IF_ERROR(WaitFor(kWriteWrId, "writing guest memory").status());
   return Status();
 }
 
 Result<std::pair<uint64_t, uint32_t>> RdmaConnection::WaitFor(uint64_t wr_id, const char* what) {
-  auto matches = [wr_id](uint64_t id) { return id == wr_id || (wr_id == kAnyRecv && id >= kRecvWrId); };
+  auto matches = [wr_id](uint64_t id) {
+    return id == wr_id || (wr_id == kAnyRecv && id >= kRecvWrId && !(id & kWriteWrId));
+  };
   for (auto it = early_.begin(); it != early_.end(); ++it) {
     if (matches(it->first)) {
       auto done = *it;
@@ -207,8 +234,8 @@ Result<std::pair<uint64_t, uint32_t>> RdmaConnection::WaitFor(uint64_t wr_id, co
         return Status::Closed(std::string("rdma: ") + what + ": work request failed: " + ibv_wc_status_str(wc.status) +
                               (wc.status == IBV_WC_WR_FLUSH_ERR ? " (the connection is gone)" : ""));
       }
-      if (wc.wr_id == kWriteWrId) {
-        --writes_in_flight_;
+      if (wc.wr_id & kWriteWrId) {
+        writes_in_flight_ -= std::min<uint64_t>(writes_in_flight_, wc.wr_id & kWriteCountMask);
         if (wr_id == kWriteWrId) return std::pair<uint64_t, uint32_t>(wc.wr_id, wc.byte_len);
         continue;
       }
@@ -255,13 +282,14 @@ Result<std::pair<uint64_t, uint32_t>> RdmaConnection::WaitFor(uint64_t wr_id, co
 
 Result<std::unique_ptr<RdmaConnection>> RdmaConnection::Connect(const Uri& uri, bool pin_all,
                                                                  std::chrono::milliseconds timeout,
-                                                                 std::stop_token stop) {
+                                                                 std::stop_token stop,
+                                                                 const ConnectOptions& options) {
   FERRY_RETURN_IF_ERROR(RequireDevice().status());
   // Like tcp:, a destination that is not listening yet is tried again until
   // the timeout (a refusal is kClosed; anything else fails at once).
   const auto deadline = std::chrono::steady_clock::now() + timeout;
   while (true) {
-    Result<std::unique_ptr<RdmaConnection>> c = ConnectOnce(uri, pin_all, timeout);
+    Result<std::unique_ptr<RdmaConnection>> c = ConnectOnce(uri, pin_all, timeout, options);
     if (c.ok() || c.status().code() != Code::kClosed || std::chrono::steady_clock::now() >= deadline) return c;
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
     if (stop.stop_requested()) return Status::Cancelled("rdma: cancelled while connecting to " + uri.text);
@@ -269,7 +297,8 @@ Result<std::unique_ptr<RdmaConnection>> RdmaConnection::Connect(const Uri& uri, 
 }
 
 Result<std::unique_ptr<RdmaConnection>> RdmaConnection::ConnectOnce(const Uri& uri, bool pin_all,
-                                                                     std::chrono::milliseconds timeout) {
+                                                                     std::chrono::milliseconds timeout,
+                                                                     const ConnectOptions& options) {
   std::unique_ptr<RdmaConnection> c(new RdmaConnection());
   FERRY_ASSIGN_OR_RETURN(c->events_, CreateEventChannel());
   rdma_cm_id* raw = nullptr;
@@ -292,8 +321,9 @@ Result<std::unique_ptr<RdmaConnection>> RdmaConnection::ConnectOnce(const Uri& u
   if (rdma_resolve_route(raw, ms) != 0) return ErrnoStatus("rdma: cannot resolve a route to " + uri.text);
   FERRY_RETURN_IF_ERROR(WaitCmEvent(c->events_.get(), RDMA_CM_EVENT_ROUTE_RESOLVED, "resolving the route").status());
   // Two receives: an answer and the READY after it may both be on the way.
-  FERRY_RETURN_IF_ERROR(c->Setup(raw, 2));
-  auto priv = EncodeCapabilities({kProtocolVersion, pin_all ? kCapPinAll : 0});
+  FERRY_RETURN_IF_ERROR(c->Setup(raw, 2, options.shared_pd));
+  const uint32_t asked = (pin_all ? kCapPinAll : 0) | options.extra_flags;
+  auto priv = EncodeConnectData({kProtocolVersion, asked, options.channel, options.channels});
   rdma_conn_param param{};
   param.initiator_depth = 2;
   param.retry_count = 5;
@@ -306,7 +336,8 @@ Result<std::unique_ptr<RdmaConnection>> RdmaConnection::ConnectOnce(const Uri& u
   FERRY_ASSIGN_OR_RETURN(Capabilities answer,
                          DecodeCapabilities(std::span(static_cast<const uint8_t*>((*est)->param.conn.private_data),
                                                       (*est)->param.conn.private_data_len)));
-  c->caps_ = {kProtocolVersion, answer.flags & (pin_all ? kCapPinAll : 0)};
+  c->requested_ = answer;
+  c->caps_ = {kProtocolVersion, answer.flags & asked, options.channel, options.channels};
   c->peer_ = AddressOf(rdma_get_peer_addr(raw), uri.port);
   est->reset();
   FERRY_RETURN_IF_ERROR(SetNonBlocking(c->events_->fd, "event channel"));
@@ -345,7 +376,8 @@ void RdmaListener::Shutdown() {
   (void)!write(wake_.get(), &one, sizeof one);
 }
 
-Result<std::unique_ptr<RdmaConnection>> RdmaListener::Accept(std::chrono::milliseconds timeout) {
+Result<std::unique_ptr<RdmaConnection>> RdmaListener::Accept(std::chrono::milliseconds timeout,
+                                                             const ConnectOptions& options) {
   FERRY_RETURN_IF_ERROR(WaitReadable(events_->fd, timeout, "waiting for the source to connect", wake_.get()));
   FERRY_ASSIGN_OR_RETURN(CmEvent req, WaitCmEvent(events_.get(), RDMA_CM_EVENT_CONNECT_REQUEST, "accepting"));
   rdma_cm_id* id = req->id;
@@ -361,13 +393,17 @@ Result<std::unique_ptr<RdmaConnection>> RdmaListener::Accept(std::chrono::millis
 
   std::unique_ptr<RdmaConnection> c(new RdmaConnection());
   c->cm_id_ = CmId(id);
+  c->requested_ = *caps;
   c->caps_ = AcceptCapabilities(*caps);
+  c->caps_.flags |= caps->flags & options.extra_flags;
+  c->caps_.channel = caps->channel;
+  c->caps_.channels = caps->channels;
   c->peer_ = AddressOf(rdma_get_peer_addr(id), ntohs(rdma_get_dst_port(id)));
   FERRY_ASSIGN_OR_RETURN(c->events_, CreateEventChannel());
   if (rdma_migrate_id(id, c->events_.get()) != 0) return ErrnoStatus("rdma: rdma_migrate_id");
-  FERRY_RETURN_IF_ERROR(c->Setup(id, 1));
+  FERRY_RETURN_IF_ERROR(c->Setup(id, 1, options.shared_pd));
 
-  auto priv = EncodeCapabilities(c->caps_);
+  auto priv = EncodeConnectData(c->caps_);
   rdma_conn_param param{};
   param.responder_resources = 2;
   param.private_data = priv.data();

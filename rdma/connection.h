@@ -32,6 +32,17 @@
 
 namespace ferry::rdma {
 
+// What a connection asks for or accepts beyond QEMU's protocol (ferry's
+// multifd channels, docs/rdma-multifd.md).
+struct ConnectOptions {
+  uint32_t extra_flags = 0;  // source: kCapFerry* flags to ask for; destination: to accept
+  uint32_t channel = 0, channels = 0;
+  // Share this protection domain (the main connection's) instead of
+  // allocating one, so that memory registered once serves every QP. Not
+  // owned: the sharing connection must go first.
+  ibv_pd* shared_pd = nullptr;
+};
+
 class RdmaConnection {
  public:
   ~RdmaConnection();
@@ -41,7 +52,10 @@ class RdmaConnection {
   // Capabilities both sides agreed on (pin-all or not).
   const Capabilities& capabilities() const { return caps_; }
   bool pin_all() const { return (caps_.flags & kCapPinAll) != 0; }
-  ibv_pd* pd() const { return pd_.get(); }
+  // What the peer asked for in its connection request (destination side:
+  // flags, channel, channels as sent; source side: its answer).
+  const Capabilities& requested() const { return requested_; }
+  ibv_pd* pd() const { return pd_raw_; }
   const std::string& peer() const { return peer_; }
 
   // The source's (active) side: connects to HOST:PORT asking for pin-all or
@@ -50,7 +64,8 @@ class RdmaConnection {
   // `stop` ends the retries (kCancelled).
   static Result<std::unique_ptr<RdmaConnection>> Connect(const Uri& uri, bool pin_all,
                                                           std::chrono::milliseconds timeout,
-                                                          std::stop_token stop = {});
+                                                          std::stop_token stop = {},
+                                                          const ConnectOptions& options = {});
 
   // Sends one encoded control message and waits for its completion.
   Status Send(std::span<const uint8_t> message);
@@ -59,11 +74,18 @@ class RdmaConnection {
   // SendWhenReady, then waits for the answer, which must be of type `answer`.
   Result<Message> Request(std::span<const uint8_t> message, ControlType answer);
 
-  // RDMA WRITE of [local, local+len) (registered with lkey) to remote memory;
-  // signalled; waits for older WRITEs when too many are in flight.
+  // RDMA WRITE of [local, local+len) (registered with lkey) to remote memory.
+  // WRITEs are posted kSignalEvery at a time as one chain whose last one
+  // only is signalled (its completion retires the whole chain); waits for
+  // older chains when kMaxWritesInFlight are in flight.
   Status Write(const void* local, uint32_t len, uint32_t lkey, uint64_t remote, uint32_t rkey);
-  // Waits until every WRITE posted so far has completed.
+  // Posts the WRITEs not posted yet (the last one signalled) and waits until
+  // every WRITE so far has completed.
   Status DrainWrites();
+  static constexpr int kSignalEvery = 16;
+  // WRITEs posted and signalled so far (for counters).
+  uint64_t writes_posted() const { return writes_posted_; }
+  uint64_t writes_signalled() const { return writes_signalled_; }
   // The destination's way to receive: sends READY, waits for the next
   // message (any type) and posts the receive buffer again. The returned
   // payload stays valid until the next call that receives.
@@ -79,9 +101,12 @@ class RdmaConnection {
   friend class RdmaListener;
   RdmaConnection() = default;
   static Result<std::unique_ptr<RdmaConnection>> ConnectOnce(const Uri& uri, bool pin_all,
-                                                              std::chrono::milliseconds timeout);
-  // PD, CQ, QP, `receives` receive buffers posted; id's ownership is already ours.
-  Status Setup(rdma_cm_id* id, int receives);
+                                                              std::chrono::milliseconds timeout,
+                                                              const ConnectOptions& options);
+  // PD (or `shared_pd`), CQ, QP, `receives` receive buffers posted; id's
+  // ownership is already ours.
+  Status Setup(rdma_cm_id* id, int receives, ibv_pd* shared_pd);
+  Status PostPendingWrites();
   Status PostRecv(size_t slot);
   // Waits for the completion of work request `wr_id` (kAnyRecv: any
   // receive); returns {wr_id, byte_len}.
@@ -91,6 +116,8 @@ class RdmaConnection {
 
   std::string peer_;
   Capabilities caps_;
+  Capabilities requested_;
+  ibv_pd* pd_raw_ = nullptr;
   std::chrono::milliseconds timeout_{30000};
   std::atomic<bool> shutdown_{false};
   UniqueFd wake_;  // eventfd: Shutdown() wakes the poll
@@ -107,6 +134,10 @@ class RdmaConnection {
   std::vector<MemoryRegion> recv_mr_;
   MemoryRegion send_mr_;
   uint64_t writes_in_flight_ = 0;
+  ibv_send_wr pending_wr_[kSignalEvery] = {};
+  ibv_sge pending_sge_[kSignalEvery] = {};
+  int pending_ = 0;
+  uint64_t writes_posted_ = 0, writes_signalled_ = 0;
   // Completions that arrived while another one was awaited: wr_id -> byte_len.
   std::vector<std::pair<uint64_t, uint32_t>> early_;
   std::vector<uint8_t> last_;  // the last message received (ReceiveAfterReady)
@@ -121,7 +152,9 @@ class RdmaListener {
   std::string address() const { return address_; }
   // Waits for the source's connection request, checks its capabilities
   // (version 1; pin-all is accepted), sets up the QP and accepts.
-  Result<std::unique_ptr<RdmaConnection>> Accept(std::chrono::milliseconds timeout);
+  // `options`: ferry flags accepted besides QEMU's, a PD to share.
+  Result<std::unique_ptr<RdmaConnection>> Accept(std::chrono::milliseconds timeout,
+                                                 const ConnectOptions& options = {});
   // Makes a waiting (or later) Accept fail with kCancelled. Any thread.
   void Shutdown();
 

@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include "core/stream.h"
+#include "core/thread_name.h"
 #include "core/wire.h"
 
 namespace ferry::rdma {
@@ -55,9 +56,103 @@ Result<size_t> RdmaStreamChannel::ReadSome(void* buf, size_t len) {
   return n;
 }
 
+RdmaPageReceiver::~RdmaPageReceiver() {
+  Abort();
+  for (std::thread& t : threads_) {
+    if (t.joinable()) t.join();
+  }
+}
+
+void RdmaPageReceiver::SetProgressBound(const ProgressBound& bound) {
+  if (bound.limit.count() > 0) wait_limit_ = bound.limit;
+}
+
 Status RdmaPageReceiver::Start(std::function<void(const Status&)> on_error) {
-  (void)on_error;  // everything runs on the migration thread
+  // Without channels everything runs on the migration thread.
+  on_error_ = std::move(on_error);
+  markers_.assign(channels_.size(), 0);
+  channel_end_.assign(channels_.size(), Status());
+  channel_done_.assign(channels_.size(), false);
+  for (size_t i = 0; i < channels_.size(); ++i) {
+    channels_[i]->SetTimeout(std::chrono::milliseconds(0));  // idle between rounds; Abort/Finish wake it
+    threads_.emplace_back([this, i] { ChannelLoop(i); });
+  }
   return Status();
+}
+
+void RdmaPageReceiver::Abort() {
+  conn_.Shutdown();
+  for (RdmaConnection* c : channels_) c->Shutdown();
+  {
+    std::lock_guard lock(mu_);
+    finishing_ = true;
+  }
+  cv_.notify_all();
+}
+
+void RdmaPageReceiver::ChannelLoop(size_t i) {
+  SetThreadName("rdma-mfd-recv", i);
+  RdmaConnection& ch = *channels_[i];
+  Status end;
+  while (true) {
+    Result<Message> m = ch.ReceiveAfterReady();
+    if (!m.ok()) {
+      end = m.status();
+      break;
+    }
+    Status s;
+    switch (m->type) {
+      case ControlType::kRegisterRequest:
+        s = AnswerRegister(ch, *m);
+        break;
+      case ControlType::kCompress:
+        s = ApplyCompress(*m);
+        break;
+      case ControlType::kRegisterFinished: {
+        written_pages_ += DecodeWrittenPages(*m);
+        std::lock_guard lock(mu_);
+        ++markers_[i];
+        cv_.notify_all();
+        break;
+      }
+      case ControlType::kError:
+        s = Status::Protocol("rdma: the source reported an error (ERROR message)");
+        break;
+      default:
+        s = Status::Protocol("rdma: unexpected " + ControlTypeName(m->type) + " on a multifd channel");
+    }
+    if (!s.ok()) {
+      end = s;
+      // A wrong message is this side's verdict at once; a peer gone (the
+      // source's end, or its failure, which the main stream reports too)
+      // matters only to a hook still waiting for this channel.
+      if (on_error_) on_error_(s.WithContext("rdma multifd channel " + std::to_string(i)));
+      break;
+    }
+  }
+  std::lock_guard lock(mu_);
+  channel_end_[i] = end.WithContext("rdma multifd channel " + std::to_string(i));
+  channel_done_[i] = true;
+  cv_.notify_all();
+}
+
+Status RdmaPageReceiver::WaitForMarkers(uint64_t rounds) {
+  std::unique_lock lock(mu_);
+  const auto deadline = std::chrono::steady_clock::now() + wait_limit_;
+  while (true) {
+    bool all = true;
+    for (size_t i = 0; i < channels_.size(); ++i) {
+      if (markers_[i] >= rounds) continue;
+      if (channel_done_[i]) return channel_end_[i];
+      all = false;
+    }
+    if (all) return Status();
+    if (finishing_) return Status::Cancelled("rdma: cancelled while waiting for the multifd channels");
+    if (cv_.wait_until(lock, deadline) == std::cv_status::timeout) {
+      return Status::Timeout("rdma: the multifd channels did not end round " + std::to_string(rounds) + " within " +
+                             std::to_string(wait_limit_.count() / 1000) + " s");
+    }
+  }
 }
 
 uint64_t RdmaPageReceiver::forbidden_flags() const {
@@ -77,15 +172,55 @@ Status RdmaPageReceiver::OnBlockListed(StreamReader& r, RamBlock& block) {
   return Status();
 }
 
+RdmaDestinationStats RdmaPageReceiver::Stats() const {
+  RdmaDestinationStats st;
+  st.channels = static_cast<uint32_t>(channels_.size());
+  st.pages_counted = (conn_.capabilities().flags & kCapFerryCounts) != 0;
+  st.written_pages = written_pages_;
+  st.compress_bytes = compress_bytes_;
+  st.compress_entries = compress_requests_;
+  st.register_requests = register_requests_;
+  st.registrations = registrations();
+  st.registered_bytes = registered_bytes_;
+  st.hooks = hooks_;
+  return st;
+}
+
+void RdmaPageReceiver::FillStats(MigrationStats& stats) const {
+  // The loader saw no page (none is in the stream); these are the pages it
+  // could not see. Without the source's count (QEMU) WRITEs stay uncounted:
+  // the summary says so.
+  const uint64_t zero = compress_bytes_ / 4096;
+  stats.ram.duplicate += zero;
+  if (conn_.capabilities().flags & kCapFerryCounts) {
+    stats.ram.normal += written_pages_;
+    stats.ram.normal_bytes += written_pages_ * 4096;
+  }
+}
+
 std::string RdmaPageReceiver::Summary() const {
-  return "rdma: " + std::to_string(hooks_) + " registration rounds, " +
-         (conn_.pin_all() ? "pin-all, " : "dynamic registration, ") + std::to_string(registrations()) +
-         " memory registrations, " + std::to_string(register_requests_) + " REGISTER REQUESTs, " +
-         std::to_string(compress_requests_) + " COMPRESS";
+  const RdmaDestinationStats st = Stats();
+  return "rdma: " + std::to_string(st.hooks) + " registration rounds, " +
+         (conn_.pin_all() ? "pin-all, " : "dynamic registration, ") + std::to_string(st.registrations) +
+         " memory registrations (" + std::to_string(st.registered_bytes >> 20) + " MiB), " +
+         std::to_string(st.register_requests) + " REGISTER REQUESTs; pages written by RDMA WRITE: " +
+         (st.pages_counted ? std::to_string(st.written_pages) + " (counted by the source)"
+                           : std::string("not known to this side (the source does not count them)")) +
+         ", zero pages by COMPRESS: " + std::to_string(st.compress_bytes / 4096) + " in " +
+         std::to_string(st.compress_entries) + " entries" +
+         (st.channels > 0 ? ", " + std::to_string(st.channels) + " multifd channels" : std::string());
 }
 
 Status RdmaPageReceiver::Finish() {
-  if (cache_) registrations_ = cache_->total_registered();
+  {
+    std::lock_guard lock(mu_);
+    finishing_ = true;
+  }
+  for (RdmaConnection* c : channels_) c->Shutdown();
+  for (std::thread& t : threads_) {
+    if (t.joinable()) t.join();
+  }
+  std::lock_guard lock(mu_);
   cache_.reset();  // deregisters every chunk and block
   if (note_) note_(Summary());
   return Status();
@@ -105,11 +240,16 @@ Result<RamBlock*> RdmaPageReceiver::BlockAt(uint32_t index, uint64_t key, uint64
 }
 
 Status RdmaPageReceiver::AnswerRamBlocks() {
+  std::lock_guard lock(mu_);
   if (!cache_) {
     std::vector<LocalBlock> local;
     for (RamBlock* b : order_) local.push_back({b->host, b->used_length});
     cache_ = std::make_unique<RegistrationCache>(registrar_, std::move(local), conn_.pin_all());
     FERRY_RETURN_IF_ERROR(cache_->RegisterAll());
+    if (conn_.pin_all()) {
+      for (RamBlock* b : order_) registered_bytes_ += b->used_length;
+    }
+    registrations_ = cache_->total_registered();
   }
   std::vector<DestBlock> blocks;
   for (size_t i = 0; i < order_.size(); ++i) {
@@ -124,10 +264,11 @@ Status RdmaPageReceiver::AnswerRamBlocks() {
   return conn_.Send(wire);
 }
 
-Status RdmaPageReceiver::AnswerRegister(const Message& m) {
-  if (!cache_) return Status::Protocol("rdma: REGISTER REQUEST before RAM BLOCKS REQUEST");
+Status RdmaPageReceiver::AnswerRegister(RdmaConnection& conn, const Message& m) {
   FERRY_ASSIGN_OR_RETURN(std::vector<RegisterEntry> entries, DecodeRegisterRequest(m));
   std::vector<RegisterResult> results;
+  std::unique_lock lock(mu_);
+  if (!cache_) return Status::Protocol("rdma: REGISTER REQUEST before RAM BLOCKS REQUEST");
   for (const RegisterEntry& e : entries) {
     uint64_t off = 0;
     FERRY_ASSIGN_OR_RETURN(RamBlock * b, BlockAt(e.block_index, e.key, &off));
@@ -138,15 +279,22 @@ Status RdmaPageReceiver::AnswerRegister(const Message& m) {
     }
     const uint64_t first = off >> kChunkShift;
     const uint64_t last = std::min(first + e.chunks, cache_->chunk_count(e.block_index) - 1);
+    const uint64_t before = cache_->total_registered();
     FERRY_ASSIGN_OR_RETURN(Keys k, cache_->Register(e.block_index, off, last - first + 1));
+    registrations_ = cache_->total_registered();
+    if (cache_->total_registered() != before) {
+      registered_bytes_ += std::min<uint64_t>((last + 1) << kChunkShift, b->used_length) - (first << kChunkShift);
+    }
     results.push_back({k.rkey, reinterpret_cast<uintptr_t>(b->host)});
     ++register_requests_;
   }
+  lock.unlock();
   FERRY_ASSIGN_OR_RETURN(std::vector<uint8_t> wire, EncodeRegisterResults(results));
-  return conn_.Send(wire);
+  return conn.Send(wire);
 }
 
 Status RdmaPageReceiver::AnswerUnregister(const Message& m) {
+  std::lock_guard lock(mu_);
   if (!cache_) return Status::Protocol("rdma: UNREGISTER REQUEST before RAM BLOCKS REQUEST");
   FERRY_ASSIGN_OR_RETURN(std::vector<RegisterEntry> entries, DecodeUnregisterRequest(m));
   for (const RegisterEntry& e : entries) FERRY_RETURN_IF_ERROR(cache_->Unregister(e.block_index, e.key));
@@ -173,6 +321,7 @@ Status RdmaPageReceiver::ApplyCompress(const Message& m) {
       if (!same) std::memset(p + i, fill, n);
     }
     ++compress_requests_;
+    compress_bytes_ += c.length;
   }
   return Status();
 }
@@ -187,7 +336,7 @@ Status RdmaPageReceiver::OnRamHook(StreamReader& r) {
         FERRY_RETURN_IF_ERROR(AnswerRamBlocks());
         break;
       case ControlType::kRegisterRequest:
-        FERRY_RETURN_IF_ERROR(AnswerRegister(m));
+        FERRY_RETURN_IF_ERROR(AnswerRegister(conn_, m));
         break;
       case ControlType::kUnregisterRequest:
         FERRY_RETURN_IF_ERROR(AnswerUnregister(m));
@@ -196,7 +345,11 @@ Status RdmaPageReceiver::OnRamHook(StreamReader& r) {
         FERRY_RETURN_IF_ERROR(ApplyCompress(m));
         break;
       case ControlType::kRegisterFinished:
-        return Status();
+        written_pages_ += DecodeWrittenPages(m);
+        // multifd: the rounds' pages are in place once every channel's
+        // markers for them arrived too (the source sent them first).
+        if (channels_.empty()) return Status();
+        return WaitForMarkers(DecodeRounds(m));
       case ControlType::kError:
         return Status::Protocol("rdma: the source reported an error (ERROR message) during registration");
       default:

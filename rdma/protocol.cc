@@ -74,7 +74,44 @@ Result<Capabilities> DecodeCapabilities(std::span<const uint8_t> data) {
     return Status::Unsupported("rdma: peer speaks RDMA protocol version " + std::to_string(c.version) +
                                ", ferry speaks version " + std::to_string(kProtocolVersion));
   }
+  if (c.flags & kFerryCapabilities) {
+    if (data.size() < kFerryCapabilitiesSize) {
+      return Status::Protocol("rdma: connection private data with ferry's multifd flags is " +
+                              std::to_string(data.size()) + " bytes, expected " +
+                              std::to_string(kFerryCapabilitiesSize));
+    }
+    c.channel = LoadBe32(data.data() + 8);
+    c.channels = LoadBe32(data.data() + 12);
+  }
   return c;
+}
+
+std::vector<uint8_t> EncodeConnectData(const Capabilities& caps) {
+  std::vector<uint8_t> out((caps.flags & kFerryCapabilities) ? kFerryCapabilitiesSize : kCapabilitiesSize);
+  StoreBe32(out.data(), caps.version);
+  StoreBe32(out.data() + 4, caps.flags);
+  if (out.size() > kCapabilitiesSize) {
+    StoreBe32(out.data() + 8, caps.channel);
+    StoreBe32(out.data() + 12, caps.channels);
+  }
+  return out;
+}
+
+std::vector<uint8_t> EncodeRegisterFinished(uint64_t written_pages, uint64_t rounds) {
+  uint8_t n[16];
+  StoreBe64(n, written_pages);
+  StoreBe64(n + 8, rounds);
+  return EncodeMessage(ControlType::kRegisterFinished, 1, std::span<const uint8_t>(n, 16)).value();
+}
+
+uint64_t DecodeWrittenPages(const Message& m) {
+  if (m.type != ControlType::kRegisterFinished || m.payload.size() < 8) return 0;
+  return LoadBe64(m.payload.data());
+}
+
+uint64_t DecodeRounds(const Message& m) {
+  if (m.type != ControlType::kRegisterFinished || m.payload.size() < 16) return 0;
+  return LoadBe64(m.payload.data() + 8);
 }
 
 Capabilities AcceptCapabilities(const Capabilities& requested) {

@@ -41,6 +41,22 @@ inline constexpr uint32_t kProtocolVersion = 1;
 // subset it accepts.
 inline constexpr uint32_t kCapPinAll = 0x01;  // register all guest RAM at setup
 inline constexpr uint32_t kKnownCapabilities = kCapPinAll;
+// ferry's own flags (ferry <-> ferry only, docs/rdma-multifd.md): QEMU drops
+// flags it does not know from its answer, so a source asking for them learns
+// that the peer does not take them.
+//   kCapFerryMultifd: the main connection; `channels` multifd channels follow.
+//   kCapFerryChannel: multifd channel number `channel` of `channels`.
+inline constexpr uint32_t kCapFerryMultifd = 0x00010000;
+inline constexpr uint32_t kCapFerryChannel = 0x00020000;
+//   kCapFerryCounts: every REGISTER FINISHED carries be64 pages the sender
+//   wrote by RDMA WRITE on this connection since its previous one (the
+//   destination's page counts; it sees no WRITE), then be64 rounds: on the
+//   main connection with multifd, the number of round markers every channel
+//   has sent before it (the destination waits for them).
+inline constexpr uint32_t kCapFerryCounts = 0x00040000;
+inline constexpr uint32_t kFerryCapabilities = kCapFerryMultifd | kCapFerryChannel | kCapFerryCounts;
+// With a ferry flag the private data goes on: be32 channel, be32 channels.
+inline constexpr size_t kFerryCapabilitiesSize = 16;
 
 // Dynamic registration works in 1 MiB chunks of each RAM block.
 inline constexpr unsigned kChunkShift = 20;
@@ -85,9 +101,14 @@ std::string ControlTypeName(ControlType type);
 struct Capabilities {
   uint32_t version = kProtocolVersion;
   uint32_t flags = 0;
+  uint32_t channel = 0;   // with kCapFerryChannel
+  uint32_t channels = 0;  // with kCapFerryMultifd or kCapFerryChannel
 };
+// 8 bytes, or 16 with a ferry flag (then channel and channels follow).
+std::vector<uint8_t> EncodeConnectData(const Capabilities& caps);
 std::array<uint8_t, kCapabilitiesSize> EncodeCapabilities(const Capabilities& caps);
-// Refuses short private data and versions other than kProtocolVersion.
+// Refuses short private data and versions other than kProtocolVersion; with
+// a ferry flag, private data shorter than 16 bytes.
 // Unknown flags are kept; AcceptCapabilities drops them.
 Result<Capabilities> DecodeCapabilities(std::span<const uint8_t> data);
 // The destination's answer to a source's request: same version, only the
@@ -160,6 +181,12 @@ Result<std::vector<uint8_t>> EncodeRegisterRequest(std::span<const RegisterEntry
 Result<std::vector<uint8_t>> EncodeUnregisterRequest(std::span<const RegisterEntry> entries);
 Result<std::vector<uint8_t>> EncodeRegisterResults(std::span<const RegisterResult> results);
 Result<std::vector<uint8_t>> EncodeCompress(std::span<const CompressEntry> entries);
+
+// REGISTER FINISHED, with kCapFerryCounts: be64 pages written, be64 rounds.
+std::vector<uint8_t> EncodeRegisterFinished(uint64_t written_pages, uint64_t rounds = 0);
+// The fields of a REGISTER FINISHED (0 when it has none: QEMU's).
+uint64_t DecodeWrittenPages(const Message& m);
+uint64_t DecodeRounds(const Message& m);
 
 // Checks the header of `received` (the bytes a RECV completion delivered):
 // at least 16 bytes, a known type other than kNone, len within what arrived

@@ -1,59 +1,115 @@
 #include "rdma/source.h"
 
-#include <cstring>
+#include <optional>
 #include <string>
 
 #include "core/wire.h"
 #include "rdma/verbs.h"
+#include "rdma/stats.h"
+#include "rdma/writer.h"
 
 namespace ferry::rdma {
+
+bool RunCoalescer::Add(RamBlock& b, uint64_t page_index) {
+  const uint64_t o = page_index << kPageShift;
+  if (len > 0 && &b == ram && o == off + len && (o >> kChunkShift) == (off >> kChunkShift)) {
+    len += kPageSize;
+    return true;
+  }
+  return false;
+}
+
+void RunCoalescer::Start(RamBlock& b, uint64_t page_index, const std::vector<RamBlock*>& order) {
+  if (&b != ram) {
+    ram = &b;
+    block = -1;
+    for (size_t i = 0; i < order.size(); ++i) {
+      if (order[i] == &b) block = static_cast<int64_t>(i);
+    }
+  }
+  off = page_index << kPageShift;
+  len = kPageSize;
+}
+
+void AddWriterStats(RdmaSourceStats& st, const WriterCounters& c) {
+  st.bytes_written += c.bytes_written;
+  st.bytes_copied += c.bytes_copied;
+  st.writes += c.writes;
+  st.zero_bytes += c.zero_bytes;
+  st.compress_messages += c.compress_messages;
+  st.register_requests += c.register_requests;
+}
+
+std::string RdmaSourceStats::Summary() const {
+  std::string s = "rdma: " + std::to_string(bytes_written / 4096) + " pages (" + std::to_string(bytes_written >> 20) +
+                  " MiB) in " + std::to_string(writes) + " RDMA WRITEs (" + std::to_string(signalled) + " signalled)";
+  if (bytes_copied > 0) s += ", " + std::to_string(bytes_copied >> 20) + " MiB of them copied (memory not registrable)";
+  s += ", " + std::to_string(zero_bytes / 4096) + " zero pages in " + std::to_string(compress_messages) +
+       " COMPRESS messages, " + std::to_string(register_requests) + " REGISTER REQUESTs, " +
+       std::to_string(local_registrations) + " source memory registrations";
+  if (channels > 0) s += ", " + std::to_string(channels) + " multifd channels";
+  return s;
+}
+
+Result<std::vector<DestBlock>> RequestRamBlocks(RdmaConnection& conn, const std::vector<RamBlock*>& blocks) {
+  FERRY_ASSIGN_OR_RETURN(Message m, conn.Request(EncodeEmpty(ControlType::kRamBlocksRequest),
+                                                 ControlType::kRamBlocksResult));
+  FERRY_ASSIGN_OR_RETURN(std::vector<DestBlock> dest, DecodeRamBlocksResult(m));
+  if (dest.size() != blocks.size()) {
+    return Status::Mismatch("rdma: the destination has " + std::to_string(dest.size()) + " RAM blocks, the source " +
+                            std::to_string(blocks.size()));
+  }
+  for (size_t i = 0; i < dest.size(); ++i) {
+    if (dest[i].length != blocks[i]->used_length) {
+      return Status::Mismatch("rdma: RAM block '" + blocks[i]->name + "' is " + std::to_string(dest[i].length) +
+                              " bytes on the destination, " + std::to_string(blocks[i]->used_length) + " here");
+    }
+  }
+  return dest;
+}
+
 namespace {
 
 class RdmaSink final : public PageSink {
  public:
-  RdmaSink(RdmaConnection& conn, StreamWriter& main) : conn_(conn), main_(main) {}
+  RdmaSink(RdmaConnection& conn, StreamWriter& main, std::function<void(std::string_view)> note)
+      : conn_(conn), main_(main), note_(std::move(note)), local_(conn.pd(), conn.pin_all()) {}
+  ~RdmaSink() override {
+    if (complete_ && note_ && writer_) note_(Stats().Summary());
+  }
+
+  Status OnComplete() override {
+    complete_ = true;
+    return Status();
+  }
+
+  RdmaSourceStats Stats() const {
+    RdmaSourceStats st;
+    AddWriterStats(st, writer_->counters());
+    st.signalled = conn_.writes_signalled();
+    st.local_registrations = local_.registrations();
+    return st;
+  }
 
   Status OnBlockListed(RamBlock& block) override {
-    Block b;
-    b.block = &block;
-    // Pages go through registered bounce buffers (one copy): registering
-    // guest memory itself would pin it (populating it, and with a read-only
-    // pin of anonymous memory racing the guest's copy-on-write) and fails on
-    // a read-only file mapping (send --memory-file). Zero-copy is left to do.
-    if (bounce_.empty()) {
-      bounce_.resize(kBounceSlots * kChunkSize);
-      FERRY_ASSIGN_OR_RETURN(bounce_mr_,
-                             RegisterMemory(conn_.pd(), bounce_.data(), bounce_.size(), IBV_ACCESS_LOCAL_WRITE));
-    }
-    b.chunk_rkey.assign((block.used_length + kChunkSize - 1) >> kChunkShift, 0);
-    blocks_.push_back(std::move(b));
+    blocks_.push_back(&block);
+    // The guest memory itself is registered (chunks on first use, or whole
+    // blocks with pin-all) and written from: no bounce copy.
+    local_.AddBlock(block.host, block.used_length);
     return Status();
   }
 
   Status OnSetupEnd() override {
     FERRY_RETURN_IF_ERROR(Hook());
-    FERRY_ASSIGN_OR_RETURN(Message m, conn_.Request(EncodeEmpty(ControlType::kRamBlocksRequest),
-                                                    ControlType::kRamBlocksResult));
-    FERRY_ASSIGN_OR_RETURN(std::vector<DestBlock> dest, DecodeRamBlocksResult(m));
-    if (dest.size() != blocks_.size()) {
-      return Status::Mismatch("rdma: the destination has " + std::to_string(dest.size()) + " RAM blocks, the source " +
-                              std::to_string(blocks_.size()));
-    }
-    for (size_t i = 0; i < dest.size(); ++i) {
-      if (dest[i].length != blocks_[i].block->used_length) {
-        return Status::Mismatch("rdma: RAM block '" + blocks_[i].block->name + "' is " +
-                                std::to_string(dest[i].length) + " bytes on the destination, " +
-                                std::to_string(blocks_[i].block->used_length) + " here");
-      }
-      blocks_[i].remote = dest[i];
-    }
+    FERRY_ASSIGN_OR_RETURN(std::vector<DestBlock> dest, RequestRamBlocks(conn_, blocks_));
+    if (conn_.pin_all()) FERRY_RETURN_IF_ERROR(local_.PinAll());
+    writer_.emplace(conn_, local_, std::move(dest), ZeroPolicy::kQemu);
     FERRY_RETURN_IF_ERROR(conn_.SendWhenReady(EncodeEmpty(ControlType::kRegisterFinished)));
-    setup_done_ = true;
     return Status();
   }
 
   void BeginSection() override {
-    if (!setup_done_) return;  // the setup section's hook comes after the block list
+    if (!writer_) return;  // the setup section's hook comes after the block list
     in_round_ = true;
     Status s = Hook();
     if (!s.ok()) main_.SetError(s);
@@ -62,45 +118,26 @@ class RdmaSink final : public PageSink {
   void Page(RamBlock& block, uint64_t page_index, bool zero) override {
     (void)zero;
     if (!main_.status().ok()) return;
-    const uint64_t off = page_index << kPageShift;
-    if (run_len_ > 0 && &block == run_block_->block && off == run_off_ + run_len_ &&
-        (off >> kChunkShift) == (run_off_ >> kChunkShift)) {
-      run_len_ += kPageSize;
-      return;
-    }
+    if (runs_.Add(block, page_index)) return;
     Status s = FlushRun();
     if (!s.ok()) return main_.SetError(s);
-    run_block_ = BlockOf(block);
-    run_off_ = off;
-    run_len_ = kPageSize;
+    runs_.Start(block, page_index, blocks_);
   }
 
   Status OnSectionEnd() override {
     if (!in_round_) return Status();
     in_round_ = false;
     FERRY_RETURN_IF_ERROR(FlushRun());
-    FERRY_RETURN_IF_ERROR(conn_.DrainWrites());
-    next_slot_ = 0;
-    return conn_.SendWhenReady(EncodeEmpty(ControlType::kRegisterFinished));
+    // Every WRITE of the round completes before REGISTER FINISHED: the
+    // destination reads the section's EOS only after that.
+    FERRY_RETURN_IF_ERROR(writer_->EndRound());
+    return conn_.SendWhenReady(writer_->FinishedMessage());
   }
 
-  uint64_t accounted_bytes() const override { return written_; }
+  uint64_t accounted_bytes() const override { return taken_; }
   void Abort() override { conn_.Shutdown(); }
 
  private:
-  struct Block {
-    RamBlock* block = nullptr;
-    DestBlock remote;
-    std::vector<uint32_t> chunk_rkey;  // dynamic: 0 = not registered yet
-  };
-
-  Block* BlockOf(RamBlock& b) {
-    for (Block& x : blocks_) {
-      if (x.block == &b) return &x;
-    }
-    return nullptr;
-  }
-
   // The HOOK record, flushed so that the destination reads it before the
   // registration messages.
   Status Hook() {
@@ -109,57 +146,30 @@ class RdmaSink final : public PageSink {
   }
 
   Status FlushRun() {
-    if (run_len_ == 0) return Status();
-    Block& b = *run_block_;
-    if (!b.block) return Status::Internal("rdma: page of a block that was not listed");
-    const size_t index = &b - blocks_.data();
-    const uint64_t chunk = run_off_ >> kChunkShift;
-    uint32_t rkey = b.remote.rkey;
-    if (!conn_.pin_all()) {
-      if (b.chunk_rkey[chunk] == 0) {
-        RegisterEntry e{b.remote.offset + run_off_, static_cast<uint32_t>(index), 0};
-        FERRY_ASSIGN_OR_RETURN(std::vector<uint8_t> req, EncodeRegisterRequest(std::span(&e, 1)));
-        FERRY_ASSIGN_OR_RETURN(Message m, conn_.Request(req, ControlType::kRegisterResult));
-        FERRY_ASSIGN_OR_RETURN(std::vector<RegisterResult> r, DecodeRegisterResults(m));
-        if (r.size() != 1 || r[0].rkey == 0) return Status::Protocol("rdma: REGISTER RESULT without a key");
-        b.chunk_rkey[chunk] = r[0].rkey;
-      }
-      rkey = b.chunk_rkey[chunk];
-    }
-    if (next_slot_ == kBounceSlots) {  // every slot may still be in flight
-      FERRY_RETURN_IF_ERROR(conn_.DrainWrites());
-      next_slot_ = 0;
-    }
-    uint8_t* slot = bounce_.data() + next_slot_++ * kChunkSize;
-    std::memcpy(slot, b.block->host + run_off_, run_len_);
-    FERRY_RETURN_IF_ERROR(conn_.Write(slot, static_cast<uint32_t>(run_len_), bounce_mr_->lkey,
-                                      b.remote.host_addr + run_off_, rkey));
-    written_ += run_len_;
-    run_len_ = 0;
-    return Status();
+    if (runs_.len == 0) return Status();
+    if (runs_.block < 0) return Status::Internal("rdma: page of a block that was not listed");
+    taken_ += runs_.len;
+    Status s = writer_->Run(static_cast<uint32_t>(runs_.block), runs_.off, runs_.len);
+    runs_.len = 0;
+    return s;
   }
-
-  // 1 MiB each: a run never crosses a chunk. 8 keep the QP busy while the
-  // next runs are copied; all are reused only after a drain.
-  static constexpr size_t kBounceSlots = 8;
 
   RdmaConnection& conn_;
   StreamWriter& main_;
-  std::vector<Block> blocks_;
-  std::vector<uint8_t> bounce_;
-  MemoryRegion bounce_mr_;  // declared after bounce_: deregistered first
-  size_t next_slot_ = 0;
-  bool setup_done_ = false;
+  std::function<void(std::string_view)> note_;
+  std::vector<RamBlock*> blocks_;
+  LocalMemory local_;
+  std::optional<PageWriter> writer_;  // after local_: goes first
   bool in_round_ = false;
-  Block* run_block_ = nullptr;
-  uint64_t run_off_ = 0, run_len_ = 0;
-  uint64_t written_ = 0;
+  bool complete_ = false;
+  RunCoalescer runs_;
+  uint64_t taken_ = 0;
 };
 
 }  // namespace
 
 Result<std::unique_ptr<PageSink>> RdmaSinkFactory::Make(StreamWriter& main) {
-  return std::unique_ptr<PageSink>(std::make_unique<RdmaSink>(conn_, main));
+  return std::unique_ptr<PageSink>(std::make_unique<RdmaSink>(conn_, main, note_));
 }
 
 }  // namespace ferry::rdma

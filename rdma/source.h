@@ -6,9 +6,10 @@
 //   setup (START):  block list, then HOOK, RAM BLOCKS REQUEST -> RESULT
 //                   (remote addresses; rkeys with pin-all), REGISTER FINISHED
 //   every PART/END: HOOK; per run of contiguous pages inside one 1 MiB chunk
-//                   one WRITE (dynamic: REGISTER REQUEST first for a chunk
-//                   not registered yet); at the section end every WRITE
-//                   completes, then REGISTER FINISHED
+//                   one WRITE straight from guest memory (dynamic: REGISTER
+//                   REQUEST first for a chunk not registered yet; a run all
+//                   zeros in such a chunk is a COMPRESS instead); at the
+//                   section end every WRITE completes, then REGISTER FINISHED
 //
 //   auto conn = RdmaConnection::Connect(uri, /*pin_all=*/false, timeout);
 //   RdmaStreamChannel channel(**conn, RdmaStreamChannel::Side::kSource);
@@ -16,24 +17,50 @@
 //   MigrationSource(params, blocks, tracker, guest, {}, &sinks).Run(channel, false);
 #pragma once
 
+#include <functional>
 #include <memory>
+#include <string_view>
 #include <vector>
 
 #include "core/page_sink.h"
+#include "core/ram_block.h"
 #include "rdma/connection.h"
 
 namespace ferry::rdma {
 
+// Contiguous pages of one block inside one 1 MiB chunk, gathered on the
+// migration thread (`block` is the index in the setup list's order).
+struct RunCoalescer {
+  RamBlock* ram = nullptr;
+  int64_t block = -1;
+  uint64_t off = 0, len = 0;
+  // Extends the run by the page if it continues it; false otherwise.
+  bool Add(RamBlock& b, uint64_t page_index);
+  // A new run of this page (the one before must be taken: len = 0).
+  void Start(RamBlock& b, uint64_t page_index, const std::vector<RamBlock*>& order);
+};
+
+struct RdmaSourceStats;
+struct WriterCounters;
+void AddWriterStats(RdmaSourceStats& st, const WriterCounters& c);
+
+// Setup: RAM BLOCKS REQUEST -> RESULT, checked against the source's blocks.
+Result<std::vector<DestBlock>> RequestRamBlocks(RdmaConnection& conn, const std::vector<RamBlock*>& blocks);
+
 class RdmaSinkFactory final : public PageSinkFactory {
  public:
-  explicit RdmaSinkFactory(RdmaConnection& conn) : conn_(conn) {}
+  // `note`: where the sink reports its counters once complete (may be empty).
+  explicit RdmaSinkFactory(RdmaConnection& conn, std::function<void(std::string_view)> note = {})
+      : conn_(conn), note_(std::move(note)) {}
   Result<std::unique_ptr<PageSink>> Make(StreamWriter& main) override;
-  // Zero pages are written like any other (the destination's memory may hold
-  // older data); the saver needs not look for them.
+  // Zero pages are found by the sink (a zero run in a chunk not registered
+  // yet becomes a COMPRESS; others are written like any page: the
+  // destination's memory may hold older data); the saver needs not look.
   bool saver_detects_zero() const override { return false; }
 
  private:
   RdmaConnection& conn_;
+  std::function<void(std::string_view)> note_;
 };
 
 }  // namespace ferry::rdma

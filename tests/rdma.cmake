@@ -34,3 +34,9 @@ add_test(NAME rdma/failures
                  ${PROJECT_SOURCE_DIR}/tests/rdma/failures $<TARGET_FILE:rdma_bad_rkey_dest>)
 set_tests_properties(rdma/failures PROPERTIES
   LABELS "rdma;integration" TIMEOUT 900 SKIP_RETURN_CODE 77 RUN_SERIAL ON)
+# multifd over rdma, ferry <-> ferry (docs/rdma-multifd.md).
+add_test(NAME rdma/multifd
+         COMMAND ${PROJECT_SOURCE_DIR}/tests/rdma/ctest.sh ferry $<TARGET_FILE:ferry>
+                 ${PROJECT_SOURCE_DIR}/tests/rdma/multifd)
+set_tests_properties(rdma/multifd PROPERTIES
+  LABELS "rdma;integration" TIMEOUT 900 SKIP_RETURN_CODE 77 RUN_SERIAL ON)

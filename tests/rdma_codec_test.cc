@@ -174,6 +174,37 @@ TEST(RdmaCodec, Capabilities) {
   EXPECT_FALSE(DecodeCapabilities(Bytes({0, 0, 0, 1})).ok());
 }
 
+// ferry's own flags (docs/rdma-multifd.md): 16 bytes of private data with
+// the channel number and count; QEMU's answer (AcceptCapabilities) drops them.
+TEST(RdmaCodec, FerryMultifdCapabilities) {
+  std::vector<uint8_t> plain = EncodeConnectData({kProtocolVersion, kCapPinAll});
+  EXPECT_EQ(plain, Bytes({0, 0, 0, 1, 0, 0, 0, 1}));  // QEMU's 8 bytes without ferry flags
+  std::vector<uint8_t> wire = EncodeConnectData({kProtocolVersion, kCapFerryChannel | kCapFerryCounts, 3, 4});
+  EXPECT_EQ(wire, Bytes({0, 0, 0, 1, 0, 0x06, 0, 0, 0, 0, 0, 3, 0, 0, 0, 4}));
+  auto c = DecodeCapabilities(wire);
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  EXPECT_EQ(c->flags, kCapFerryChannel | kCapFerryCounts);
+  EXPECT_EQ(c->channel, 3u);
+  EXPECT_EQ(c->channels, 4u);
+  EXPECT_EQ(AcceptCapabilities(*c).flags, 0u);  // what QEMU (or ferry without multifd) answers
+  auto short_data = DecodeCapabilities(Bytes({0, 0, 0, 1, 0, 1, 0, 0}));
+  ASSERT_FALSE(short_data.ok());
+  EXPECT_EQ(short_data.status().code(), Code::kProtocol);
+
+  // REGISTER FINISHED with the pages written since the previous one.
+  std::vector<uint8_t> fin = EncodeRegisterFinished(0x0102030405, 7);
+  EXPECT_EQ(fin.size(), kHeaderSize + 16);
+  auto m = DecodeMessage(fin);
+  ASSERT_TRUE(m.ok());
+  EXPECT_EQ(m->type, ControlType::kRegisterFinished);
+  EXPECT_EQ(DecodeWrittenPages(*m), 0x0102030405u);
+  EXPECT_EQ(DecodeRounds(*m), 7u);
+  auto empty = DecodeMessage(EncodeEmpty(ControlType::kRegisterFinished));
+  ASSERT_TRUE(empty.ok());
+  EXPECT_EQ(DecodeWrittenPages(*empty), 0u);  // QEMU's: no count
+  EXPECT_EQ(DecodeRounds(*empty), 0u);
+}
+
 // A verbs layer that hands out fake keys and counts live registrations.
 class FakeRegistrar : public Registrar {
  public:
