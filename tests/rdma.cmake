@@ -21,8 +21,6 @@ add_test(NAME rdma/qemu10.0
          COMMAND ${PROJECT_SOURCE_DIR}/tests/rdma/ctest.sh ferry $<TARGET_FILE:ferry>
                  ${PROJECT_SOURCE_DIR}/tests/rdma/qemu10
                  qemu10-system-x86_64=${FERRY_QEMU10_ROOT}/usr/bin/qemu-system-x86_64)
-set_tests_properties(rdma/vm_smoke rdma/qemu7.2_to_ferry rdma/ferry_send rdma/qemu10.0 PROPERTIES
-  LABELS "rdma;integration" TIMEOUT 900 SKIP_RETURN_CODE 77 RUN_SERIAL ON)
 
 # Failure cases in the VM (tests/rdma/failures): connection refused, the
 # destination killed or SIGINT mid-migration, a remote access error (a fake
@@ -32,11 +30,14 @@ target_link_libraries(rdma_bad_rkey_dest PRIVATE ferry_core)
 add_test(NAME rdma/failures
          COMMAND ${PROJECT_SOURCE_DIR}/tests/rdma/ctest.sh ferry $<TARGET_FILE:ferry>
                  ${PROJECT_SOURCE_DIR}/tests/rdma/failures $<TARGET_FILE:rdma_bad_rkey_dest>)
-set_tests_properties(rdma/failures PROPERTIES
-  LABELS "rdma;integration" TIMEOUT 900 SKIP_RETURN_CODE 77 RUN_SERIAL ON)
 # multifd over rdma, ferry <-> ferry (docs/rdma-multifd.md).
 add_test(NAME rdma/multifd
          COMMAND ${PROJECT_SOURCE_DIR}/tests/rdma/ctest.sh ferry $<TARGET_FILE:ferry>
                  ${PROJECT_SOURCE_DIR}/tests/rdma/multifd)
-set_tests_properties(rdma/multifd PROPERTIES
-  LABELS "rdma;integration" TIMEOUT 900 SKIP_RETURN_CODE 77 RUN_SERIAL ON)
+
+# Each VM test boots a TCG guest (30-110 s on 2 cores): labelled slow, so the
+# sanitizer pass of .ci/run and a quick local loop (-LE slow) leave them out;
+# the release pass runs them every time.
+set_tests_properties(rdma/vm_smoke rdma/qemu7.2_to_ferry rdma/ferry_send rdma/qemu10.0 rdma/failures
+                     rdma/multifd PROPERTIES
+  LABELS "rdma;integration;slow" TIMEOUT 900 SKIP_RETURN_CODE 77 RUN_SERIAL ON)
