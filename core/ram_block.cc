@@ -1,9 +1,30 @@
 #include "core/ram_block.h"
 
+#include <sys/mman.h>
+
 #include <algorithm>
 #include <bit>
 
 namespace ferry {
+
+bool PageHashes::Enable(uint64_t pages) {
+  Reset();
+  if (pages == 0) return false;
+  // Anonymous and never touched: reads as zeros ("not recorded") and takes
+  // memory only where entries are written.
+  void* p = ::mmap(nullptr, pages * sizeof(uint64_t), PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (p == MAP_FAILED) return false;
+  data_ = static_cast<uint64_t*>(p);
+  pages_ = pages;
+  return true;
+}
+
+void PageHashes::Reset() {
+  if (data_) ::munmap(data_, pages_ * sizeof(uint64_t));
+  data_ = nullptr;
+  pages_ = 0;
+}
 
 uint64_t DirtyBitmap::SetRange(uint64_t first, uint64_t count) {
   uint64_t added = 0;
@@ -19,6 +40,17 @@ uint64_t DirtyBitmap::SetRange(uint64_t first, uint64_t count) {
     i += n;
   }
   return added;
+}
+
+void DirtyBitmap::ClearRange(uint64_t first, uint64_t count) {
+  uint64_t i = first;
+  const uint64_t end = std::min(first + count, bits_);
+  while (i < end) {
+    const uint64_t lo = i & 63;
+    const uint64_t n = std::min<uint64_t>(64 - lo, end - i);
+    words_[i >> 6] &= ~((n == 64 ? ~0ull : ((1ull << n) - 1)) << lo);
+    i += n;
+  }
 }
 
 uint64_t DirtyBitmap::Count() const {
