@@ -55,8 +55,24 @@ void HashPages(const RamBlock& b, uint64_t first, uint64_t count, uint64_t* out,
       out[i] = IsZeroPage(page) ? zero_hash : XXH3_64bits(page, kPageSize);
     }
   };
+  uint64_t to_read = count;
+  if (have || known) {
+    // Look-ups first, on this thread (no thread wakes up for them); only the
+    // pages left to read are worth other threads.
+    to_read = 0;
+    for (uint64_t i = 0; i < count; ++i) {
+      if (known && b.known_zero.Test(first + i)) {
+        out[i] = zero_hash;
+      } else if (const uint64_t h = have ? b.page_hashes.Get(first + i) : 0; h != 0) {
+        out[i] = h;
+      } else {
+        ++to_read;
+      }
+    }
+    if (to_read == 0) return;
+  }
   const uint64_t hw = std::max(1u, std::thread::hardware_concurrency());
-  const uint64_t threads = std::min<uint64_t>({hw, 8, count / kMinPagesPerThread});
+  const uint64_t threads = std::min<uint64_t>({hw, 8, to_read / kMinPagesPerThread});
   if (threads <= 1) {
     run(0, count);
     return;
