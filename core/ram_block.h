@@ -62,7 +62,9 @@ class DirtyBitmap {
   // Index of the first set bit at or after `from`, or size() if none.
   uint64_t FindNextSet(uint64_t from) const;
   // Index of the first clear bit at or after `from`, or size() if none.
-  uint64_t FindNextClear(uint64_t from) const;
+  uint64_t FindNextClear(uint64_t from) const { return FindNextClear(from, bits_); }
+  // The same, looking no further than `limit` (returned if all are set).
+  uint64_t FindNextClear(uint64_t from, uint64_t limit) const;
   const std::vector<uint64_t>& words() const { return words_; }
   std::vector<uint64_t>& words() { return words_; }
 
@@ -76,7 +78,8 @@ class DirtyBitmap {
 // so that verification need not read guest memory again. 0 = not recorded
 // (that page is hashed from memory). Disabled (no storage) unless the
 // destination verifies and every writer of its pages records. The storage
-// is reserved lazily: only entries written take memory (8 bytes per 4 KiB).
+// is reserved lazily: only entries written take memory (8 bytes per 4 KiB,
+// in 2 MiB huge pages where the kernel has them).
 // Writers of distinct pages may run on different threads at once.
 class PageHashes {
  public:
@@ -94,7 +97,7 @@ class PageHashes {
 
  private:
   uint64_t* data_ = nullptr;
-  uint64_t pages_ = 0;
+  uint64_t bytes_ = 0;  // of the mapping at data_
 };
 
 struct RamBlock {

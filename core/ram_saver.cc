@@ -68,10 +68,13 @@ bool RamSaver::SendSome(uint64_t budget) {
       // as data from a zero buffer under zero-page-detection=none).
       const bool known_zero = b.KnownZero(i);
       if (known_zero && zero_runs_) {
-        // The whole run of dirty, known-zero pages from here in one record.
-        // (Bit i itself was cleared above.)
-        const uint64_t end = std::min(b.dirty.FindNextClear(i + 1), b.known_zero.FindNextClear(i));
-        if (end - i > 1 && sink_.ZeroRun(b, i, end - i)) {
+        // The whole run of dirty, known-zero pages from here in one record:
+        // the known-zero run first, then dirty bits only that far (bit i
+        // itself was cleared above). A sink without the record says so once.
+        const uint64_t kz_end = b.known_zero.FindNextClear(i);
+        const uint64_t end = b.dirty.FindNextClear(i + 1, kz_end);
+        if (end - i > 1 && !sink_.ZeroRun(b, i, end - i)) zero_runs_ = false;
+        if (end - i > 1 && zero_runs_) {
           b.dirty.ClearRange(i, end - i);
           page_ = end;
           if (detect_zero_) {

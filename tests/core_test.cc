@@ -247,6 +247,21 @@ TEST(RoundTrip, SmallReadsStillLoad) {
   EXPECT_EQ(std::memcmp(src.mem, dst.mem, src.size), 0);
 }
 
+TEST(DirtyBitmapRange, FindNextClearStopsAtItsLimit) {
+  DirtyBitmap b(1000);
+  b.SetAll();
+  EXPECT_EQ(b.FindNextClear(3), 1000u);
+  EXPECT_EQ(b.FindNextClear(3, 700), 700u);
+  b.Clear(650);
+  EXPECT_EQ(b.FindNextClear(3, 700), 650u);
+  EXPECT_EQ(b.FindNextClear(651, 700), 700u);
+  EXPECT_EQ(b.FindNextClear(651, 5000), 1000u);
+  EXPECT_EQ(b.FindNextClear(700, 700), 700u);
+  b.ClearRange(64, 130);
+  EXPECT_EQ(b.FindNextClear(0), 64u);
+  EXPECT_EQ(b.FindNextSet(64), 194u);
+}
+
 // Runs of never-populated pages go ferry to ferry as one ZERO_RUN record
 // each; the destination zeroes what it held there (memory that was not
 // fresh) and verifies.
