@@ -53,7 +53,7 @@ for _ in $(seq 1 "$rounds"); do
     fi
     one anon-tcp1 $label "$bin" -- --ram 4G --fill random=50,zero=50 --layout runs
     one anon-mfd2 $label "$bin" "${mfd[@]}" -- --ram 4G --fill random=50,zero=50 --layout runs "${mfd[@]}"
-    one sparse16-tcp1 $label "$bin" -- --ram 16G --force --fill random=6,zero=94 --layout runs
+    one sparse16-tcp1 $label "$bin" --max-ram 16G -- --ram 16G --force --fill random=6,zero=94 --layout runs
     one sparse1-tcp1 $label "$bin" -- --ram 1G --fill random=99,zero=1 --layout runs
   done
 done
