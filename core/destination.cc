@@ -199,6 +199,7 @@ Status MigrationDestination::RunInner(Channel& channel) {
       blocks_, allocator_, options_.fresh_memory, options_.receiver,
       options_.multifd_sync_on_eos || (options_.receiver && options_.receiver->sync_on_eos()));
   ram_->SetMaxRam(options_.max_ram, options_.max_ram_source);
+  ram_->RecordPageHashes(options_.expect_verify);
   if (options_.receiver) {
     FERRY_RETURN_IF_ERROR(options_.receiver->Start([this](const Status& err) {
       std::lock_guard<std::mutex> lock(mu_);

@@ -36,6 +36,16 @@ class PageSink {
   // sink's own threads surface through the main StreamWriter's status (the
   // sink sets it from the migration thread), so the page loop stays flat.
   virtual void Page(RamBlock& block, uint64_t page_index, bool zero) = 0;
+  // `count` >= 1 pages from `first` on, all known to be zero (never
+  // populated), in one go. Returns false when this sink has no such record
+  // (then the saver gives it the pages one by one). Only called when the
+  // peer is ferry (RamSaver::SetZeroRuns).
+  virtual bool ZeroRun(RamBlock& block, uint64_t first, uint64_t count) {
+    (void)block;
+    (void)first;
+    (void)count;
+    return false;
+  }
   // After each block's entry {name, length} in the setup list (mapped-ram
   // writes its per-block header here and moves the main stream past the
   // block's page region).
@@ -79,6 +89,8 @@ class StreamSink final : public PageSink {
   explicit StreamSink(StreamWriter& w) : w_(w) {}
   void BeginSection() override { last_block_ = nullptr; }
   void Page(RamBlock& block, uint64_t page_index, bool zero) override;
+  // One ZERO_RUN record (ferry's extension, wire::kRamZeroRun).
+  bool ZeroRun(RamBlock& block, uint64_t first, uint64_t count) override;
 
  private:
   StreamWriter& w_;

@@ -1,9 +1,40 @@
 #include "core/ram_block.h"
 
+#include <sys/mman.h>
+
 #include <algorithm>
 #include <bit>
 
 namespace ferry {
+
+bool PageHashes::Enable(uint64_t pages) {
+  Reset();
+  if (pages == 0) return false;
+  // Anonymous and never touched: reads as zeros ("not recorded") and takes
+  // memory only where entries are written. Huge pages where the kernel has
+  // them: one fault per 256 Ki pages recorded (1 GiB of guest memory), not
+  // one per 512, so the destination's faults stay about one per 2 MiB of data.
+  constexpr uint64_t kHuge = 2ull << 20;
+  const uint64_t len = (pages * sizeof(uint64_t) + kHuge - 1) & ~(kHuge - 1);
+  void* p = ::mmap(nullptr, len + kHuge, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (p == MAP_FAILED) return false;
+  const uintptr_t raw = reinterpret_cast<uintptr_t>(p);
+  const uintptr_t aligned = (raw + kHuge - 1) & ~(kHuge - 1);
+  if (aligned > raw) ::munmap(p, aligned - raw);
+  if (const uintptr_t tail = raw + len + kHuge - (aligned + len); tail > 0) {
+    ::munmap(reinterpret_cast<void*>(aligned + len), tail);
+  }
+  (void)::madvise(reinterpret_cast<void*>(aligned), len, MADV_HUGEPAGE);  // a hint: 4 KiB pages otherwise
+  data_ = reinterpret_cast<uint64_t*>(aligned);
+  bytes_ = len;
+  return true;
+}
+
+void PageHashes::Reset() {
+  if (data_) ::munmap(data_, bytes_);
+  data_ = nullptr;
+  bytes_ = 0;
+}
 
 uint64_t DirtyBitmap::SetRange(uint64_t first, uint64_t count) {
   uint64_t added = 0;
@@ -19,6 +50,17 @@ uint64_t DirtyBitmap::SetRange(uint64_t first, uint64_t count) {
     i += n;
   }
   return added;
+}
+
+void DirtyBitmap::ClearRange(uint64_t first, uint64_t count) {
+  uint64_t i = first;
+  const uint64_t end = std::min(first + count, bits_);
+  while (i < end) {
+    const uint64_t lo = i & 63;
+    const uint64_t n = std::min<uint64_t>(64 - lo, end - i);
+    words_[i >> 6] &= ~((n == 64 ? ~0ull : ((1ull << n) - 1)) << lo);
+    i += n;
+  }
 }
 
 uint64_t DirtyBitmap::Count() const {
@@ -41,16 +83,18 @@ uint64_t DirtyBitmap::FindNextSet(uint64_t from) const {
   }
 }
 
-uint64_t DirtyBitmap::FindNextClear(uint64_t from) const {
-  if (from >= bits_) return bits_;
+uint64_t DirtyBitmap::FindNextClear(uint64_t from, uint64_t limit) const {
+  limit = std::min(limit, bits_);
+  if (from >= limit) return limit;
   uint64_t w = from >> 6;
+  const uint64_t last = (limit - 1) >> 6;
   uint64_t word = ~words_[w] & (~0ull << (from & 63));
   while (true) {
     if (word) {
       uint64_t i = (w << 6) + std::countr_zero(word);
-      return i < bits_ ? i : bits_;
+      return i < limit ? i : limit;
     }
-    if (++w >= words_.size()) return bits_;
+    if (++w > last) return limit;
     word = ~words_[w];
   }
 }

@@ -54,19 +54,50 @@ class DirtyBitmap {
   }
   // Sets bits [first, first+count); returns how many were not set before.
   uint64_t SetRange(uint64_t first, uint64_t count);
+  // Clears bits [first, first+count).
+  void ClearRange(uint64_t first, uint64_t count);
   void SetAll() { SetRange(0, bits_); }
   void ClearAll() { std::fill(words_.begin(), words_.end(), 0); }
   uint64_t Count() const;
   // Index of the first set bit at or after `from`, or size() if none.
   uint64_t FindNextSet(uint64_t from) const;
   // Index of the first clear bit at or after `from`, or size() if none.
-  uint64_t FindNextClear(uint64_t from) const;
+  uint64_t FindNextClear(uint64_t from) const { return FindNextClear(from, bits_); }
+  // The same, looking no further than `limit` (returned if all are set).
+  uint64_t FindNextClear(uint64_t from, uint64_t limit) const;
   const std::vector<uint64_t>& words() const { return words_; }
   std::vector<uint64_t>& words() { return words_; }
 
  private:
   uint64_t bits_ = 0;
   std::vector<uint64_t> words_;
+};
+
+// One XXH3-64 per page of a destination's block, recorded by whoever writes
+// the page (the loader, multifd receivers) while it is still in the cache,
+// so that verification need not read guest memory again. 0 = not recorded
+// (that page is hashed from memory). Disabled (no storage) unless the
+// destination verifies and every writer of its pages records. The storage
+// is reserved lazily: only entries written take memory (8 bytes per 4 KiB,
+// in 2 MiB huge pages where the kernel has them).
+// Writers of distinct pages may run on different threads at once.
+class PageHashes {
+ public:
+  PageHashes() = default;
+  PageHashes(const PageHashes&) = delete;
+  PageHashes& operator=(const PageHashes&) = delete;
+  ~PageHashes() { Reset(); }
+  // Reserves room for `pages` entries, all "not recorded". False when the
+  // memory could not be reserved (then it stays disabled).
+  bool Enable(uint64_t pages);
+  void Reset();
+  bool enabled() const { return data_ != nullptr; }
+  void Set(uint64_t i, uint64_t h) { data_[i] = h; }
+  uint64_t Get(uint64_t i) const { return data_[i]; }
+
+ private:
+  uint64_t* data_ = nullptr;
+  uint64_t bytes_ = 0;  // of the mapping at data_
 };
 
 struct RamBlock {
@@ -88,6 +119,9 @@ struct RamBlock {
   // never-written pages with SEEK_HOLE instead of the page tables. Not owned.
   int backing_fd = -1;
   uint64_t backing_offset = 0;
+  // Destination only: the hashes of pages as they were written (see
+  // PageHashes); verification uses them instead of reading the pages.
+  PageHashes page_hashes;
 
   uint64_t pages() const { return used_length >> kPageShift; }
   uint8_t* page(uint64_t index) const { return host + (index << kPageShift); }

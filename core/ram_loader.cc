@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <cstring>
 
+#include "core/verify.h"
 #include "core/wire.h"
 #include "core/zero_page.h"
 
@@ -81,6 +82,11 @@ Status RamLoader::LoadBlockList(StreamReader& r, uint64_t total) {
       b->known_zero.Resize(b->pages());
       b->known_zero.SetAll();
     }
+    if (record_hashes_ && (!receiver_ || receiver_->records_page_hashes())) {
+      b->page_hashes.Enable(b->pages());
+    } else {
+      b->page_hashes.Reset();
+    }
     if (receiver_) FERRY_RETURN_IF_ERROR(receiver_->OnBlockListed(r, *b));
   }
   for (size_t i = 0; i < blocks_.size(); ++i) {
@@ -91,6 +97,35 @@ Status RamLoader::LoadBlockList(StreamReader& r, uint64_t total) {
   }
   setup_seen_ = true;
   return Status::Ok();
+}
+
+void RamLoader::ZeroRun(RamBlock& b, uint64_t first, uint64_t count) {
+  // Pages still known to be zero cost nothing, 64 at a time; the others are
+  // zeroed (if they are not already) like a ZERO record's page.
+  const bool tracked = b.known_zero.size() != 0;
+  const bool hashes = b.page_hashes.enabled();
+  const uint64_t end = first + count;
+  uint64_t i = first;
+  while (i < end) {
+    if (tracked) {
+      if ((i & 63) == 0 && end - i >= 64) {
+        uint64_t& word = b.known_zero.words()[i >> 6];
+        const uint64_t w = receiver_ ? std::atomic_ref<uint64_t>(word).load(std::memory_order_relaxed) : word;
+        if (w == ~0ull) {
+          i += 64;
+          continue;
+        }
+      }
+      if (receiver_ ? b.known_zero.TestAtomic(i) : b.known_zero.Test(i)) {
+        ++i;
+        continue;
+      }
+    }
+    uint8_t* host = b.page(i);
+    if (!IsZeroPage(host)) std::memset(host, 0, kPageSize);
+    if (hashes) b.page_hashes.Set(i, ZeroPageHash());
+    ++i;
+  }
 }
 
 size_t RamLoader::IndexOf(const RamBlock* b) const {
@@ -123,7 +158,7 @@ Status RamLoader::Load(StreamReader& r, uint32_t version) {
     return Status::Protocol("RAM section version " + std::to_string(version) + " is not supported (only 4)");
   }
   constexpr uint64_t kKnown = wire::kRamZero | wire::kRamMemSize | wire::kRamPage | wire::kRamEos |
-                              wire::kRamContinue | wire::kRamMultifdFlush | wire::kRamHook;
+                              wire::kRamContinue | wire::kRamMultifdFlush | wire::kRamHook | wire::kRamZeroRun;
   while (true) {
     const uint64_t at = r.offset();
     const uint64_t rec = r.GetBe64();
@@ -166,7 +201,10 @@ Status RamLoader::Load(StreamReader& r, uint32_t version) {
           // their threads (the barrier orders a page's records).
           const bool known_zero =
               b->known_zero.size() != 0 && (receiver_ ? b->known_zero.TestAtomic(index) : b->known_zero.Test(index));
-          if (!known_zero && !IsZeroPage(host)) std::memset(host, 0, kPageSize);
+          if (!known_zero) {
+            if (!IsZeroPage(host)) std::memset(host, 0, kPageSize);
+            if (b->page_hashes.enabled()) b->page_hashes.Set(index, ZeroPageHash());
+          }
           ++counters_.zero_pages;
         } else {
           if (b->known_zero.size() != 0) {
@@ -178,8 +216,27 @@ Status RamLoader::Load(StreamReader& r, uint32_t version) {
           }
           r.GetBytes(host, kPageSize);
           FERRY_RETURN_IF_ERROR(r.status());
+          // Hashed now, while the page is in the cache: verification then
+          // need not read it again.
+          if (b->page_hashes.enabled()) b->page_hashes.Set(index, PageHash(host));
           ++counters_.normal_pages;
         }
+        break;
+      }
+      case wire::kRamZeroRun: {
+        if (!setup_seen_) return Status::Protocol("zero-run record before the RAM block list" + At(at));
+        RamBlock* b = BlockFor(r, flags, at);
+        FERRY_RETURN_IF_ERROR(r.status());
+        const uint64_t count = r.GetBe64();
+        FERRY_RETURN_IF_ERROR(r.status());
+        const uint64_t first = addr >> kPageShift;
+        if (addr >= b->used_length || count == 0 || count > b->pages() - first) {
+          return Status::Protocol("zero-run record of " + std::to_string(count) + " pages at offset " + Hex(addr) +
+                                  " does not fit RAM block '" + b->name + "' (" + Hex(b->used_length) + " bytes)" +
+                                  At(at));
+        }
+        ZeroRun(*b, first, count);
+        counters_.zero_pages += count;
         break;
       }
       case wire::kRamEos:

@@ -60,6 +60,9 @@ class PageReceiver {
   // Every EOS is a barrier (QEMU <= 7.2's placement, multifd's
   // multifd-flush-after-each-section), not only MULTIFD_FLUSH records.
   virtual bool sync_on_eos() const { return false; }
+  // True when this receiver records RamBlock::page_hashes for every page it
+  // writes (and zeroes), so verification may use them instead of reading.
+  virtual bool records_page_hashes() const { return false; }
   // The block list is known (after the MEM_SIZE record): pages may be
   // placed from now on. Receivers wait for this before touching memory.
   virtual void BlocksReady(RamBlockList& blocks) = 0;
@@ -114,6 +117,11 @@ class RamLoader final : public SectionLoader {
     max_ram_source_ = std::move(source);
   }
 
+  // Record each page's hash as it is written (RamBlock::page_hashes), for a
+  // destination that verifies: set before the block list arrives. Only
+  // where every writer records (no receiver, or one that says it does).
+  void RecordPageHashes(bool on) { record_hashes_ = on; }
+
   bool setup_seen() const { return setup_seen_; }
   const RamLoaderCounters& counters() const { return counters_; }
 
@@ -121,12 +129,15 @@ class RamLoader final : public SectionLoader {
   Status LoadBlockList(StreamReader& r, uint64_t total);
   RamBlock* BlockFor(StreamReader& r, uint64_t flags, uint64_t at);
   size_t IndexOf(const RamBlock* b) const;
+  // A ZERO_RUN record's pages [first, first + count) of `b`.
+  void ZeroRun(RamBlock& b, uint64_t first, uint64_t count);
 
   RamBlockList& blocks_;
   RamBlockAllocator* allocator_;
   bool fresh_;
   PageReceiver* receiver_;
   bool sync_on_eos_;
+  bool record_hashes_ = false;
   bool setup_seen_ = false;
   bool eos_seen_ = false;    // the first RAM section (setup) has ended
   bool flush_seen_ = false;  // a MULTIFD_FLUSH record was read

@@ -25,6 +25,19 @@ void StreamSink::Page(RamBlock& block, uint64_t page_index, bool zero) {
   PutPageRecord(w_, last_block_, block, page_index, zero);
 }
 
+bool StreamSink::ZeroRun(RamBlock& block, uint64_t first, uint64_t count) {
+  const uint64_t hdr = (first << kPageShift) | wire::kRamZeroRun;
+  if (&block == last_block_) {
+    w_.PutBe64(hdr | wire::kRamContinue);
+  } else {
+    w_.PutBe64(hdr);
+    w_.PutName(block.name);
+    last_block_ = &block;
+  }
+  w_.PutBe64(count);
+  return true;
+}
+
 void RamSaver::MarkAllDirty() {
   for (RamBlock& b : blocks_) b.dirty.SetAll();
 }
@@ -54,6 +67,26 @@ bool RamSaver::SendSome(uint64_t budget) {
       // (the multifd sink then puts it in a packet's zero list, or sends it
       // as data from a zero buffer under zero-page-detection=none).
       const bool known_zero = b.KnownZero(i);
+      if (known_zero && zero_runs_) {
+        // The whole run of dirty, known-zero pages from here in one record:
+        // the known-zero run first, then dirty bits only that far (bit i
+        // itself was cleared above). A sink without the record says so once.
+        const uint64_t kz_end = b.known_zero.FindNextClear(i);
+        const uint64_t end = b.dirty.FindNextClear(i + 1, kz_end);
+        if (end - i > 1 && !sink_.ZeroRun(b, i, end - i)) zero_runs_ = false;
+        if (end - i > 1 && zero_runs_) {
+          b.dirty.ClearRange(i, end - i);
+          page_ = end;
+          if (detect_zero_) {
+            counters_.zero_pages += end - i;
+          } else {
+            counters_.normal_pages += end - i;
+          }
+          if (!w_.status().ok()) return false;
+          if (bytes() - start >= budget) return false;
+          continue;
+        }
+      }
       bool zero = known_zero || (detect_zero_ && IsZeroPage(b.page(i)));
       if (zero && detect_zero_) {
         ++counters_.zero_pages;

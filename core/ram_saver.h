@@ -35,6 +35,9 @@ class RamSaver {
   RamSaver(RamBlockList& blocks, StreamWriter& w, PageSink& sink, bool detect_zero)
       : blocks_(blocks), w_(w), sink_(sink), detect_zero_(detect_zero) {}
 
+  // The peer is ferry: runs of known-zero pages may go as one ZERO_RUN
+  // record (if the sink has it) instead of one ZERO record per page.
+  void SetZeroRuns(bool on) { zero_runs_ = on; }
   // Marks every page dirty (the first round sends all of RAM).
   void MarkAllDirty();
   // Writes the setup data of the START section (then call EndSetupSection).
@@ -64,6 +67,7 @@ class RamSaver {
   StreamWriter& w_;
   PageSink& sink_;
   bool detect_zero_;
+  bool zero_runs_ = false;
   size_t block_ = 0;
   uint64_t page_ = 0;
   RamSaverCounters counters_;

@@ -47,7 +47,11 @@ void UnpopulatedFinder::Begin(RamBlockList& blocks) {
 
 void UnpopulatedFinder::Confirm(RamBlockList& blocks, bool markers_look_swapped) {
   for (RamBlock& b : blocks) {
-    if (b.known_zero.size() != 0) Scan(b, Pass::kConfirm, markers_look_swapped);
+    // Confirm only clears bits: a block without any (a memory file that is
+    // all data) needs no second walk of its page cache or page tables.
+    if (b.known_zero.size() != 0 && b.known_zero.FindNextSet(0) < b.known_zero.size()) {
+      Scan(b, Pass::kConfirm, markers_look_swapped);
+    }
   }
   stats_.pages = 0;
   for (const RamBlock& b : blocks) stats_.pages += b.known_zero.size() ? b.known_zero.Count() : 0;

@@ -23,36 +23,56 @@ constexpr uint64_t kStepPages = 64 * 1024;
 // Below this many pages a step is hashed on the calling thread.
 constexpr uint64_t kMinPagesPerThread = 4096;
 
-uint64_t ZeroPageHash() {
-  static const uint64_t h = [] {
-    std::vector<uint8_t> zero(kPageSize, 0);
-    return XXH3_64bits(zero.data(), kPageSize);
-  }();
-  return h;
-}
-
 // XXH3-64 of pages [first, first+count) of `b` into out[0..count). Zero pages
 // (the untouched part of most guests) are recognised by a scan that is much
 // cheaper than hashing. Hashing all of a guest's RAM is most of the cost of
 // verification and runs while the guest is paused, so the pages are split
 // over up to hardware_concurrency threads.
-void HashPages(const RamBlock& b, uint64_t first, uint64_t count, uint64_t* out) {
+// On a destination (`recorded`), the hashes its writers recorded stand for
+// the pages they wrote: the destination's memory changes only through them.
+// The source always reads: its final memory is what the guest left there,
+// and the dirty tracker that should have caught every write is exactly what
+// verification must be able to catch out.
+void HashPages(const RamBlock& b, uint64_t first, uint64_t count, uint64_t* out, bool recorded) {
   const uint64_t zero_hash = ZeroPageHash();
   // Pages known to be zero (never populated on a source, never written on a
   // destination) are not read at all: a read would fault them in.
   const bool known = b.known_zero.size() != 0;
+  const bool have = recorded && b.page_hashes.enabled();
   auto run = [&](uint64_t from, uint64_t to) {
     for (uint64_t i = from; i < to; ++i) {
       if (known && b.known_zero.Test(first + i)) {
         out[i] = zero_hash;
         continue;
       }
+      if (have) {
+        if (const uint64_t h = b.page_hashes.Get(first + i); h != 0) {
+          out[i] = h;
+          continue;
+        }
+      }
       const uint8_t* page = b.page(first + i);
       out[i] = IsZeroPage(page) ? zero_hash : XXH3_64bits(page, kPageSize);
     }
   };
+  uint64_t to_read = count;
+  if (have || known) {
+    // Look-ups first, on this thread (no thread wakes up for them); only the
+    // pages left to read are worth other threads.
+    to_read = 0;
+    for (uint64_t i = 0; i < count; ++i) {
+      if (known && b.known_zero.Test(first + i)) {
+        out[i] = zero_hash;
+      } else if (const uint64_t h = have ? b.page_hashes.Get(first + i) : 0; h != 0) {
+        out[i] = h;
+      } else {
+        ++to_read;
+      }
+    }
+    if (to_read == 0) return;
+  }
   const uint64_t hw = std::max(1u, std::thread::hardware_concurrency());
-  const uint64_t threads = std::min<uint64_t>({hw, 8, count / kMinPagesPerThread});
+  const uint64_t threads = std::min<uint64_t>({hw, 8, to_read / kMinPagesPerThread});
   if (threads <= 1) {
     run(0, count);
     return;
@@ -66,6 +86,16 @@ void HashPages(const RamBlock& b, uint64_t first, uint64_t count, uint64_t* out)
 
 }  // namespace
 
+uint64_t PageHash(const uint8_t* page) { return XXH3_64bits(page, kPageSize); }
+
+uint64_t ZeroPageHash() {
+  static const uint64_t h = [] {
+    std::vector<uint8_t> zero(kPageSize, 0);
+    return XXH3_64bits(zero.data(), kPageSize);
+  }();
+  return h;
+}
+
 void WriteVerifyPayload(StreamWriter& w, const RamBlockList& blocks) {
   w.PutBe32(static_cast<uint32_t>(blocks.size()));
   std::vector<uint64_t> hashes(kStepPages);
@@ -78,7 +108,7 @@ void WriteVerifyPayload(StreamWriter& w, const RamBlockList& blocks) {
     const uint64_t pages = b.pages();
     for (uint64_t i = 0; i < pages; i += kStepPages) {
       const uint64_t n = std::min(kStepPages, pages - i);
-      HashPages(b, i, n, hashes.data());
+      HashPages(b, i, n, hashes.data(), /*recorded=*/false);
       for (uint64_t j = 0; j < n; ++j) StoreBe64(&raw[j * 8], hashes[j]);
       XXH3_128bits_update(st, raw.data(), n * 8);
       w.PutBytes(raw.data(), n * 8);
@@ -128,7 +158,7 @@ Status VerifyLoader::Load(StreamReader& r, uint32_t version) {
         return r.status();
       }
       XXH3_128bits_update(st, raw.data(), n * 8);
-      HashPages(*b, i, n, mine.data());
+      HashPages(*b, i, n, mine.data(), /*recorded=*/true);
       for (uint64_t j = 0; j < n; ++j) {
         const uint64_t theirs = LoadBe64(&raw[j * 8]);
         if (mine[j] != theirs) {

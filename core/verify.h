@@ -20,6 +20,13 @@
 
 namespace ferry {
 
+// The per-page hash the section carries (XXH3-64 of the 4096 bytes), and
+// its value for a zero page. Destination writers record PageHash of each
+// page they write in RamBlock::page_hashes (ZeroPageHash for a page they
+// zero), so that verification need not read the page again.
+uint64_t PageHash(const uint8_t* page);
+uint64_t ZeroPageHash();
+
 // Writes the section payload for `blocks` (guest paused).
 void WriteVerifyPayload(StreamWriter& w, const RamBlockList& blocks);
 

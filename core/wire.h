@@ -68,6 +68,10 @@ inline constexpr uint64_t kRamXbzrle = 0x40;       // not supported by ferry
 inline constexpr uint64_t kRamHook = 0x80;         // RDMA registration hook
 inline constexpr uint64_t kRamCompressPage = 0x100;// removed from QEMU: rejected
 inline constexpr uint64_t kRamMultifdFlush = 0x200;// multifd barrier (QEMU >= 8)
+// ferry to ferry only (never sent with --qemu-compat; QEMU uses no flag above
+// 0x200): + be64 page count n >= 1; the n pages from the offset on are zero.
+// One record for a run of never-populated pages instead of n ZERO records.
+inline constexpr uint64_t kRamZeroRun = 0x800;
 inline constexpr uint64_t kRamFlagMask = 0xfff;
 
 // ferry's own verification section (capability "verify"; never sent to QEMU).

@@ -743,8 +743,9 @@ class Walker {
         continue;
       }
       if (kind == wire::kRamMultifdFlush) continue;
-      if (kind != wire::kRamPage && kind != wire::kRamZero) {
-        e = "RAM record with flags " + Hex(flags) + where + " (not PAGE, ZERO, MEM_SIZE, EOS or MULTIFD_FLUSH)";
+      if (kind != wire::kRamPage && kind != wire::kRamZero && kind != wire::kRamZeroRun) {
+        e = "RAM record with flags " + Hex(flags) + where +
+            " (not PAGE, ZERO, ferry's ZERO_RUN, MEM_SIZE, EOS or MULTIFD_FLUSH)";
         return false;
       }
       if (!r_.ram_setup) {
@@ -777,6 +778,15 @@ class Walker {
       if (kind == wire::kRamPage) {
         if (!c_.Skip(kPage, "a page's data", &e)) return false;
         ++s.page_records;
+      } else if (kind == wire::kRamZeroRun) {
+        uint64_t count = 0;
+        if (!c_.Be64(&count, "a zero-run record", &e)) return false;
+        if (count == 0 || count > (block.size - addr) / kPage) {
+          e = "zero-run record of " + std::to_string(count) + " pages at " + Hex(addr) + " outside block '" +
+              block.name + "'" + where;
+          return false;
+        }
+        s.zero_records += count;
       } else {
         uint8_t fill = 0;
         if (!c_.U8(&fill, "a zero record", &e)) return false;

@@ -25,6 +25,7 @@
 
 #include "core/endian.h"
 #include "core/thread_name.h"
+#include "core/verify.h"
 #include "core/zero_page.h"
 #include "multifd/multifd.h"
 #include "multifd/settings.h"
@@ -45,6 +46,7 @@ class MultifdReceiver final : public PageReceiver {
   void Abort() override;
   Status Finish() override;
   bool sync_on_eos() const override { return sync_on_eos_; }
+  bool records_page_hashes() const override { return true; }
   void FillStats(MigrationStats& stats) const override;
   void SetProgressBound(const ProgressBound& bound) override {
     for (auto& r : receivers_) {
@@ -441,10 +443,18 @@ Status MultifdReceiver::ReceiveLoop(Receiver& r) {
       for (uint32_t k = 0; k < h.normal_pages; ++k) block->known_zero.ClearAtomic(offsets[k] >> kPageShift);
     }
     FERRY_RETURN_IF_ERROR(ReadPages(r, h, block, offsets));
+    // Hashes for verification while the pages are still in this core's cache.
+    const bool hashes = block != nullptr && block->page_hashes.enabled();
+    if (hashes) {
+      for (uint32_t k = 0; k < h.normal_pages; ++k) {
+        block->page_hashes.Set(offsets[k] >> kPageShift, PageHash(block->host + offsets[k]));
+      }
+    }
     for (uint32_t k = h.normal_pages; k < count; ++k) {
       if (tracked && block->known_zero.TestAtomic(offsets[k] >> kPageShift)) continue;
       uint8_t* page = block->host + offsets[k];
       if (!IsZeroPage(page)) std::memset(page, 0, kPageSize);
+      if (hashes) block->page_hashes.Set(offsets[k] >> kPageShift, ZeroPageHash());
     }
     const uint64_t data = (h.flags & kCompressionMask) ? checked_header.next_packet_size
                                                        : static_cast<uint64_t>(h.normal_pages) * kPageSize;

@@ -798,7 +798,11 @@ def run_ferry(args, variant, pattern, size, workdir, run_idx):
     # The migration phase only (ferry's --json "resources"; GNU time's
     # figures above include the guest's fill).
     sres, rres = sj.get("resources") or {}, rj.get("resources") or {}
+    def mig_cpu(r):
+        c = r.get("cpu-seconds")
+        return c / (size / GIB) if isinstance(c, (int, float)) else None
     mig = {"mig_minflt_src": sres.get("minor-faults"), "mig_minflt_dst": rres.get("minor-faults"),
+           "mig_cpu_s_per_gib_src": mig_cpu(sres), "mig_cpu_s_per_gib_dst": mig_cpu(rres),
            "mig_rss_growth_mib_src": ((sres["peak-rss"] - sres["rss-at-start"]) / MIB
                                       if "peak-rss" in sres and "rss-at-start" in sres else None)}
     normal = (rj.get("ram") or {}).get("normal-bytes")
@@ -1085,6 +1089,7 @@ def run_qemu(args, qemu, variant, pattern, size, workdir, run_idx):
         "minflt_src": f_src1[0] - f_src0[0], "minflt_dst": f_dst1[0] - f_dst0[0],
         "majflt_src": f_src1[1] - f_src0[1], "majflt_dst": f_dst1[1] - f_dst0[1],
         "mig_minflt_src": f_src1[0] - f_src0[0], "mig_minflt_dst": f_dst1[0] - f_dst0[0],
+        "mig_cpu_s_per_gib_src": (src_user + src_sys) / gib, "mig_cpu_s_per_gib_dst": (dst_user + dst_sys) / gib,
         # VmHWM may predate the migration (the loader's copy): growth is
         # measured on VmRSS before and after instead.
         "mig_rss_growth_mib_src": src_rss_after - src_rss_before,
@@ -1160,7 +1165,8 @@ NUMERIC = ("time_s", "wall_s", "cpu_s_per_gib_src", "cpu_s_per_gib_dst",
            "peak_rss_mib_src", "peak_rss_mib_dst", "gib_per_s",
            "minflt_src", "minflt_dst", "majflt_src", "majflt_dst",
            "wire_bytes", "multifd_bytes", "normal_bytes", "lo_bytes",
-           "mig_minflt_src", "mig_minflt_dst", "mig_rss_growth_mib_src")
+           "mig_minflt_src", "mig_minflt_dst", "mig_rss_growth_mib_src",
+           "mig_cpu_s_per_gib_src", "mig_cpu_s_per_gib_dst")
 
 
 def summarize(runs):
@@ -1336,7 +1342,7 @@ def print_report(res, size, args):
         # Memory discipline (issue 13): the migration phase only, per GiB of guest RAM.
         print()
         print(f"{'migration phase (best run)':{w}} {'faults/GiB src':>14} {'dst':>8} {'RSS growth src':>15} "
-              f"{'peak RSS src':>13} {'dst':>7}")
+              f"{'peak RSS src':>13} {'dst':>7} {'CPU s/GiB src':>14} {'dst':>6}")
         for name, m in frows:
             if name.startswith("iperf3"):
                 continue
@@ -1345,9 +1351,11 @@ def print_report(res, size, args):
                 return f2(x / gib if isinstance(x, (int, float)) else None, ".0f")
             print(f"{name:{w}} {per_gib(m.get('mig_minflt_src')):>14} {per_gib(m.get('mig_minflt_dst')):>8} "
                   f"{f2(m.get('mig_rss_growth_mib_src'), '.0f') + ' MiB':>15} "
-                  f"{f2(m.get('peak_rss_mib_src'), '.0f'):>13} {f2(m.get('peak_rss_mib_dst'), '.0f'):>7}")
-        print("ferry: --json \"resources\" (getrusage deltas, VmHWM); QEMU: /proc/PID/stat minflt from migrate "
-              "to completed, VmHWM; RSS growth = peak - RSS at start (ferry), VmRSS after - before (QEMU). "
+                  f"{f2(m.get('peak_rss_mib_src'), '.0f'):>13} {f2(m.get('peak_rss_mib_dst'), '.0f'):>7} "
+                  f"{f2(m.get('mig_cpu_s_per_gib_src'), '.3f'):>14} {f2(m.get('mig_cpu_s_per_gib_dst'), '.3f'):>6}")
+        print("ferry: --json \"resources\" (getrusage deltas, VmHWM); QEMU: /proc/PID/stat minflt and utime+stime "
+              "from migrate to completed, VmHWM; CPU s/GiB here is the migration only on both (the main table's "
+              "ferry CPU is the whole process: start-up, mapping, recv --prealloc); RSS growth = peak - RSS at start (ferry), VmRSS after - before (QEMU). "
               "Targets: source 0 faults for never-populated pages (<= 1 per 2 MiB populated + a constant), "
               "RSS growth <= 64 MiB.")
     fc = res.get("fault_cost")

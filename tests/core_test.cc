@@ -247,6 +247,75 @@ TEST(RoundTrip, SmallReadsStillLoad) {
   EXPECT_EQ(std::memcmp(src.mem, dst.mem, src.size), 0);
 }
 
+TEST(DirtyBitmapRange, FindNextClearStopsAtItsLimit) {
+  DirtyBitmap b(1000);
+  b.SetAll();
+  EXPECT_EQ(b.FindNextClear(3), 1000u);
+  EXPECT_EQ(b.FindNextClear(3, 700), 700u);
+  b.Clear(650);
+  EXPECT_EQ(b.FindNextClear(3, 700), 650u);
+  EXPECT_EQ(b.FindNextClear(651, 700), 700u);
+  EXPECT_EQ(b.FindNextClear(651, 5000), 1000u);
+  EXPECT_EQ(b.FindNextClear(700, 700), 700u);
+  b.ClearRange(64, 130);
+  EXPECT_EQ(b.FindNextClear(0), 64u);
+  EXPECT_EQ(b.FindNextSet(64), 194u);
+}
+
+// Runs of never-populated pages go ferry to ferry as one ZERO_RUN record
+// each; the destination zeroes what it held there (memory that was not
+// fresh) and verifies.
+TEST(ZeroRun, UnpopulatedRunsGoAsOneRecordAndLoadAsZeros) {
+  TestRam src(64 * 4096), dst(64 * 4096);
+  std::memset(src.mem + 10 * 4096, 0x11, 4096);  // pages 0-9, 11-39, 41-63 never touched
+  std::memset(src.mem + 40 * 4096, 0x22, 4096);
+  std::memset(dst.mem, 0x55, dst.size);          // not fresh: every page must be written
+  auto s = SaveStream(src);
+  Builder run;  // page 0: ZERO_RUN of pages 0-9, with the block's name
+  run.be64(wire::kRamZeroRun).name("ram").be64(10);
+  EXPECT_NE(std::search(s.begin(), s.end(), run.b.begin(), run.b.end()), s.end());
+  Builder tail;  // pages 41-63 in one record after page 40
+  tail.be64((41 * 4096) | wire::kRamZeroRun | wire::kRamContinue).be64(23);
+  EXPECT_NE(std::search(s.begin(), s.end(), tail.b.begin(), tail.b.end()), s.end());
+  DestinationOptions o;
+  o.fresh_memory = false;
+  LoadResult res = LoadStream(s, dst, o);
+  ASSERT_TRUE(res.status.ok()) << res.status.ToString();
+  EXPECT_TRUE(res.stats.verified);
+  EXPECT_EQ(std::memcmp(src.mem, dst.mem, src.size), 0);
+  EXPECT_EQ(res.stats.ram.duplicate, 62u);
+  EXPECT_EQ(res.stats.ram.normal, 2u);
+}
+
+// A QEMU peer never gets one: every page has its own record.
+TEST(ZeroRun, NeverSentToQemu) {
+  TestRam src(64 * 4096);
+  std::memset(src.mem + 10 * 4096, 0x11, 4096);
+  RamBlockList blocks;
+  ASSERT_TRUE(blocks.Add("ram", src.mem, src.size).ok());
+  auto tracker = MakeDirtyTracker(DirtyTrackerKind::kAllOnce);
+  ASSERT_TRUE(tracker.ok());
+  MigrationParams p;
+  p.machine = "none";
+  p.qemu_compat = true;
+  MigrationSource source(p, blocks, **tracker, nullptr);
+  MemoryChannel ch;
+  Status st = source.Run(ch, /*await_verdict=*/false);
+  ASSERT_TRUE(st.ok()) << st.ToString();
+  TestRam dst(64 * 4096);
+  const std::vector<uint8_t> out = ch.out();
+  DestinationOptions o = NoVerify();
+  o.machine = "none";
+  LoadResult res = LoadStream(out, dst, o);
+  ASSERT_TRUE(res.status.ok()) << res.status.ToString();
+  EXPECT_EQ(res.stats.ram.duplicate, 63u);
+  // Page 1 has its own ZERO record.
+  Builder zero1;
+  zero1.be64((1 * 4096) | wire::kRamZero | wire::kRamContinue).u8(0);
+  EXPECT_NE(std::search(out.begin(), out.end(), zero1.b.begin(), zero1.b.end()), out.end());
+  EXPECT_EQ(std::memcmp(src.mem, dst.mem, src.size), 0);
+}
+
 // ---------------------------------------------------------------- bad input
 
 void ExpectFailure(const std::vector<uint8_t>& bytes, const std::string& needle, DestinationOptions o = NoVerify(),
@@ -339,6 +408,17 @@ TEST(BadInput, BlockLengthExceedsTotal) {
   ExpectFailure(b.b, "exceeds the announced total");
 }
 
+TEST(BadInput, ZeroRunOutsideTheBlock) {
+  Builder b;
+  b.header().start(0, "ram", 4).ram_setup(8192).footer(0);
+  b.u8(wire::kSectionPart).be32(0).be64(4096 | wire::kRamZeroRun).name("ram").be64(2);
+  ExpectFailure(b.b, "zero-run record of 2 pages at offset 0x1000 does not fit RAM block 'ram'");
+  Builder c;
+  c.header().start(0, "ram", 4).ram_setup(8192).footer(0);
+  c.u8(wire::kSectionPart).be32(0).be64(wire::kRamZeroRun).name("ram").be64(0);
+  ExpectFailure(c.b, "zero-run record of 0 pages");
+}
+
 TEST(BadInput, PageOffsetOutOfRange) {
   Builder b;
   std::vector<uint8_t> page(4096, 1);
@@ -361,8 +441,8 @@ TEST(BadInput, UnknownFlags) {
   ExpectFailure(b.b, "unknown RAM record flags 0x40");
   Builder c;
   c.header().start(0, "ram", 4).ram_setup(8192).footer(0);
-  c.u8(wire::kSectionPart).be32(0).be64(0x800);
-  ExpectFailure(c.b, "unknown RAM record flags 0x800");
+  c.u8(wire::kSectionPart).be32(0).be64(0x400);
+  ExpectFailure(c.b, "unknown RAM record flags 0x400");
 }
 
 // QEMU's RDMA hook record is the RDMA transport's business: without an rdma

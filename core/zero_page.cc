@@ -7,13 +7,13 @@
 // is OR-ed together 256 bytes at a time, leaving at the first block with a set
 // bit. The first block re-reads the head (from L1) so that every block has
 // the same size. Loads are unaligned: callers need not align pages.
-#include "multifd/zero_detect.h"
+#include "core/zero_page.h"
 
 #include <immintrin.h>
 
 #include <cstring>
 
-namespace ferry::multifd {
+namespace ferry {
 namespace {
 
 constexpr size_t kPage = 4096;
@@ -117,4 +117,4 @@ const ZeroCheck& BestZeroCheck() {
 
 std::vector<ZeroCheck> AvailableZeroChecks() { return Detect(); }
 
-}  // namespace ferry::multifd
+}  // namespace ferry
