@@ -169,7 +169,7 @@ Status PageWriter::Run(uint32_t b, uint64_t offset, uint64_t len) {
     case ZeroPolicy::kQemu: {
       const bool unregistered = !conn_.pin_all() && rkey_[b][offset >> kChunkShift] == 0;
       bool zero = unregistered;
-      for (uint64_t i = 0; zero && i < len; i += kPage) zero = IsZeroPage(host + i, kPage);
+      for (uint64_t i = 0; zero && i < len; i += kPage) zero = IsZeroPage(host + i);
       if (!zero) return Write(b, offset, len);
       // One entry per message: QEMU's destination applies one.
       FERRY_RETURN_IF_ERROR(AddZero(b, offset, len));
@@ -180,7 +180,7 @@ Status PageWriter::Run(uint32_t b, uint64_t offset, uint64_t len) {
       bool seg_zero = false;
       for (uint64_t i = 0; i <= len; i += kPage) {
         const bool end = i == len;
-        const bool z = !end && IsZeroPage(host + i, kPage);
+        const bool z = !end && IsZeroPage(host + i);
         if (i > seg && (end || z != seg_zero)) {
           FERRY_RETURN_IF_ERROR(seg_zero ? AddZero(b, offset + seg, i - seg) : Write(b, offset + seg, i - seg));
           seg = i;
