@@ -27,6 +27,7 @@
 #include "core/wire.h"
 #include "core/zero_page.h"
 #include "file/io_engine.h"
+#include "file/stats.h"
 
 namespace ferry::mapped_ram {
 namespace {
@@ -286,13 +287,15 @@ class MappedRamSink final : public PageSink {
 
   void FillStats(MigrationStats& stats) const override {
     if (!threaded_) return;
-    stats.file_threads.assign(writers_.size(), ChannelStats{});
+    auto t = std::make_shared<FileThreadStats>();
+    t->threads.resize(writers_.size());
     for (size_t i = 0; i < writers_.size(); ++i) {
-      ChannelStats& c = stats.file_threads[i];
+      FileThread& c = t->threads[i];
       c.bytes = writers_[i]->bytes.load(std::memory_order_relaxed);
       c.pages = c.bytes / kPageSize;
-      c.packets = writers_[i]->requests.load(std::memory_order_relaxed);
+      c.requests = writers_[i]->requests.load(std::memory_order_relaxed);
     }
+    stats.Set(std::move(t));
   }
 
  private:
@@ -652,13 +655,15 @@ class MappedRamReceiver final : public PageReceiver {
     stats.ram.normal += pages;
     stats.ram.normal_bytes += pages * kPageSize;
     if (options_.channels == 0) return;
-    stats.file_threads.assign(readers_.size(), ChannelStats{});
+    auto t = std::make_shared<FileThreadStats>();
+    t->threads.resize(readers_.size());
     for (size_t i = 0; i < readers_.size(); ++i) {
-      ChannelStats& c = stats.file_threads[i];
+      FileThread& c = t->threads[i];
       c.pages = readers_[i]->pages.load(std::memory_order_relaxed);
       c.bytes = c.pages * kPageSize;
-      c.packets = readers_[i]->requests.load(std::memory_order_relaxed);
+      c.requests = readers_[i]->requests.load(std::memory_order_relaxed);
     }
+    stats.Set(std::move(t));
   }
 
  private:

@@ -41,6 +41,7 @@
 #include "../socket/socket.h"
 #include "packet.h"
 #include "settings.h"
+#include "stats.h"
 
 namespace ferry::multifd {
 

@@ -464,28 +464,29 @@ uint64_t MultifdSink::accounted_bytes() const {
 
 void MultifdSink::FillStats(MigrationStats& stats) const {
   uint64_t total = 0;
-  stats.multifd_channels.assign(senders_.size(), ChannelStats{});
+  auto mf = std::make_shared<MultifdStats>();
+  mf->channels.assign(senders_.size(), ChannelStats{});
   for (size_t i = 0; i < senders_.size(); ++i) {
     const Sender& s = *senders_[i];
-    ChannelStats& c = stats.multifd_channels[i];
+    ChannelStats& c = mf->channels[i];
     c.bytes = s.bytes.load(std::memory_order_relaxed);
     c.pages = s.pages.load(std::memory_order_relaxed);
     c.packets = s.packets.load(std::memory_order_relaxed);
     total += c.bytes;
   }
-  stats.multifd_bytes += total;
+  mf->bytes = total;
   // The saver counted every page it handed over as normal; the senders found
   // some of them all zeros. The saver's published count may lag behind the
   // senders', so never let it go below zero.
   const uint64_t z = zero_pages_.load(std::memory_order_relaxed);
-  stats.multifd_zero_pages += z;
+  mf->zero_pages = z;
   const uint64_t moved = std::min(z, stats.ram.normal);
   stats.ram.normal -= moved;
   stats.ram.duplicate += moved;
   stats.ram.normal_bytes = stats.ram.normal * kPageSize;
-  stats.zero_copy = ZeroCopyStats{};
-  stats.zero_copy.enabled = zero_copy_;
-  for (const auto& sp : senders_) sp->zc.AddTo(stats.zero_copy);
+  mf->zero_copy.enabled = zero_copy_;
+  for (const auto& sp : senders_) sp->zc.AddTo(mf->zero_copy);
+  stats.Set(std::move(mf));
 }
 
 // --- sender threads ----------------------------------------------------------

@@ -32,6 +32,7 @@
 #include "core/wire.h"
 #include "file/file_channel.h"
 #include "file/mapped_ram.h"
+#include "file/stats.h"
 
 namespace ferry {
 namespace {
@@ -529,7 +530,7 @@ TEST(MappedRam, ThreadCountersReachTheStats) {
   Guest src(specs);
   FillGuest(src, 7, 0);
   const std::string path = dir.Path("vm.mig");
-  std::vector<ChannelStats> seen;
+  std::vector<FileThread> seen;
   MigrationParams params;
   params.max_bandwidth = 64 * kMiB;  // a quarter of a second to look at it
   SaveResult saved = SaveMapped(path, src, Opts(3, false), params, nullptr, nullptr, 0,
@@ -537,7 +538,8 @@ TEST(MappedRam, ThreadCountersReachTheStats) {
                                   // Sample while it runs (hang guard only).
                                   for (int i = 0; i < 2000; ++i) {
                                     MigrationStats st = s.Stats();
-                                    if (!st.file_threads.empty()) seen = st.file_threads;
+                                    const auto& threads = FileThreadStats::Of(st).threads;
+                                    if (!threads.empty()) seen = threads;
                                     if (IsTerminal(st.state)) break;
                                     std::this_thread::sleep_for(1ms);
                                   }
@@ -545,15 +547,15 @@ TEST(MappedRam, ThreadCountersReachTheStats) {
   ASSERT_TRUE(saved.status.ok()) << saved.status.ToString();
   ASSERT_EQ(seen.size(), 3u) << "per-thread counters never showed up in the source's stats";
   uint64_t sent = 0;
-  for (const ChannelStats& c : seen) sent += c.bytes;
+  for (const FileThread& c : seen) sent += c.bytes;
   EXPECT_GT(sent, 0u);
 
   Guest dst(specs);
   LoadResult loaded = Load(path, dst, Opts(3, false));
   ASSERT_TRUE(loaded.status.ok()) << loaded.status.ToString();
-  ASSERT_EQ(loaded.stats.file_threads.size(), 3u);
+  ASSERT_EQ(FileThreadStats::Of(loaded.stats).threads.size(), 3u);
   uint64_t pages = 0;
-  for (const ChannelStats& c : loaded.stats.file_threads) pages += c.pages;
+  for (const FileThread& c : FileThreadStats::Of(loaded.stats).threads) pages += c.pages;
   EXPECT_EQ(pages, src.blocks.total_pages());
   EXPECT_TRUE(SameMemory(src, dst));
 }
@@ -626,7 +628,7 @@ TEST(MappedRam, PreallocationKeepsOnlyShortGaps) {
     // Requests: in reserved space the short gaps are written with the data
     // around them, so each data MiB is one request; otherwise three.
     uint64_t requests = 0;
-    for (const auto& ch : saved.stats.file_threads) requests += ch.packets;
+    for (const auto& ch : FileThreadStats::Of(saved.stats).threads) requests += ch.requests;
     EXPECT_EQ(requests, c.expect_reserved ? 8u + 1 : 8u * 3 + 1);
     const uint64_t allocated = static_cast<uint64_t>(StatOf(path).st_blocks) * 512;
     const uint64_t expected = (nonzero + (c.expect_reserved ? kept : 0)) * kPageSize;

@@ -221,8 +221,8 @@ struct BarrierRig {
     rx->BlocksReady(blocks);
   }
   uint8_t PageByte() const { return mem.data()[kP * kPageSize]; }
-  uint64_t ChannelPackets(int i) const { return ReceiverStats(*rx).multifd_channels[i].packets; }
-  uint64_t ChannelPages(int i) const { return ReceiverStats(*rx).multifd_channels[i].pages; }
+  uint64_t ChannelPackets(int i) const { return MultifdStats::Of(ReceiverStats(*rx)).channels[i].packets; }
+  uint64_t ChannelPages(int i) const { return MultifdStats::Of(ReceiverStats(*rx)).channels[i].pages; }
 };
 
 constexpr uint8_t kRoundN = 0xA1;
@@ -262,9 +262,9 @@ TEST(MultifdBarrier, LateStaleCopyCannotOverwriteTheNewerPage) {
   EXPECT_TRUE(rig.rx->Finish().ok());
   EXPECT_EQ(rig.errors.load(), 0);
   const MigrationStats st = ReceiverStats(*rig.rx);
-  EXPECT_EQ(st.multifd_channels[0].packets, 3u);
-  EXPECT_EQ(st.multifd_channels[1].packets, 3u);
-  EXPECT_EQ(st.multifd_bytes, 6 * (kPacketHeaderSize + 8 * kPagesPerPacket) + 2 * kPageSize);
+  EXPECT_EQ(MultifdStats::Of(st).channels[0].packets, 3u);
+  EXPECT_EQ(MultifdStats::Of(st).channels[1].packets, 3u);
+  EXPECT_EQ(MultifdStats::Of(st).bytes, 6 * (kPacketHeaderSize + 8 * kPagesPerPacket) + 2 * kPageSize);
 }
 
 // The same two packets, same arrival order, no SYNC: the stale copy wins.
@@ -545,12 +545,12 @@ TEST(MultifdSink, MultifdZeroDetectionPacketsSyncsAndFlushes) {
   const uint64_t zeros_a = (SinkRig::kPagesA + 2) / 3, zeros_b = SinkRig::kPagesB / 2;
   EXPECT_EQ(zero, zeros_a + zeros_b);
   EXPECT_EQ(normal, SinkRig::kPagesA + SinkRig::kPagesB + 1 - zero);
-  EXPECT_EQ(st.multifd_zero_pages, zero);
+  EXPECT_EQ(MultifdStats::Of(st).zero_pages, zero);
   EXPECT_EQ(st.ram.duplicate, zero);
   EXPECT_EQ(st.ram.normal, normal);
-  EXPECT_EQ(st.multifd_bytes, bytes);
-  ASSERT_EQ(st.multifd_channels.size(), 2u);
-  EXPECT_EQ(st.multifd_channels[0].pages + st.multifd_channels[1].pages, normal);
+  EXPECT_EQ(MultifdStats::Of(st).bytes, bytes);
+  ASSERT_EQ(MultifdStats::Of(st).channels.size(), 2u);
+  EXPECT_EQ(MultifdStats::Of(st).channels[0].pages + MultifdStats::Of(st).channels[1].pages, normal);
   // Every wire byte is accounted for; before sending, queued pages count raw.
   EXPECT_TRUE(rig.accounted_monotonic);
   EXPECT_GE(rig.accounted, bytes);
@@ -986,7 +986,7 @@ Outcome Migrate(TestGuest& guest, DestMemory& dest, const MigrationParams& p, Li
   out.src_stats = src.Stats();
   out.dst_stats = dst.Stats();
   out.sink_stats = factory.stats;
-  out.zero_copy = factory.stats.zero_copy;
+  out.zero_copy = MultifdStats::Of(factory.stats).zero_copy;
   return out;
 }
 
@@ -1043,32 +1043,32 @@ TEST_P(MultifdMigration, LiveGuestArrivesByteForByte) {
   EXPECT_TRUE(guest.Intact());
 
   // Counters on both ends agree.
-  ASSERT_EQ(o.sink_stats.multifd_channels.size(), c.channels);
-  ASSERT_EQ(o.dst_stats.multifd_channels.size(), c.channels);
+  ASSERT_EQ(MultifdStats::Of(o.sink_stats).channels.size(), c.channels);
+  ASSERT_EQ(MultifdStats::Of(o.dst_stats).channels.size(), c.channels);
   uint64_t src_pages = 0, dst_pages = 0;
   for (uint32_t i = 0; i < c.channels; ++i) {
-    src_pages += o.sink_stats.multifd_channels[i].pages;
-    dst_pages += o.dst_stats.multifd_channels[i].pages;
-    EXPECT_EQ(o.sink_stats.multifd_channels[i].bytes, o.dst_stats.multifd_channels[i].bytes) << "channel " << i;
-    EXPECT_EQ(o.sink_stats.multifd_channels[i].packets, o.dst_stats.multifd_channels[i].packets) << "channel " << i;
+    src_pages += MultifdStats::Of(o.sink_stats).channels[i].pages;
+    dst_pages += MultifdStats::Of(o.dst_stats).channels[i].pages;
+    EXPECT_EQ(MultifdStats::Of(o.sink_stats).channels[i].bytes, MultifdStats::Of(o.dst_stats).channels[i].bytes) << "channel " << i;
+    EXPECT_EQ(MultifdStats::Of(o.sink_stats).channels[i].packets, MultifdStats::Of(o.dst_stats).channels[i].packets) << "channel " << i;
   }
   EXPECT_EQ(src_pages, dst_pages);
   EXPECT_GE(src_pages, guest.total_pages() / 2);
-  EXPECT_EQ(o.sink_stats.multifd_bytes, o.dst_stats.multifd_bytes);
-  EXPECT_EQ(o.sink_stats.multifd_zero_pages, o.dst_stats.multifd_zero_pages);
+  EXPECT_EQ(MultifdStats::Of(o.sink_stats).bytes, MultifdStats::Of(o.dst_stats).bytes);
+  EXPECT_EQ(MultifdStats::Of(o.sink_stats).zero_pages, MultifdStats::Of(o.dst_stats).zero_pages);
   if (c.zpd == ZPD::kMultifd) {
-    EXPECT_GT(o.sink_stats.multifd_zero_pages, guest.total_pages() / 10);
+    EXPECT_GT(MultifdStats::Of(o.sink_stats).zero_pages, guest.total_pages() / 10);
   } else {
-    EXPECT_EQ(o.sink_stats.multifd_zero_pages, 0u);
+    EXPECT_EQ(MultifdStats::Of(o.sink_stats).zero_pages, 0u);
   }
   if (c.comp == Comp::kZstd) {
-    EXPECT_LT(o.sink_stats.multifd_bytes, src_pages * kPageSize);
+    EXPECT_LT(MultifdStats::Of(o.sink_stats).bytes, src_pages * kPageSize);
   }
   std::printf("%s: %llu rounds, %d writer bursts, %llu multifd bytes, %llu pages, %llu zero pages found by senders\n",
               ComboText(c).c_str(), static_cast<unsigned long long>(o.src_stats.iteration), guest.bursts_done(),
-              static_cast<unsigned long long>(o.sink_stats.multifd_bytes),
+              static_cast<unsigned long long>(MultifdStats::Of(o.sink_stats).bytes),
               static_cast<unsigned long long>(src_pages),
-              static_cast<unsigned long long>(o.sink_stats.multifd_zero_pages));
+              static_cast<unsigned long long>(MultifdStats::Of(o.sink_stats).zero_pages));
 }
 
 INSTANTIATE_TEST_SUITE_P(Combos, MultifdMigration, ::testing::ValuesIn(AllCombos()), ComboName);
@@ -1088,7 +1088,7 @@ TEST(MultifdFault, LostChannelFailsBothSidesAndARetrySucceeds) {
     // running when the channel goes.
     Outcome o = Migrate(guest, dest, p, SocketPairLinks(4), /*writer_bursts=*/-1,
                         [&](MigrationSource&, MigrationDestination& dst, Links& links) {
-                          ASSERT_TRUE(WaitUntil([&] { return dst.Stats().multifd_bytes > (8u << 20); }));
+                          ASSERT_TRUE(WaitUntil([&] { return MultifdStats::Of(dst.Stats()).bytes > (8u << 20); }));
                           ::shutdown(links.dst_fds[2], SHUT_RDWR);
                         });
     EXPECT_FALSE(o.src.ok());
@@ -1116,7 +1116,7 @@ TEST(MultifdFault, CancelStopsTheSenderThreads) {
   p.downtime_limit_ms = 1;
   DestMemory dest(guest.blocks());
   Outcome o = Migrate(guest, dest, p, SocketPairLinks(3), -1, [&](MigrationSource& src, MigrationDestination& dst, Links&) {
-    ASSERT_TRUE(WaitUntil([&] { return dst.Stats().multifd_bytes > (4u << 20); }));
+    ASSERT_TRUE(WaitUntil([&] { return MultifdStats::Of(dst.Stats()).bytes > (4u << 20); }));
     src.Cancel();
   });
   EXPECT_EQ(o.src.code(), Code::kCancelled) << o.src.ToString();
@@ -1458,9 +1458,9 @@ TEST_P(MultifdQemu10, ReceiverAcceptsQemu10Packets) {
     EXPECT_EQ(std::memcmp(mem.data() + pg * kPageSize, untouched.data(), kPageSize), 0) << pg;
   }
   const MigrationStats st = ReceiverStats(*rx);
-  EXPECT_EQ(st.multifd_channels[0].packets, 6u);
+  EXPECT_EQ(MultifdStats::Of(st).channels[0].packets, 6u);
   EXPECT_EQ(st.ram.normal, 3u);
-  EXPECT_EQ(st.multifd_zero_pages, 3u);
+  EXPECT_EQ(MultifdStats::Of(st).zero_pages, 3u);
 }
 
 INSTANTIATE_TEST_SUITE_P(Compression, MultifdQemu10, ::testing::Values(Comp::kNone, Comp::kZstd),
@@ -1514,7 +1514,7 @@ TEST(MultifdReceiver, ZstdPacketWithZeroPagesAndAZeroOnlyPacket) {
   EXPECT_EQ(mem.data()[7 * kPageSize + 4095], 0);
   EXPECT_EQ(mem.data()[0], 0x5a);
   const MigrationStats st = ReceiverStats(*rx);
-  EXPECT_EQ(st.multifd_zero_pages, 2u);
+  EXPECT_EQ(MultifdStats::Of(st).zero_pages, 2u);
   EXPECT_EQ(st.ram.normal, 2u);
   EXPECT_EQ(st.ram.duplicate, 2u);
 }
