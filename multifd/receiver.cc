@@ -100,7 +100,7 @@ class MultifdReceiver final : public PageReceiver {
 };
 
 MultifdReceiver::MultifdReceiver(const Settings& settings, std::vector<std::unique_ptr<Channel>> channels)
-    : expected_compression_(settings.compression == MigrationParams::Compression::kZstd ? kCompressionZstd
+    : expected_compression_(settings.compression == Compression::kZstd ? kCompressionZstd
                                                                                       : kCompressionNone),
       sync_on_eos_(settings.flush_after_each_section) {
   for (size_t i = 0; i < channels.size(); ++i) {
@@ -467,9 +467,5 @@ std::unique_ptr<PageReceiver> MakeMultifdReceiver(const Settings& settings,
   return std::make_unique<MultifdReceiver>(settings, std::move(channels));
 }
 
-std::unique_ptr<PageReceiver> MakeMultifdReceiver(const MigrationParams& params,
-                                                  std::vector<std::unique_ptr<Channel>> channels) {
-  return MakeMultifdReceiver(Settings::From(params), std::move(channels));
-}
 
 }  // namespace ferry::multifd

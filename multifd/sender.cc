@@ -198,9 +198,9 @@ MultifdSink::MultifdSink(const Settings& settings, std::vector<std::unique_ptr<C
     : main_(main),
       flush_each_section_(settings.flush_after_each_section),
       zero_copy_(settings.zero_copy_send),
-      detect_zero_(settings.zero_page_detection == MigrationParams::ZeroPageDetection::kMultifd),
-      legacy_zero_(settings.zero_page_detection == MigrationParams::ZeroPageDetection::kLegacy),
-      compression_(settings.compression == MigrationParams::Compression::kZstd ? kCompressionZstd
+      detect_zero_(settings.zero_page_detection == ZeroPageDetection::kMultifd),
+      legacy_zero_(settings.zero_page_detection == ZeroPageDetection::kLegacy),
+      compression_(settings.compression == Compression::kZstd ? kCompressionZstd
                                                                                      : kCompressionNone),
       zstd_level_(settings.zstd_level) {
   for (size_t i = 0; i < channels.size(); ++i) {
@@ -216,8 +216,8 @@ MultifdSink::~MultifdSink() { StopAndJoin(/*abandon=*/true); }
 Status MultifdSink::Start() {
   if (senders_.empty()) return Status::InvalidArgument("multifd needs at least one channel");
   FERRY_RETURN_IF_ERROR(CheckZeroCopy(zero_copy_, compression_ == kCompressionZstd
-                                                     ? MigrationParams::Compression::kZstd
-                                                     : MigrationParams::Compression::kNone));
+                                                     ? Compression::kZstd
+                                                     : Compression::kNone));
   if (detect_zero_) zero_check_ = &BestZeroCheck();
   // Every channel's waits are bounded like the main stream's, on its clock
   // (MigrationSource::Run set it): a channel idle while the others carry
@@ -644,8 +644,6 @@ Status MultifdSink::WaitCompletions(Sender& s, uint64_t id_end) {
 
 // --- factory -----------------------------------------------------------------
 
-MultifdSinkFactory::MultifdSinkFactory(const MigrationParams& params, std::vector<std::unique_ptr<Channel>> channels)
-    : MultifdSinkFactory(Settings::From(params), std::move(channels)) {}
 
 MultifdSinkFactory::MultifdSinkFactory(const Settings& settings, std::vector<std::unique_ptr<Channel>> channels)
     : settings_(settings), channels_(std::move(channels)) {}
@@ -666,7 +664,7 @@ Result<std::unique_ptr<PageSink>> MultifdSinkFactory::Make(StreamWriter& main) {
 }
 
 bool MultifdSinkFactory::saver_detects_zero() const {
-  return settings_.zero_page_detection == MigrationParams::ZeroPageDetection::kLegacy;
+  return settings_.zero_page_detection == ZeroPageDetection::kLegacy;
 }
 
 }  // namespace ferry::multifd

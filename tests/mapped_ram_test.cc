@@ -231,9 +231,21 @@ Status SavePlain(const std::string& path, Guest& g, bool claim_mapped_ram = fals
   if (!f.ok()) return f.status();
   auto t = MakeDirtyTracker(DirtyTrackerKind::kAllOnce);
   if (!t.ok()) return t.status();
-  MigrationParams params;
-  params.mapped_ram = claim_mapped_ram;
-  MigrationSource src(params, g.blocks, **t, nullptr);
+  // Page records in the main stream, announcing mapped-ram when asked to.
+  class Sinks final : public PageSinkFactory {
+   public:
+    explicit Sinks(bool claim) : claim_(claim) {}
+    Result<std::unique_ptr<PageSink>> Make(StreamWriter& w) override {
+      return std::unique_ptr<PageSink>(std::make_unique<StreamSink>(w));
+    }
+    std::vector<std::string> announced_capabilities() const override {
+      return claim_ ? std::vector<std::string>{"mapped-ram"} : std::vector<std::string>{};
+    }
+
+   private:
+    bool claim_;
+  } sinks(claim_mapped_ram);
+  MigrationSource src(MigrationParams{}, g.blocks, **t, nullptr, {}, &sinks);
   FERRY_RETURN_IF_ERROR(src.Run(**f, false));
   return (*f)->Finish();
 }
@@ -259,7 +271,7 @@ LoadResult Load(const std::string& path, Guest& g, const FileOptions& opts, bool
   d.expect_verify = true;
   d.send_verdict = false;
   d.receiver = mapped ? receiver.get() : nullptr;
-  d.mapped_ram = claim_mapped_ram;
+  if (claim_mapped_ram) d.capabilities = {"mapped-ram"};
   MigrationDestination dst(d, g.blocks, nullptr);
   out.status = dst.Run(**f);
   out.stats = dst.Stats();

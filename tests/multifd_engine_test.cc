@@ -50,8 +50,8 @@ namespace {
 
 using namespace std::chrono_literals;
 using ChannelPtr = std::unique_ptr<Channel>;
-using ZPD = MigrationParams::ZeroPageDetection;
-using Comp = MigrationParams::Compression;
+using ZPD = ZeroPageDetection;
+using Comp = Compression;
 
 // ---------------------------------------------------------------------------
 // Helpers
@@ -216,7 +216,7 @@ struct BarrierRig {
     std::vector<ChannelPtr> chans;
     chans.push_back(std::move(ch[0].b));
     chans.push_back(std::move(ch[1].b));
-    rx = MakeMultifdReceiver(MigrationParams{}, std::move(chans));
+    rx = MakeMultifdReceiver(Settings{}, std::move(chans));
     EXPECT_TRUE(rx->Start([this](const Status&) { ++errors; }).ok());
     rx->BlocksReady(blocks);
   }
@@ -320,7 +320,7 @@ TEST(MultifdBarrier, SyncBeforeTheBlockListIsAProtocolError) {
   Pair p = SocketPair("mfd");
   std::vector<ChannelPtr> chans;
   chans.push_back(std::move(p.b));
-  auto rx = MakeMultifdReceiver(MigrationParams{}, std::move(chans));
+  auto rx = MakeMultifdReceiver(Settings{}, std::move(chans));
   ASSERT_TRUE(rx->Start([](const Status&) {}).ok());
   Status s = rx->Sync();
   EXPECT_EQ(s.code(), Code::kProtocol);
@@ -486,8 +486,8 @@ struct SinkRig {
 
 TEST(MultifdSink, MultifdZeroDetectionPacketsSyncsAndFlushes) {
   SinkRig rig;
-  MigrationParams p;  // zero-page-detection=multifd, flush after each section off
-  MultifdSinkFactory factory(p, rig.Channels(2));
+  Settings mf;  // zero-page-detection=multifd, flush after each section off
+  MultifdSinkFactory factory(mf, rig.Channels(2));
   EXPECT_FALSE(factory.saver_detects_zero());
   auto sink = factory.Make(rig.w);
   ASSERT_TRUE(sink.ok()) << sink.status().ToString();
@@ -559,10 +559,10 @@ TEST(MultifdSink, MultifdZeroDetectionPacketsSyncsAndFlushes) {
 
 TEST(MultifdSink, LegacyZeroRecordsGoToTheMainStreamAndSyncPerSection) {
   SinkRig rig;
-  MigrationParams p;
-  p.zero_page_detection = ZPD::kLegacy;
-  p.multifd_flush_after_each_section = true;
-  MultifdSinkFactory factory(p, rig.Channels(3));
+  Settings mf;
+  mf.zero_page_detection = ZPD::kLegacy;
+  mf.flush_after_each_section = true;
+  MultifdSinkFactory factory(mf, rig.Channels(3));
   EXPECT_TRUE(factory.saver_detects_zero());
   auto sink = factory.Make(rig.w);
   ASSERT_TRUE(sink.ok()) << sink.status().ToString();
@@ -600,10 +600,10 @@ TEST(MultifdSink, LegacyZeroRecordsGoToTheMainStreamAndSyncPerSection) {
 
 TEST(MultifdSink, NoZeroDetectionSendsEveryPageWithZstd) {
   SinkRig rig;
-  MigrationParams p;
-  p.zero_page_detection = ZPD::kNone;
-  p.multifd_compression = Comp::kZstd;
-  MultifdSinkFactory factory(p, rig.Channels(1));
+  Settings mf;
+  mf.zero_page_detection = ZPD::kNone;
+  mf.compression = Comp::kZstd;
+  MultifdSinkFactory factory(mf, rig.Channels(1));
   auto sink = factory.Make(rig.w);
   ASSERT_TRUE(sink.ok()) << sink.status().ToString();
   ASSERT_TRUE(rig.Drive(**sink, false).ok());
@@ -633,7 +633,7 @@ TEST(MultifdSink, NoZeroDetectionSendsEveryPageWithZstd) {
 
 TEST(MultifdSink, SenderFailureReachesTheMigrationThread) {
   SinkRig rig;
-  MultifdSinkFactory factory(MigrationParams{}, rig.Channels(2, /*strict=*/false));
+  MultifdSinkFactory factory(Settings{}, rig.Channels(2, /*strict=*/false));
   auto sink = factory.Make(rig.w);
   ASSERT_TRUE(sink.ok());
   rig.pairs[1].b->Shutdown();  // the peer of channel 1 goes away
@@ -652,7 +652,7 @@ TEST(MultifdSink, SenderFailureReachesTheMigrationThread) {
 
 TEST(MultifdSink, AFactoryMakesOneSink) {
   SinkRig rig;
-  MultifdSinkFactory factory(MigrationParams{}, rig.Channels(1));
+  MultifdSinkFactory factory(Settings{}, rig.Channels(1));
   auto first = factory.Make(rig.w);
   ASSERT_TRUE(first.ok());
   auto second = factory.Make(rig.w);
@@ -662,10 +662,10 @@ TEST(MultifdSink, AFactoryMakesOneSink) {
 
 TEST(MultifdSink, ZeroCopyOnAUnixSocketIsAClearError) {
   SinkRig rig;
-  MigrationParams p;
-  p.multifd = true;
-  p.zero_copy_send = true;
-  MultifdSinkFactory factory(p, rig.Channels(1));
+  Settings mf;
+  mf.enabled = true;
+  mf.zero_copy_send = true;
+  MultifdSinkFactory factory(mf, rig.Channels(1));
   auto sink = factory.Make(rig.w);
   ASSERT_FALSE(sink.ok());
   EXPECT_EQ(sink.status().message().rfind("zero-copy-send: ", 0), 0u) << sink.status().ToString();
@@ -888,7 +888,7 @@ class RecordingSink final : public PageSink {
 
 class RecordingFactory final : public PageSinkFactory {
  public:
-  RecordingFactory(const MigrationParams& p, std::vector<ChannelPtr> channels) : inner_(p, std::move(channels)) {}
+  RecordingFactory(const Settings& mf, std::vector<ChannelPtr> channels) : inner_(mf, std::move(channels)) {}
   Result<std::unique_ptr<PageSink>> Make(StreamWriter& main) override {
     FERRY_ASSIGN_OR_RETURN(std::unique_ptr<PageSink> s, inner_.Make(main));
     return std::unique_ptr<PageSink>(std::make_unique<RecordingSink>(std::move(s), &stats));
@@ -957,13 +957,13 @@ std::unique_ptr<DirtyTracker> Tracker() {
 // Runs source and destination in this process. `writer_bursts`: how many
 // bursts the guest writes while migrating (< 0: until the end). `during`
 // runs on the test thread while both sides are live.
-Outcome Migrate(TestGuest& guest, DestMemory& dest, const MigrationParams& p, Links links, int writer_bursts,
+Outcome Migrate(TestGuest& guest, DestMemory& dest, const MigrationParams& p, const Settings& mf, Links links,
+                int writer_bursts,
                 const std::function<void(MigrationSource&, MigrationDestination&, Links&)>& during = {}) {
   Outcome out;
-  auto rx = MakeMultifdReceiver(p, std::move(links.dst));
+  auto rx = MakeMultifdReceiver(mf, std::move(links.dst));
   DestinationOptions opts;
   opts.receiver = rx.get();
-  opts.multifd_sync_on_eos = p.multifd_flush_after_each_section;
   // Fresh destination memory, as the CLI gives it: ZERO records for pages the
   // receivers filled must still clear them.
   opts.fresh_memory = true;
@@ -971,7 +971,7 @@ Outcome Migrate(TestGuest& guest, DestMemory& dest, const MigrationParams& p, Li
   auto dst_run = std::async(std::launch::async, [&] { return dst.Run(*links.dst_main); });
 
   auto tracker = Tracker();
-  RecordingFactory factory(p, std::move(links.src));
+  RecordingFactory factory(mf, std::move(links.src));
   MigrationSource src(p, guest.blocks(), *tracker, &guest, {}, &factory);
   guest.StartWriter(tracker.get(), writer_bursts);
   auto src_run = std::async(std::launch::async, [&] { return src.Run(*links.src_main, true); });
@@ -1025,15 +1025,17 @@ TEST_P(MultifdMigration, LiveGuestArrivesByteForByte) {
   TestGuest guest(/*main_pages=*/8192, /*second_pages=*/1024);  // 32 MiB + 4 MiB
   DestMemory dest(guest.blocks());
   MigrationParams p;
-  p.multifd = true;
-  p.multifd_channels = c.channels;
-  p.zero_page_detection = c.zpd;
-  p.multifd_compression = c.comp;
-  p.multifd_flush_after_each_section = c.flush_each_section;
+  Settings mf;
+  mf.enabled = true;
+  mf.channels = c.channels;
+  mf.zero_page_detection = c.zpd;
+  mf.compression = c.comp;
+  mf.flush_after_each_section = c.flush_each_section;
   p.downtime_limit_ms = 50;
   ASSERT_TRUE(p.Validate().ok());
+  ASSERT_TRUE(mf.Validate(p).ok());
 
-  Outcome o = Migrate(guest, dest, p, SocketPairLinks(c.channels), /*writer_bursts=*/40);
+  Outcome o = Migrate(guest, dest, p, mf, SocketPairLinks(c.channels), /*writer_bursts=*/40);
   ASSERT_TRUE(o.src.ok()) << "source: " << o.src.ToString() << "\ndestination: " << o.dst.ToString();
   ASSERT_TRUE(o.dst.ok()) << o.dst.ToString();
   EXPECT_TRUE(o.src_stats.verified);
@@ -1079,14 +1081,15 @@ INSTANTIATE_TEST_SUITE_P(Combos, MultifdMigration, ::testing::ValuesIn(AllCombos
 TEST(MultifdFault, LostChannelFailsBothSidesAndARetrySucceeds) {
   TestGuest guest(8192, 1024);
   MigrationParams p;
-  p.multifd = true;
-  p.multifd_channels = 4;
+  Settings mf;
+  mf.enabled = true;
+  mf.channels = 4;
   p.downtime_limit_ms = 1;
   {
     DestMemory dest(guest.blocks());
     // The writer never stops, so the migration cannot converge: it is still
     // running when the channel goes.
-    Outcome o = Migrate(guest, dest, p, SocketPairLinks(4), /*writer_bursts=*/-1,
+    Outcome o = Migrate(guest, dest, p, mf, SocketPairLinks(4), /*writer_bursts=*/-1,
                         [&](MigrationSource&, MigrationDestination& dst, Links& links) {
                           ASSERT_TRUE(WaitUntil([&] { return MultifdStats::Of(dst.Stats()).bytes > (8u << 20); }));
                           ::shutdown(links.dst_fds[2], SHUT_RDWR);
@@ -1101,7 +1104,7 @@ TEST(MultifdFault, LostChannelFailsBothSidesAndARetrySucceeds) {
   }
   // Fresh channels, a new migration of the same guest.
   DestMemory dest(guest.blocks());
-  Outcome o = Migrate(guest, dest, p, SocketPairLinks(4), /*writer_bursts=*/20);
+  Outcome o = Migrate(guest, dest, p, mf, SocketPairLinks(4), /*writer_bursts=*/20);
   ASSERT_TRUE(o.src.ok()) << o.src.ToString() << "\n" << o.dst.ToString();
   ASSERT_TRUE(o.dst.ok()) << o.dst.ToString();
   EXPECT_TRUE(dest.Equals(guest.blocks()));
@@ -1111,11 +1114,12 @@ TEST(MultifdFault, LostChannelFailsBothSidesAndARetrySucceeds) {
 TEST(MultifdFault, CancelStopsTheSenderThreads) {
   TestGuest guest(8192, 1024);
   MigrationParams p;
-  p.multifd = true;
-  p.multifd_channels = 3;
+  Settings mf;
+  mf.enabled = true;
+  mf.channels = 3;
   p.downtime_limit_ms = 1;
   DestMemory dest(guest.blocks());
-  Outcome o = Migrate(guest, dest, p, SocketPairLinks(3), -1, [&](MigrationSource& src, MigrationDestination& dst, Links&) {
+  Outcome o = Migrate(guest, dest, p, mf, SocketPairLinks(3), -1, [&](MigrationSource& src, MigrationDestination& dst, Links&) {
     ASSERT_TRUE(WaitUntil([&] { return MultifdStats::Of(dst.Stats()).bytes > (4u << 20); }));
     src.Cancel();
   });
@@ -1134,12 +1138,14 @@ TEST(MultifdZeroCopy, LoopbackTcpMigrationMatches) {
   TestGuest guest(8192, 1024);
   DestMemory dest(guest.blocks());
   MigrationParams p;
-  p.multifd = true;
-  p.multifd_channels = 3;
-  p.zero_copy_send = true;
+  Settings mf;
+  mf.enabled = true;
+  mf.channels = 3;
+  mf.zero_copy_send = true;
   p.downtime_limit_ms = 50;
   ASSERT_TRUE(p.Validate().ok());
-  Outcome o = Migrate(guest, dest, p, std::move(*links), 30);
+  ASSERT_TRUE(mf.Validate(p).ok());
+  Outcome o = Migrate(guest, dest, p, mf, std::move(*links), 30);
   if (o.src.code() == Code::kUnsupported) GTEST_SKIP() << o.src.ToString();
   ASSERT_TRUE(o.src.ok()) << o.src.ToString() << "\n" << o.dst.ToString();
   ASSERT_TRUE(o.dst.ok()) << o.dst.ToString();
@@ -1158,10 +1164,11 @@ TEST(MultifdZeroCopy, UnixSocketsFailTheMigrationClearly) {
   TestGuest guest(256, 16);
   DestMemory dest(guest.blocks());
   MigrationParams p;
-  p.multifd = true;
-  p.multifd_channels = 2;
-  p.zero_copy_send = true;
-  Outcome o = Migrate(guest, dest, p, SocketPairLinks(2), 0);
+  Settings mf;
+  mf.enabled = true;
+  mf.channels = 2;
+  mf.zero_copy_send = true;
+  Outcome o = Migrate(guest, dest, p, mf, SocketPairLinks(2), 0);
   EXPECT_FALSE(o.src.ok());
   EXPECT_NE(o.src.message().find("zero-copy-send: "), std::string::npos) << o.src.ToString();
   EXPECT_FALSE(o.dst.ok());
@@ -1192,9 +1199,9 @@ TEST_P(MultifdBadInput, FailsWithItsOwnMessage) {
   Pair ch = SocketPair("mfd");
   std::vector<ChannelPtr> chans;
   chans.push_back(std::move(ch.b));
-  MigrationParams p;
-  p.multifd_compression = bc.expect;
-  auto rx = MakeMultifdReceiver(p, std::move(chans));
+  Settings mf;
+  mf.compression = bc.expect;
+  auto rx = MakeMultifdReceiver(mf, std::move(chans));
   std::promise<Status> first;
   std::atomic<int> calls{0};
   ASSERT_TRUE(rx->Start([&](const Status& s) {
@@ -1357,7 +1364,7 @@ TEST(MultifdReceiver, AcceptsQemu72PacketQuirks) {
   Pair ch = SocketPair("mfd");
   std::vector<ChannelPtr> chans;
   chans.push_back(std::move(ch.b));
-  auto rx = MakeMultifdReceiver(MigrationParams{}, std::move(chans));
+  auto rx = MakeMultifdReceiver(Settings{}, std::move(chans));
   ASSERT_TRUE(rx->Start([](const Status&) {}).ok());
   rx->BlocksReady(blocks);
   Wire w;
@@ -1399,9 +1406,9 @@ TEST_P(MultifdQemu10, ReceiverAcceptsQemu10Packets) {
   Pair ch = SocketPair("mfd");
   std::vector<ChannelPtr> chans;
   chans.push_back(std::move(ch.b));
-  MigrationParams p;
-  p.multifd_compression = comp;
-  auto rx = MakeMultifdReceiver(p, std::move(chans));
+  Settings mf;
+  mf.compression = comp;
+  auto rx = MakeMultifdReceiver(mf, std::move(chans));
   std::atomic<int> errors{0};
   ASSERT_TRUE(rx->Start([&](const Status&) { ++errors; }).ok());
   rx->BlocksReady(blocks);
@@ -1478,9 +1485,9 @@ TEST(MultifdReceiver, ZstdPacketWithZeroPagesAndAZeroOnlyPacket) {
   Pair ch = SocketPair("mfd");
   std::vector<ChannelPtr> chans;
   chans.push_back(std::move(ch.b));
-  MigrationParams p;
-  p.multifd_compression = Comp::kZstd;
-  auto rx = MakeMultifdReceiver(p, std::move(chans));
+  Settings mf;
+  mf.compression = Comp::kZstd;
+  auto rx = MakeMultifdReceiver(mf, std::move(chans));
   ASSERT_TRUE(rx->Start([](const Status&) {}).ok());
   rx->BlocksReady(blocks);
 
