@@ -173,6 +173,8 @@ Status RdmaConnection::Write(const void* local, uint32_t len, uint32_t lkey, uin
   wr.sg_list = &sge;
   wr.num_sge = 1;
   wr.opcode = IBV_WR_RDMA_WRITE;
+  // Tagged even when unsignalled: a failed WRITE completes with its own wr_id (count 0).
+  wr.wr_id = kWriteWrId;
   wr.wr.rdma.remote_addr = remote;
   wr.wr.rdma.rkey = rkey;
   if (++pending_ == kSignalEvery) return PostPendingWrites();
@@ -226,7 +228,7 @@ Result<std::pair<uint64_t, uint32_t>> RdmaConnection::WaitFor(uint64_t wr_id, co
     if (n == 1) {
       if (wc.status != IBV_WC_SUCCESS) {
         // A failed WRITE surfaces in whatever wait polls next: name it, not the wait.
-        if (wc.wr_id == kWriteWrId && wc.status != IBV_WC_WR_FLUSH_ERR) {
+        if ((wc.wr_id & kWriteWrId) && wc.status != IBV_WC_WR_FLUSH_ERR) {
           return Status::Closed(std::string("rdma: RDMA WRITE into the peer's memory failed: ") +
                                 ibv_wc_status_str(wc.status) +
                                 (wc.status == IBV_WC_REM_ACCESS_ERR ? " (the peer refused the memory key or address)" : ""));
