@@ -33,11 +33,13 @@ std::optional<ResourceMeter> g_migration_meter;
 
 void StartMigrationMeter() { g_migration_meter.emplace(); }
 
-void PrintResult(const std::string& role, const MigrationStats& st, bool json, const std::string& tracker,
-                 bool multifd, bool to_stderr) {
+void PrintResult(const std::string& role, const MigrationStats& stats, bool json, const std::string& tracker,
+                 const MigrationPlan& plan, bool to_stderr) {
   std::ostream& out = to_stderr ? std::cerr : std::cout;
+  MigrationStats st = stats;
+  plan.AddStats(st);
   if (json) {
-    nlohmann::json j = StatsJson(st, multifd);
+    nlohmann::json j = StatsJson(st);
     if (!tracker.empty()) j["dirty-tracker"] = tracker;
     if (g_migration_meter) j["resources"] = ResourcesJson(g_migration_meter->Read());
     out << DumpJson(j) << std::endl;

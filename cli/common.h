@@ -30,9 +30,10 @@ int Fail(const Status& s, int code = kExitFailed);
 int ExitCodeFor(const MigrationStats& st);
 
 // --json (one object) or the summary. `to_stderr`: stdout carries the
-// migration stream (send fd:1).
+// migration stream (send fd:1). The plan adds the counters its transports
+// report even when nothing was counted (MigrationPlan::AddStats).
 void PrintResult(const std::string& role, const MigrationStats& st, bool json, const std::string& tracker,
-                 bool multifd, bool to_stderr = false);
+                 const MigrationPlan& plan, bool to_stderr = false);
 
 // What the migration phase of this process costs (--json "resources", the
 // summary's "host:" line): call right before the migration runs.

@@ -31,7 +31,6 @@ int RunRecv(const RecvOpts& o) {
   spec.accept_timeout = std::chrono::milliseconds(static_cast<int64_t>(o.timeout * 1000));
   Result<MigrationPlan> plan = Plan(Side::kDestination, spec);
   if (!plan.ok()) return Fail(plan.status(), kExitUsage);
-  const bool report_multifd = plan->reports_multifd();
   DestinationOptions opts = plan->destination_options();
   // What the stream may make this side allocate, checked before anything is.
   Result<Limit> cap = DestinationRamLimit(o.max_ram, o.memory_file);
@@ -68,7 +67,7 @@ int RunRecv(const RecvOpts& o) {
     MigrationStats st;
     st.state = signals.fired() ? MigrationState::kCancelled : MigrationState::kFailed;
     st.error = signals.fired() ? "cancelled while waiting for the source" : conn.status().message();
-    if (o.json) PrintResult("recv", st, true, "", report_multifd);
+    if (o.json) PrintResult("recv", st, true, "", *plan);
     if (signals.fired()) {
       Note("cancelled while waiting for the source");
       return kExitCancelled;
@@ -95,7 +94,7 @@ int RunRecv(const RecvOpts& o) {
     if (explained.message() != result.message()) st.error = explained.message();
     result = explained;
   }
-  PrintResult("recv", st, o.json, "", report_multifd);
+  PrintResult("recv", st, o.json, "", *plan);
   if (!result.ok()) PrintError(result);
   if (st.state == MigrationState::kCompleted && opts.expect_verify && !st.verified) return kExitFailed;
   const int rc = ExitCodeFor(st);

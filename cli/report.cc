@@ -258,7 +258,37 @@ std::string InspectText(const InspectReport& r, bool json) {
   return out;
 }
 
-nlohmann::json StatsJson(const MigrationStats& s, bool multifd) {
+namespace {
+
+nlohmann::json ToJson(const StatsValue& v) {
+  switch (v.kind()) {
+    case StatsValue::Kind::kBool: return v.as_bool();
+    case StatsValue::Kind::kUint: return v.as_uint();
+    case StatsValue::Kind::kDouble: return v.as_double();
+    case StatsValue::Kind::kString: return v.as_string();
+    case StatsValue::Kind::kArray: {
+      nlohmann::json a = nlohmann::json::array();
+      for (const StatsValue& item : v.items()) a.push_back(ToJson(item));
+      return a;
+    }
+    case StatsValue::Kind::kObject: break;
+  }
+  nlohmann::json o = nlohmann::json::object();
+  for (size_t i = 0; i < v.keys().size(); ++i) o[v.keys()[i]] = ToJson(v.items()[i]);
+  return o;
+}
+
+// Every transport's part, in the order the stats hold them.
+StatsReport TransportReport(const MigrationStats& s) {
+  StatsReport r;
+  for (const auto& t : s.transports) t->Report(r);
+  return r;
+}
+
+}  // namespace
+
+nlohmann::json StatsJson(const MigrationStats& s) {
+  const StatsReport transports = TransportReport(s);
   nlohmann::json ram = {
       {"total", s.ram.total},
       {"transferred", s.ram.transferred},
@@ -271,8 +301,10 @@ nlohmann::json StatsJson(const MigrationStats& s, bool multifd) {
       {"mbps", s.ram.mbps},
       {"pages-per-second", s.ram.pages_per_second},
       {"page-size", 4096},
-      {"multifd-bytes", s.multifd_bytes},
+      // QMP's query-migrate always has it; multifd's counters set it.
+      {"multifd-bytes", 0},
   };
+  ram.update(ToJson(transports.ram));
   nlohmann::json j = {
       {"status", std::string(StateName(s.state))},
       {"total-time", s.total_time_ms},
@@ -282,78 +314,10 @@ nlohmann::json StatsJson(const MigrationStats& s, bool multifd) {
       {"ram", ram},
       {"verified", s.verified},
   };
-  // mapped-ram's file threads are shown where multifd's channels are.
-  const std::vector<ChannelStats>& threads = s.multifd_channels.empty() ? s.file_threads : s.multifd_channels;
-  if (multifd || !threads.empty()) {
-    nlohmann::json channels = nlohmann::json::array();
-    for (const ChannelStats& c : threads) {
-      channels.push_back({{"bytes", c.bytes}, {"pages", c.pages}, {"packets", c.packets}});
-    }
-    j["multifd"] = {{"channels", channels}, {"zero-pages", s.multifd_zero_pages}};
-  }
-  if (s.zero_copy.enabled) {
-    j["zero-copy"] = {{"sends", s.zero_copy.sends},
-                      {"completed", s.zero_copy.completed},
-                      {"copied", s.zero_copy.copied},
-                      {"fallbacks", s.zero_copy.fallbacks}};
-  }
-  if (s.file_sync_ms) j["sync-time"] = s.file_sync_ms;
-  if (!s.tls.creds.empty()) {
-    // "tls": {"creds", "main": {"version", "cipher"[, "peer"]}, "multifd": [...], "ktls"}
-    auto session = [](const TlsSessionStats& t) {
-      nlohmann::json o{{"version", t.version}, {"cipher", t.cipher}};
-      if (!t.peer.empty()) o["peer"] = t.peer;
-      return o;
-    };
-    nlohmann::json tls{{"creds", s.tls.creds}, {"ktls", false}};
-    nlohmann::json mf = nlohmann::json::array();
-    for (const TlsSessionStats& t : s.tls.sessions) {
-      if (t.channel == "main") {
-        tls["main"] = session(t);
-      } else {
-        mf.push_back(session(t));
-      }
-    }
-    tls["multifd"] = mf;
-    j["tls"] = tls;
-  }
+  j.update(ToJson(transports.json));
   if (!s.error.empty()) j["error"] = s.error;
   return j;
 }
-
-std::string FormatBytes(double b) {
-  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-  int u = 0;
-  while (b >= 1024 && u < 4) {
-    b /= 1024;
-    ++u;
-  }
-  char buf[32];
-  snprintf(buf, sizeof(buf), u == 0 ? "%.0f %s" : "%.2f %s", b, units[u]);
-  return buf;
-}
-
-namespace {
-
-// "  tls: TLSv1.3 TLS_AES_128_GCM_SHA256 on the main stream and 4 multifd channels (x509; kTLS not available ...)"
-std::string TlsLine(const TlsStats& t) {
-  const std::string ktls = std::string("kTLS ") +
-                           (t.ktls_available ? "offered by the kernel but not used" : "not available in this kernel");
-  if (t.sessions.empty()) return "  tls: " + t.creds + ", no session established (" + ktls + ")\n";
-  const TlsSessionStats& m = t.sessions.front();
-  std::string line = "  tls: " + m.version + " " + m.cipher + " on the " +
-                     (m.channel == "main" ? std::string("main stream") : m.channel);
-  const size_t more = t.sessions.size() - 1;
-  if (more > 0) {
-    bool same = true;
-    for (const TlsSessionStats& o : t.sessions) same = same && o.version == m.version && o.cipher == m.cipher;
-    line += " and " + std::to_string(more) + " multifd channel" + (more > 1 ? "s" : "");
-    if (!same) line += " (not all with the same protocol: see --json)";
-  }
-  return line + " (" + t.creds + "; " + ktls + ")\n";
-}
-
-}  // namespace
 
 std::string Summary(const std::string& role, const MigrationStats& s, const std::string& tracker) {
   char buf[512];
@@ -364,11 +328,8 @@ std::string Summary(const std::string& role, const MigrationStats& s, const std:
            (unsigned long long)s.downtime_ms);
   out += buf;
   if (!s.error.empty()) out += "  error: " + TerminalText(s.error) + "\n";
-  if (s.file_sync_ms) {
-    snprintf(buf, sizeof(buf), "  then %llu ms flushing the file to stable storage\n",
-             (unsigned long long)s.file_sync_ms);
-    out += buf;
-  }
+  const StatsReport transports = TransportReport(s);
+  out += transports.after_state;
   snprintf(buf, sizeof(buf), "  RAM %s: %llu pages sent in full (%s), %llu zero pages; %s on the wire\n",
            FormatBytes(s.ram.total).c_str(), (unsigned long long)s.ram.normal,
            FormatBytes(s.ram.normal_bytes).c_str(), (unsigned long long)s.ram.duplicate,
@@ -380,33 +341,7 @@ std::string Summary(const std::string& role, const MigrationStats& s, const std:
              tracker.empty() ? "" : ", dirty tracking: ", tracker.c_str());
     out += buf;
   }
-  const std::vector<ChannelStats>& threads = s.multifd_channels.empty() ? s.file_threads : s.multifd_channels;
-  if (!threads.empty()) {
-    uint64_t packets = 0;
-    uint64_t bytes = 0;
-    for (const ChannelStats& c : threads) {
-      packets += c.packets;
-      bytes += c.bytes;
-    }
-    if (s.multifd_bytes == 0 && bytes > 0) {
-      // mapped-ram file threads: page data at fixed offsets, no packets.
-      snprintf(buf, sizeof(buf), "  file threads: %zu, %s of pages in %llu requests\n", threads.size(),
-               FormatBytes(bytes).c_str(), (unsigned long long)packets);
-    } else {
-      snprintf(buf, sizeof(buf), "  multifd: %zu channels, %s in %llu packets, %llu zero pages listed in packets\n",
-               threads.size(), FormatBytes(s.multifd_bytes).c_str(), (unsigned long long)packets,
-               (unsigned long long)s.multifd_zero_pages);
-    }
-    out += buf;
-  }
-  if (s.zero_copy.enabled) {
-    snprintf(buf, sizeof(buf),
-             "  zero-copy: %llu sends, %llu completed, %llu copied by the kernel anyway, %llu fell back to a copy\n",
-             (unsigned long long)s.zero_copy.sends, (unsigned long long)s.zero_copy.completed,
-             (unsigned long long)s.zero_copy.copied, (unsigned long long)s.zero_copy.fallbacks);
-    out += buf;
-  }
-  if (!s.tls.creds.empty()) out += TlsLine(s.tls);
+  out += transports.lines;
   if (s.state == MigrationState::kCompleted) {
     out += std::string("  verified: ") + (s.verified ? "yes (XXH3 digest of every page matches)" : "no") + "\n";
   }

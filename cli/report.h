@@ -33,11 +33,12 @@ std::string DumpJson(const nlohmann::json& j);
 // not dirty (re-sent pages do not count twice).
 double ProgressPercent(const MigrationStats& s);
 
-// The --json object. `multifd`: the capability is on, so the "multifd"
-// member is present even when the migration failed before any channel
-// counted anything. ram.multifd-bytes is always there (0 without multifd).
-nlohmann::json StatsJson(const MigrationStats& s, bool multifd = false);
-std::string FormatBytes(double bytes);
+// The --json object: core's members, then each transport's
+// (MigrationStats::transports, TransportStats::Report). ram.multifd-bytes
+// is always there (0 without multifd). Call MigrationPlan::AddStats first so
+// that transports reporting even without counters (multifd) are there.
+nlohmann::json StatsJson(const MigrationStats& s);
+using ferry::FormatBytes;  // core/stats.h
 // Multi-line summary for people. `role` is "send" or "recv".
 std::string Summary(const std::string& role, const MigrationStats& s, const std::string& tracker);
 // The --json "resources" member: {"minor-faults", "major-faults", "peak-rss"

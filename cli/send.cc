@@ -111,7 +111,6 @@ int RunSend(const SendOpts& o) {
   auto tracker = MakeDirtyTracker(kind, Note);
   if (!tracker.ok()) return Fail(tracker.status());
   const std::string tracker_name((*tracker)->name());
-  const bool report_multifd = plan->reports_multifd();
   const bool to_stdout = StreamIsStdout(o.uri);
 
   // Connects (the main stream first, then multifd's channels: QEMU 7.2 takes
@@ -124,7 +123,7 @@ int RunSend(const SendOpts& o) {
     st.state = signals.fired() ? MigrationState::kCancelled : MigrationState::kFailed;
     st.error = signals.fired() ? "cancelled before connecting" : conn.status().message();
     st.ram.total = guest.size();
-    if (o.json) PrintResult("send", st, true, tracker_name, report_multifd, to_stdout);
+    if (o.json) PrintResult("send", st, true, tracker_name, *plan, to_stdout);
     if (signals.fired()) {
       Note("cancelled before connecting");
       return kExitCancelled;
@@ -149,7 +148,7 @@ int RunSend(const SendOpts& o) {
   // A save counts only once the data is on stable storage.
   Status finished = (*conn)->Finish(st);
   if (!finished.ok()) result = finished;
-  PrintResult("send", st, o.json, tracker_name, report_multifd, to_stdout);
+  PrintResult("send", st, o.json, tracker_name, *plan, to_stdout);
   if (!result.ok() && result.code() != Code::kCancelled) PrintError(result);
   return ExitCodeFor(st);
 }

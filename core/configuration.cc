@@ -33,7 +33,6 @@ void PutSubsectionHeader(StreamWriter& w, std::string_view name) {
 Configuration ConfigurationFor(const MigrationParams& params) {
   Configuration c;
   c.machine = params.machine;
-  if (params.mapped_ram) c.capabilities.push_back("mapped-ram");
   if (params.validate_uuid && params.uuid) c.uuid = params.uuid;
   return c;
 }

@@ -46,8 +46,9 @@ struct Configuration {
   std::optional<uint32_t> target_page_bits;
 };
 
-// What this end sends: machine, mapped-ram when on, the uuid when
-// validate-uuid is on and a uuid is set.
+// What this end sends from core's settings: machine, the uuid when
+// validate-uuid is on and a uuid is set. (Capabilities come from the sink:
+// PageSinkFactory::announced_capabilities.)
 Configuration ConfigurationFor(const MigrationParams& params);
 
 // Writes the whole section, type byte included.

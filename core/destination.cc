@@ -197,7 +197,7 @@ Status MigrationDestination::RunInner(Channel& channel) {
   StreamReader r(&channel);
   ram_ = std::make_unique<RamLoader>(
       blocks_, allocator_, options_.fresh_memory, options_.receiver,
-      options_.multifd_sync_on_eos || (options_.receiver && options_.receiver->sync_on_eos()));
+      options_.receiver && options_.receiver->sync_on_eos());
   ram_->SetMaxRam(options_.max_ram, options_.max_ram_source);
   ram_->RecordPageHashes(options_.expect_verify);
   if (options_.receiver) {
@@ -238,7 +238,7 @@ Status MigrationDestination::RunInner(Channel& channel) {
   FERRY_ASSIGN_OR_RETURN(Configuration config, ReadConfiguration(r));
   Configuration local;
   local.machine = options_.machine;
-  if (options_.mapped_ram) local.capabilities.push_back("mapped-ram");
+  local.capabilities = options_.capabilities;
   if (options_.receiver) {
     for (std::string& c : options_.receiver->announced_capabilities()) {
       if (std::find(local.capabilities.begin(), local.capabilities.end(), c) == local.capabilities.end()) {

@@ -103,10 +103,10 @@ class MigrationSource {
 
 struct DestinationOptions {
   std::string machine = "ferry";  // expected configuration machine name
-  // The mapped-ram capability is on here (the stream must say the same).
-  // The receiver's announced_capabilities() say so too; this is for
-  // destinations built without one.
-  bool mapped_ram = false;
+  // Capabilities the stream's configuration section must list besides
+  // those the receiver announces (PageReceiver::announced_capabilities); for
+  // destinations built by hand.
+  std::vector<std::string> capabilities;
   std::optional<Uuid> uuid;       // this VM's uuid: a uuid in the stream must match it
   // The QEMU generation on the other end (with qemu_devices): which
   // return-path messages it understands.
@@ -118,8 +118,6 @@ struct DestinationOptions {
   bool qemu_devices = false;      // accept QEMU 7.2's "timer" and "globalstate"
   bool fresh_memory = true;       // blocks start zeroed (fresh mappings)
   PageReceiver* receiver = nullptr;  // multifd receivers; not owned
-  // QEMU <= 7.2 barrier placement; the receiver's sync_on_eos() says so too.
-  bool multifd_sync_on_eos = false;
   // The most RAM (the sum of the block sizes) the stream may announce; a
   // larger announcement is refused before anything is allocated. 0 = no
   // limit. `max_ram_source` says where the limit comes from, for the message.

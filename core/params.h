@@ -41,30 +41,18 @@ struct MigrationParams {
     return std::chrono::milliseconds(uint64_t{no_progress_timeout_s} * 1000);
   }
 
-  // multifd's and file's settings are owned, parsed and checked by multifd/
-  // (multifd/settings.h) and file/ (file/file_transport.cc); Plan
-  // (core/setup.h) does not set the fields below. They remain for engines
-  // built by hand: MultifdSinkFactory / MakeMultifdReceiver take them
-  // (converted to multifd::Settings), ConfigurationFor announces mapped_ram.
-  // multifd parameters (used when the capability is on).
-  enum class ZeroPageDetection { kNone, kLegacy, kMultifd };
-  enum class Compression { kNone, kZstd };
-  uint32_t multifd_channels = 2;                              // "multifd-channels"
-  ZeroPageDetection zero_page_detection = ZeroPageDetection::kMultifd;  // "zero-page-detection"
-  Compression multifd_compression = Compression::kNone;     // "multifd-compression"
-  int multifd_zstd_level = 1;                                 // "multifd-zstd-level"
-  bool multifd_flush_after_each_section = false;  // "multifd-flush-after-each-section": QEMU <= 7.2 barriers
+  // The transports' settings are theirs: multifd's in multifd::Settings
+  // (multifd/settings.h: multifd, multifd-channels, zero-page-detection,
+  // multifd-compression, multifd-zstd-level, multifd-flush-after-each-section,
+  // zero-copy-send), file's in file/file_transport.cc and
+  // mapped_ram::FileOptions (mapped-ram, direct-io), tls's in tls/. What
+  // core must know of them it asks through interfaces (PageSinkFactory /
+  // PageReceiver: the capabilities to announce, EOS barriers).
 
   // Capabilities.
   bool verify = true;  // "verify": ferry's digest section + verdict (off for QEMU peers)
-  bool multifd = false;         // "multifd": pages over multifd-channels extra connections
-  bool zero_copy_send = false;  // "zero-copy-send": MSG_ZEROCOPY on multifd channels
-  bool mapped_ram = false;      // "mapped-ram": fixed page places in a file (file: targets only); with
-                                // multifd, multifd-channels file threads and no multifd sockets
   bool validate_uuid = false;   // "validate-uuid": the configuration section carries the uuid; the
                                 // destination refuses another one
-  // File parameter.
-  bool direct_io = false;       // "direct-io": page data through O_DIRECT (needs mapped-ram)
 
   // The VM's uuid (QEMU's -uuid; ferry's --uuid): announced by multifd
   // channels and, with validate-uuid, in the configuration section.

@@ -74,10 +74,7 @@ void Connection::Apply(DestinationOptions& options) const {
 
 Status Connection::Finish(MigrationStats& stats) {
   if (!finish_ || stats.state != MigrationState::kCompleted) return Status::Ok();
-  const auto start = Clock::now();
-  Status s = finish_();
-  stats.file_sync_ms = static_cast<uint64_t>(
-      std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start).count());
+  Status s = finish_(stats);
   if (!s.ok()) {
     stats.state = MigrationState::kFailed;
     stats.error = s.message();
@@ -117,9 +114,8 @@ std::optional<std::string> MigrationPlan::parameter(std::string_view name) const
   return std::nullopt;
 }
 
-bool MigrationPlan::reports_multifd() const {
-  return std::any_of(transports_.begin(), transports_.end(),
-                     [&](const auto& t) { return t->reports_multifd(*this); });
+void MigrationPlan::AddStats(MigrationStats& stats) const {
+  for (const auto& t : transports_) t->AddStats(*this, stats);
 }
 
 DestinationOptions MigrationPlan::destination_options() const {

@@ -19,6 +19,7 @@
 //   MigrationSource src(plan.params(), blocks, tracker, guest, {}, conn->sink_factory());
 //   Status s = src.Run(conn->channel(), conn->two_way());
 //   MigrationStats st = src.Stats();
+//   conn->AddStats(st);                 // transports' counters (tls sessions)
 //   if (s.ok()) s = conn->Finish(st);   // a file: fdatasync, timed into the stats
 #pragma once
 
@@ -120,15 +121,15 @@ class Connection {
   // capabilities it expects, EOS barriers — it says itself: PageReceiver.)
   void Apply(DestinationOptions& options) const;
   // After a completed migration: makes the result durable (a file's
-  // fdatasync), timed into `stats` (file_sync_ms). On failure sets the
+  // fdatasync, which puts its time into `stats`). On failure sets the
   // stats' state and error.
   Status Finish(MigrationStats& stats);
   // A failed load: adds what the transport knows about why (a mapped-ram
   // file read as a plain stream).
   Status Explain(const Status& failed) const;
   // Adds what the transports know of this connection to `stats` (tls/: the
-  // session of every channel): call it on the stats MigrationSource /
-  // MigrationDestination report, before printing them.
+  // session of every channel, MigrationStats::Set): call it on the stats
+  // MigrationSource / MigrationDestination report, before printing them.
   void AddStats(MigrationStats& stats) const;
 
   // For transports, while opening.
@@ -139,8 +140,8 @@ class Connection {
   void set_receiver(std::unique_ptr<PageReceiver> r) { receiver_ = std::move(r); }
   void set_two_way(bool v) { two_way_ = v; }
   void set_reject_trailing_bytes(bool v) { reject_trailing_bytes_ = v; }
-  // `step` runs in Finish; its time goes to file_sync_ms.
-  void set_finish(std::function<Status()> step) { finish_ = std::move(step); }
+  // `step` runs in Finish (it may Set its counters into the stats).
+  void set_finish(std::function<Status(MigrationStats&)> step) { finish_ = std::move(step); }
   void set_explain(std::function<Status(const Status&)> f) { explain_ = std::move(f); }
   // Keeps an object (a file, a listener) alive as long as the connection.
   void Keep(std::shared_ptr<void> thing) { kept_.push_back(std::move(thing)); }
@@ -162,7 +163,7 @@ class Connection {
   std::unique_ptr<PageReceiver> receiver_;
   bool two_way_ = false;
   bool reject_trailing_bytes_ = false;
-  std::function<Status()> finish_;
+  std::function<Status(MigrationStats&)> finish_;
   std::function<Status(const Status&)> explain_;
   std::vector<std::pair<Channel*, std::string>> named_;
   std::vector<std::function<void(MigrationStats&)>> stats_;
@@ -251,10 +252,13 @@ class Transport {
     (void)plan;
     return Status::Ok();
   }
-  // Whether the stats report multifd channels for this plan.
-  virtual bool reports_multifd(const PlanView& plan) const {
+  // Counters it reports for this plan even when nothing was counted (with
+  // MigrationStats::SetIfAbsent): multifd's --json object is there whenever
+  // the capability is on, also when the migration failed before a channel
+  // counted anything.
+  virtual void AddStats(const PlanView& plan, MigrationStats& stats) const {
     (void)plan;
-    return false;
+    (void)stats;
   }
 
   // Opening. The endpoint's transport opens the endpoint (main channel, or a
@@ -315,8 +319,11 @@ class MigrationPlan final : public PlanView {
   std::optional<std::string> parameter(std::string_view name) const override;
   // The uuid multifd channels announce / expect (all zeros without --uuid).
   const Uuid& uuid() const { return uuid_; }
-  // Whether --json carries the "multifd" object.
-  bool reports_multifd() const;
+  // Adds, where `stats` lacks them, the counters every transport reports
+  // for this plan even when nothing was counted (Transport::AddStats): call
+  // it on any stats of this plan before printing them, also when opening
+  // failed.
+  void AddStats(MigrationStats& stats) const;
   // The destination's options (before opening; Connection::Apply adds the
   // connection's part).
   DestinationOptions destination_options() const;

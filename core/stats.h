@@ -2,8 +2,10 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 namespace ferry {
@@ -21,6 +23,8 @@ enum class MigrationState {
 
 // QEMU's spelling: "none", "setup", "active", "device", "completed", ...
 std::string_view StateName(MigrationState s);
+// Bytes for people: "512 B", "1.50 MiB", "4.00 GiB" (binary units, two decimals).
+std::string FormatBytes(double bytes);
 inline bool IsTerminal(MigrationState s) {
   return s == MigrationState::kCompleted || s == MigrationState::kFailed || s == MigrationState::kCancelled;
 }
@@ -38,33 +42,75 @@ struct RamStats {
   uint64_t pages_per_second = 0;
 };
 
-struct ChannelStats {
-  uint64_t bytes = 0;    // wire bytes on this multifd channel
-  uint64_t pages = 0;    // normal pages carried
-  uint64_t packets = 0;  // packets, SYNC packets included
+// A value in a transport's report (its --json object): a boolean, an
+// unsigned number, a double, a string, an array or an object (members in
+// the order set). Built without a JSON library, so this header stays free of
+// one; the CLI turns it into JSON.
+class StatsValue {
+ public:
+  enum class Kind { kBool, kUint, kDouble, kString, kArray, kObject };
+
+  StatsValue() : kind_(Kind::kObject) {}
+  StatsValue(bool b) : kind_(Kind::kBool), bool_(b) {}
+  StatsValue(uint64_t u) : kind_(Kind::kUint), uint_(u) {}
+  StatsValue(double d) : kind_(Kind::kDouble), double_(d) {}
+  StatsValue(std::string s) : kind_(Kind::kString), string_(std::move(s)) {}
+  StatsValue(const char* s) : StatsValue(std::string(s)) {}
+  static StatsValue Object() { return StatsValue(); }
+  static StatsValue Array() {
+    StatsValue v;
+    v.kind_ = Kind::kArray;
+    return v;
+  }
+
+  // Object: sets member `key` (replacing one of that name); returns it.
+  StatsValue& Set(std::string_view key, StatsValue v);
+  // Array: appends.
+  void Push(StatsValue v) { items_.push_back(std::move(v)); }
+
+  Kind kind() const { return kind_; }
+  bool as_bool() const { return bool_; }
+  uint64_t as_uint() const { return uint_; }
+  double as_double() const { return double_; }
+  const std::string& as_string() const { return string_; }
+  // Array items, or object member values (keys()[i] names items()[i]).
+  const std::vector<StatsValue>& items() const { return items_; }
+  const std::vector<std::string>& keys() const { return keys_; }
+
+ private:
+  Kind kind_;
+  bool bool_ = false;
+  uint64_t uint_ = 0;
+  double double_ = 0;
+  std::string string_;
+  std::vector<StatsValue> items_;
+  std::vector<std::string> keys_;
 };
 
-// MSG_ZEROCOPY on the multifd channels (zero-copy-send), summed over them.
-struct ZeroCopyStats {
-  bool enabled = false;
-  uint64_t sends = 0;      // sendmsg(MSG_ZEROCOPY) calls the kernel numbered
-  uint64_t completed = 0;  // of those, completions reaped from the error queue
-  uint64_t copied = 0;     // completions where the kernel copied after all (e.g. loopback)
-  uint64_t fallbacks = 0;  // sends done with a plain copy after ENOBUFS
+// What one transport adds to a migration's report. The CLI prints `json`'s
+// members into the --json object and `ram`'s into its "ram" object; summary
+// lines (each ending in "\n") go after the first line (`after_state`: what
+// happened after the migration, e.g. a file's flush) or after the
+// throughput line (`lines`: the transport's own counters).
+struct StatsReport {
+  StatsValue json = StatsValue::Object();
+  StatsValue ram = StatsValue::Object();
+  std::string after_state;
+  std::string lines;
 };
 
-// TLS (tls/): the session of each connection.
-struct TlsSessionStats {
-  std::string channel;  // "main", "multifd 0", ...
-  std::string version;  // "TLSv1.3"
-  std::string cipher;   // "TLS_AES_128_GCM_SHA256"
-  std::string peer;     // the peer certificate's subject (x509), "" otherwise
-};
-
-struct TlsStats {
-  std::string creds;            // "x509" or "psk"; "" = no TLS
-  bool ktls_available = false;  // the kernel offers kTLS (ferry does not use it yet)
-  std::vector<TlsSessionStats> sessions;  // the main stream's first, then multifd's by id
+// One transport's counters in a MigrationStats. multifd/, file/ and tls/
+// each define theirs (multifd/stats.h, file/stats.h, tls/stats.h); a sink,
+// a receiver or a Connection puts a fresh snapshot in with
+// MigrationStats::Set. Immutable once made: copies of a MigrationStats
+// share it.
+class TransportStats {
+ public:
+  virtual ~TransportStats() = default;
+  // Unique within one MigrationStats ("multifd", "file-threads", "tls").
+  virtual std::string_view name() const = 0;
+  // Adds its part of the report (--json members, summary lines).
+  virtual void Report(StatsReport& out) const = 0;
 };
 
 struct MigrationStats {
@@ -80,19 +126,25 @@ struct MigrationStats {
   uint64_t stalled_passes = 0;
   bool not_converging = false;
   RamStats ram;
-  // multifd (empty without it)
-  uint64_t multifd_bytes = 0;
-  uint64_t multifd_zero_pages = 0;  // zero pages found by the sender threads
-  std::vector<ChannelStats> multifd_channels;
-  ZeroCopyStats zero_copy;
-  // file/ (mapped-ram): per writer/reader thread (empty without multifd
-  // file threads); and, for saves, milliseconds flushing the file to stable
-  // storage after the migration completed (not part of total_time_ms).
-  std::vector<ChannelStats> file_threads;
-  uint64_t file_sync_ms = 0;
-  TlsStats tls;  // empty without TLS (Connection::AddStats fills it)
+  // The transports' counters (multifd's channels, mapped-ram's file
+  // threads, a file's flush time, TLS sessions), in the order they were set.
+  std::vector<std::shared_ptr<const TransportStats>> transports;
   std::string error;     // set when failed/cancelled
   bool verified = false; // destination: digest matched; source: destination said so
+
+  // Puts a transport's counters in, replacing any of the same name.
+  void Set(std::shared_ptr<const TransportStats> t);
+  // Sets `t` unless counters of that name are there already.
+  void SetIfAbsent(std::shared_ptr<const TransportStats> t);
+  const TransportStats* Find(std::string_view name) const;
+  // The counters of type T (multifd::MultifdStats, ...), or null.
+  template <class T>
+  const T* Get() const {
+    for (const auto& t : transports) {
+      if (const T* p = dynamic_cast<const T*>(t.get())) return p;
+    }
+    return nullptr;
+  }
 };
 
 }  // namespace ferry

@@ -2,10 +2,13 @@
 
 #include <sys/stat.h>
 
+#include <chrono>
+
 #include "core/uri.h"
 #include "file/file_channel.h"
 #include "file/inspect.h"
 #include "file/mapped_ram.h"
+#include "file/stats.h"
 #include "socket/socket.h"
 
 namespace ferry {
@@ -122,8 +125,14 @@ class FileTransport final : public Transport {
     const uint64_t offset = ep.offset();
     if (source) {
       // The save counts only once the data is on stable storage.
-      conn.set_finish([f, path] {
+      conn.set_finish([f, path](MigrationStats& stats) {
+        const auto start = std::chrono::steady_clock::now();
         Status s = f->Finish();
+        auto sync = std::make_shared<FileSyncStats>();
+        sync->sync_ms = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                                  std::chrono::steady_clock::now() - start)
+                                                  .count());
+        stats.Set(std::move(sync));
         return s.ok() ? s : s.WithContext("flushing " + path);
       });
     } else if (!mapped_ram_) {

@@ -41,6 +41,7 @@
 #include "../socket/socket.h"
 #include "packet.h"
 #include "settings.h"
+#include "stats.h"
 
 namespace ferry::multifd {
 
@@ -75,10 +76,6 @@ class MultifdSinkFactory final : public PageSinkFactory {
   // `channels`: connected, init packets sent (ConnectMultifd). multifd's
   // settings (multifd/settings.h; Plan's multifd transport passes its own).
   MultifdSinkFactory(const Settings& settings, std::vector<std::unique_ptr<Channel>> channels);
-  // The same from MigrationParams' copies of them (multifd_channels,
-  // zero_page_detection, multifd_compression, multifd_zstd_level,
-  // multifd_flush_after_each_section, zero_copy_send).
-  MultifdSinkFactory(const MigrationParams& params, std::vector<std::unique_ptr<Channel>> channels);
   ~MultifdSinkFactory() override;
   Result<std::unique_ptr<PageSink>> Make(StreamWriter& main) override;
   bool saver_detects_zero() const override;
@@ -90,8 +87,6 @@ class MultifdSinkFactory final : public PageSinkFactory {
 
 // Destination side. Owns the multifd channels.
 std::unique_ptr<PageReceiver> MakeMultifdReceiver(const Settings& settings,
-                                                  std::vector<std::unique_ptr<Channel>> channels);
-std::unique_ptr<PageReceiver> MakeMultifdReceiver(const MigrationParams& params,
                                                   std::vector<std::unique_ptr<Channel>> channels);
 
 }  // namespace ferry::multifd

@@ -102,7 +102,7 @@ class MultifdReceiver final : public PageReceiver {
 };
 
 MultifdReceiver::MultifdReceiver(const Settings& settings, std::vector<std::unique_ptr<Channel>> channels)
-    : expected_compression_(settings.compression == MigrationParams::Compression::kZstd ? kCompressionZstd
+    : expected_compression_(settings.compression == Compression::kZstd ? kCompressionZstd
                                                                                       : kCompressionNone),
       sync_on_eos_(settings.flush_after_each_section) {
   for (size_t i = 0; i < channels.size(); ++i) {
@@ -218,10 +218,11 @@ Status MultifdReceiver::Finish() {
 
 void MultifdReceiver::FillStats(MigrationStats& stats) const {
   uint64_t total = 0, pages = 0, zeros = 0;
-  stats.multifd_channels.assign(receivers_.size(), ChannelStats{});
+  auto mf = std::make_shared<MultifdStats>();
+  mf->channels.assign(receivers_.size(), ChannelStats{});
   for (size_t i = 0; i < receivers_.size(); ++i) {
     const Receiver& r = *receivers_[i];
-    ChannelStats& c = stats.multifd_channels[i];
+    ChannelStats& c = mf->channels[i];
     c.bytes = r.bytes.load(std::memory_order_relaxed);
     c.pages = r.pages.load(std::memory_order_acquire);
     c.packets = r.packets.load(std::memory_order_acquire);
@@ -229,8 +230,9 @@ void MultifdReceiver::FillStats(MigrationStats& stats) const {
     pages += c.pages;
     zeros += r.zero_pages.load(std::memory_order_relaxed);
   }
-  stats.multifd_bytes += total;
-  stats.multifd_zero_pages += zeros;
+  mf->bytes = total;
+  mf->zero_pages = zeros;
+  stats.Set(std::move(mf));
   // Pages placed by the receivers count like the loader's own.
   stats.ram.normal += pages;
   stats.ram.duplicate += zeros;
@@ -475,9 +477,5 @@ std::unique_ptr<PageReceiver> MakeMultifdReceiver(const Settings& settings,
   return std::make_unique<MultifdReceiver>(settings, std::move(channels));
 }
 
-std::unique_ptr<PageReceiver> MakeMultifdReceiver(const MigrationParams& params,
-                                                  std::vector<std::unique_ptr<Channel>> channels) {
-  return MakeMultifdReceiver(Settings::From(params), std::move(channels));
-}
 
 }  // namespace ferry::multifd

@@ -198,9 +198,9 @@ MultifdSink::MultifdSink(const Settings& settings, std::vector<std::unique_ptr<C
     : main_(main),
       flush_each_section_(settings.flush_after_each_section),
       zero_copy_(settings.zero_copy_send),
-      detect_zero_(settings.zero_page_detection == MigrationParams::ZeroPageDetection::kMultifd),
-      legacy_zero_(settings.zero_page_detection == MigrationParams::ZeroPageDetection::kLegacy),
-      compression_(settings.compression == MigrationParams::Compression::kZstd ? kCompressionZstd
+      detect_zero_(settings.zero_page_detection == ZeroPageDetection::kMultifd),
+      legacy_zero_(settings.zero_page_detection == ZeroPageDetection::kLegacy),
+      compression_(settings.compression == Compression::kZstd ? kCompressionZstd
                                                                                      : kCompressionNone),
       zstd_level_(settings.zstd_level) {
   for (size_t i = 0; i < channels.size(); ++i) {
@@ -216,8 +216,8 @@ MultifdSink::~MultifdSink() { StopAndJoin(/*abandon=*/true); }
 Status MultifdSink::Start() {
   if (senders_.empty()) return Status::InvalidArgument("multifd needs at least one channel");
   FERRY_RETURN_IF_ERROR(CheckZeroCopy(zero_copy_, compression_ == kCompressionZstd
-                                                     ? MigrationParams::Compression::kZstd
-                                                     : MigrationParams::Compression::kNone));
+                                                     ? Compression::kZstd
+                                                     : Compression::kNone));
   if (detect_zero_) zero_check_ = &BestZeroCheck();
   // Every channel's waits are bounded like the main stream's, on its clock
   // (MigrationSource::Run set it): a channel idle while the others carry
@@ -464,28 +464,29 @@ uint64_t MultifdSink::accounted_bytes() const {
 
 void MultifdSink::FillStats(MigrationStats& stats) const {
   uint64_t total = 0;
-  stats.multifd_channels.assign(senders_.size(), ChannelStats{});
+  auto mf = std::make_shared<MultifdStats>();
+  mf->channels.assign(senders_.size(), ChannelStats{});
   for (size_t i = 0; i < senders_.size(); ++i) {
     const Sender& s = *senders_[i];
-    ChannelStats& c = stats.multifd_channels[i];
+    ChannelStats& c = mf->channels[i];
     c.bytes = s.bytes.load(std::memory_order_relaxed);
     c.pages = s.pages.load(std::memory_order_relaxed);
     c.packets = s.packets.load(std::memory_order_relaxed);
     total += c.bytes;
   }
-  stats.multifd_bytes += total;
+  mf->bytes = total;
   // The saver counted every page it handed over as normal; the senders found
   // some of them all zeros. The saver's published count may lag behind the
   // senders', so never let it go below zero.
   const uint64_t z = zero_pages_.load(std::memory_order_relaxed);
-  stats.multifd_zero_pages += z;
+  mf->zero_pages = z;
   const uint64_t moved = std::min(z, stats.ram.normal);
   stats.ram.normal -= moved;
   stats.ram.duplicate += moved;
   stats.ram.normal_bytes = stats.ram.normal * kPageSize;
-  stats.zero_copy = ZeroCopyStats{};
-  stats.zero_copy.enabled = zero_copy_;
-  for (const auto& sp : senders_) sp->zc.AddTo(stats.zero_copy);
+  mf->zero_copy.enabled = zero_copy_;
+  for (const auto& sp : senders_) sp->zc.AddTo(mf->zero_copy);
+  stats.Set(std::move(mf));
 }
 
 // --- sender threads ----------------------------------------------------------
@@ -643,8 +644,6 @@ Status MultifdSink::WaitCompletions(Sender& s, uint64_t id_end) {
 
 // --- factory -----------------------------------------------------------------
 
-MultifdSinkFactory::MultifdSinkFactory(const MigrationParams& params, std::vector<std::unique_ptr<Channel>> channels)
-    : MultifdSinkFactory(Settings::From(params), std::move(channels)) {}
 
 MultifdSinkFactory::MultifdSinkFactory(const Settings& settings, std::vector<std::unique_ptr<Channel>> channels)
     : settings_(settings), channels_(std::move(channels)) {}
@@ -665,7 +664,7 @@ Result<std::unique_ptr<PageSink>> MultifdSinkFactory::Make(StreamWriter& main) {
 }
 
 bool MultifdSinkFactory::saver_detects_zero() const {
-  return settings_.zero_page_detection == MigrationParams::ZeroPageDetection::kLegacy;
+  return settings_.zero_page_detection == ZeroPageDetection::kLegacy;
 }
 
 }  // namespace ferry::multifd

@@ -16,8 +16,8 @@ const std::vector<std::string_view>& Settings::CapabilityNames() {
 }
 
 Status Settings::SetParameter(std::string_view name, std::string_view value) {
-  using ZPD = MigrationParams::ZeroPageDetection;
-  using Compression = MigrationParams::Compression;
+  using ZPD = ZeroPageDetection;
+  using Compression = Compression;
   if (name == "multifd-channels") {
     FERRY_ASSIGN_OR_RETURN(uint64_t v, ParseParameterUint(name, value));
     if (v < 1 || v > 255) return Status::InvalidArgument("multifd-channels must be 1-255, got " + std::string(value));
@@ -60,13 +60,13 @@ Status Settings::SetCapability(std::string_view name, bool on) {
 }
 
 std::optional<std::string> Settings::Get(std::string_view name) const {
-  using ZPD = MigrationParams::ZeroPageDetection;
+  using ZPD = ZeroPageDetection;
   if (name == "multifd-channels") return std::to_string(channels);
   if (name == "zero-page-detection") {
     return zero_page_detection == ZPD::kNone ? "none" : zero_page_detection == ZPD::kLegacy ? "legacy" : "multifd";
   }
   if (name == "multifd-compression") {
-    return compression == MigrationParams::Compression::kZstd ? "zstd" : "none";
+    return compression == Compression::kZstd ? "zstd" : "none";
   }
   if (name == "multifd-zstd-level") return std::to_string(zstd_level);
   if (name == "multifd-flush-after-each-section") return flush_after_each_section ? "on" : "off";
@@ -75,11 +75,11 @@ std::optional<std::string> Settings::Get(std::string_view name) const {
 
 void Settings::ApplyQemu72() {
   flush_after_each_section = true;
-  zero_page_detection = MigrationParams::ZeroPageDetection::kLegacy;
+  zero_page_detection = ZeroPageDetection::kLegacy;
 }
 
-Status CheckZeroCopy(bool zero_copy, MigrationParams::Compression compression) {
-  if (zero_copy && compression != MigrationParams::Compression::kNone) {
+Status CheckZeroCopy(bool zero_copy, Compression compression) {
+  if (zero_copy && compression != Compression::kNone) {
     return Status::InvalidArgument("zero-copy-send cannot be combined with multifd-compression (compressed "
                                    "buffers are copied anyway)");
   }
@@ -89,7 +89,7 @@ Status CheckZeroCopy(bool zero_copy, MigrationParams::Compression compression) {
 Status Settings::Validate(const MigrationParams& core) const {
   if (zero_copy_send && !enabled) return Status::InvalidArgument("zero-copy-send needs the multifd capability");
   FERRY_RETURN_IF_ERROR(CheckZeroCopy(zero_copy_send, compression));
-  if (enabled && zero_page_detection == MigrationParams::ZeroPageDetection::kMultifd && core.qemu_compat &&
+  if (enabled && zero_page_detection == ZeroPageDetection::kMultifd && core.qemu_compat &&
       core.qemu_version == MigrationParams::QemuVersion::k7_2) {
     return Status::InvalidArgument("QEMU 7.2 cannot take zero pages in multifd packets (its packets have no "
                                    "zero_pages field): use -p zero-page-detection=legacy");
@@ -97,16 +97,5 @@ Status Settings::Validate(const MigrationParams& core) const {
   return Status::Ok();
 }
 
-Settings Settings::From(const MigrationParams& p) {
-  Settings s;
-  s.enabled = p.multifd;
-  s.channels = p.multifd_channels;
-  s.zero_page_detection = p.zero_page_detection;
-  s.compression = p.multifd_compression;
-  s.zstd_level = p.multifd_zstd_level;
-  s.flush_after_each_section = p.multifd_flush_after_each_section;
-  s.zero_copy_send = p.zero_copy_send;
-  return s;
-}
 
 }  // namespace ferry::multifd

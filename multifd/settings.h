@@ -18,14 +18,20 @@
 
 namespace ferry::multifd {
 
+// Who finds zero pages: nobody (sent in full), the migration thread (ZERO
+// records in the main stream, QEMU 7.2), or the channel threads (listed in
+// packets).
+enum class ZeroPageDetection { kNone, kLegacy, kMultifd };
+enum class Compression { kNone, kZstd };
+
 struct Settings {
-  bool enabled = false;  // capability "multifd"
-  uint32_t channels = 2;
-  MigrationParams::ZeroPageDetection zero_page_detection = MigrationParams::ZeroPageDetection::kMultifd;
-  MigrationParams::Compression compression = MigrationParams::Compression::kNone;
-  int zstd_level = 1;
-  bool flush_after_each_section = false;
-  bool zero_copy_send = false;  // capability "zero-copy-send"
+  bool enabled = false;  // capability "multifd": pages over `channels` extra connections
+  uint32_t channels = 2;                                                // "multifd-channels"
+  ZeroPageDetection zero_page_detection = ZeroPageDetection::kMultifd;  // "zero-page-detection"
+  Compression compression = Compression::kNone;                         // "multifd-compression"
+  int zstd_level = 1;                                                   // "multifd-zstd-level"
+  bool flush_after_each_section = false;  // "multifd-flush-after-each-section": QEMU <= 7.2 barriers
+  bool zero_copy_send = false;            // capability "zero-copy-send": MSG_ZEROCOPY on the channels
 
   static const std::vector<std::string_view>& ParameterNames();
   static const std::vector<std::string_view>& CapabilityNames();
@@ -38,11 +44,9 @@ struct Settings {
   void ApplyQemu72();
   // Combinations refused whatever the URI.
   Status Validate(const MigrationParams& core) const;
-  // From MigrationParams' copies (for engines built by hand from them).
-  static Settings From(const MigrationParams& p);
 };
 
 // zero-copy-send with compression: the one copy of that check and message.
-Status CheckZeroCopy(bool zero_copy, MigrationParams::Compression compression);
+Status CheckZeroCopy(bool zero_copy, Compression compression);
 
 }  // namespace ferry::multifd

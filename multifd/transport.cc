@@ -5,6 +5,7 @@
 
 #include "multifd/multifd.h"
 #include "multifd/settings.h"
+#include "multifd/stats.h"
 
 namespace ferry::multifd {
 namespace {
@@ -38,8 +39,10 @@ class MultifdTransport final : public Transport {
                                    std::to_string(settings_.channels) + " extra connections); " + ep.text() +
                                    " is a single descriptor");
   }
-  bool reports_multifd(const PlanView& plan) const override {
-    return settings_.enabled && !plan.endpoint().local_file();
+  // Over sockets, --json has the "multifd" object even before a channel
+  // counted anything.
+  void AddStats(const PlanView& plan, MigrationStats& stats) const override {
+    if (settings_.enabled && !plan.endpoint().local_file()) stats.SetIfAbsent(std::make_shared<MultifdStats>());
   }
 
   Status Attach(OpenContext& ctx) override {

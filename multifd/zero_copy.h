@@ -13,7 +13,7 @@
 #include <span>
 
 #include "core/channel.h"
-#include "core/stats.h"
+#include "multifd/stats.h"
 #include "core/status.h"
 
 namespace ferry::multifd {

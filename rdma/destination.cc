@@ -1,6 +1,7 @@
 #include "rdma/destination.h"
 
 #include <cstring>
+#include <memory>
 
 #include "core/stream.h"
 #include "core/thread_name.h"
@@ -175,6 +176,7 @@ Status RdmaPageReceiver::OnBlockListed(StreamReader& r, RamBlock& block) {
 RdmaDestinationStats RdmaPageReceiver::Stats() const {
   RdmaDestinationStats st;
   st.channels = static_cast<uint32_t>(channels_.size());
+  st.pin_all = conn_.pin_all();
   st.pages_counted = (conn_.capabilities().flags & kCapFerryCounts) != 0;
   st.written_pages = written_pages_;
   st.compress_bytes = compress_bytes_;
@@ -196,6 +198,7 @@ void RdmaPageReceiver::FillStats(MigrationStats& stats) const {
     stats.ram.normal += written_pages_;
     stats.ram.normal_bytes += written_pages_ * 4096;
   }
+  stats.Set(std::make_shared<RdmaDestinationStats>(Stats()));
 }
 
 std::string RdmaPageReceiver::Summary() const {

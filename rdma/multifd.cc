@@ -71,8 +71,11 @@ class RdmaMultifdSink final : public PageSink {
       st.signalled += w.conn->writes_signalled();
     }
     st.local_registrations = local_.registrations();
+    st.pin_all = conn_.pin_all();
     return st;
   }
+
+  void FillStats(MigrationStats& stats) const override { published_.FillStats(stats); }
 
   Status OnBlockListed(RamBlock& block) override {
     blocks_.push_back(&block);
@@ -133,6 +136,8 @@ class RdmaMultifdSink final : public PageSink {
       });
       if (failed_) return error_;
       if (aborted_) return Status::Cancelled("rdma: migration cancelled");
+      lock.unlock();
+      published_.Publish(Stats());  // every thread waits for work now
     }
     {
       std::lock_guard lock(mu_);
@@ -162,6 +167,8 @@ class RdmaMultifdSink final : public PageSink {
     std::deque<Item> queue;
     uint64_t synced = 0;  // rounds whose marker was sent
   };
+
+  PublishedSourceStats published_;
 
   Status Hook() {
     main_.PutBe64(wire::kRamHook);

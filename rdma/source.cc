@@ -1,5 +1,6 @@
 #include "rdma/source.h"
 
+#include <algorithm>
 #include <optional>
 #include <string>
 
@@ -38,6 +39,27 @@ void AddWriterStats(RdmaSourceStats& st, const WriterCounters& c) {
   st.zero_bytes += c.zero_bytes;
   st.compress_messages += c.compress_messages;
   st.register_requests += c.register_requests;
+}
+
+void PublishedSourceStats::Publish(const RdmaSourceStats& st) {
+  auto copy = std::make_shared<const RdmaSourceStats>(st);
+  std::lock_guard lock(mu_);
+  st_ = std::move(copy);
+}
+
+void PublishedSourceStats::FillStats(MigrationStats& stats) const {
+  std::shared_ptr<const RdmaSourceStats> st;
+  {
+    std::lock_guard lock(mu_);
+    st = st_;
+  }
+  if (!st) return;
+  // As multifd's zero pages: never below zero if the saver's count lags.
+  const uint64_t moved = std::min(st->zero_bytes / kPageSize, stats.ram.normal);
+  stats.ram.normal -= moved;
+  stats.ram.duplicate += moved;
+  stats.ram.normal_bytes = stats.ram.normal * kPageSize;
+  stats.Set(std::move(st));
 }
 
 std::string RdmaSourceStats::Summary() const {
@@ -88,8 +110,11 @@ class RdmaSink final : public PageSink {
     AddWriterStats(st, writer_->counters());
     st.signalled = conn_.writes_signalled();
     st.local_registrations = local_.registrations();
+    st.pin_all = conn_.pin_all();
     return st;
   }
+
+  void FillStats(MigrationStats& stats) const override { published_.FillStats(stats); }
 
   Status OnBlockListed(RamBlock& block) override {
     blocks_.push_back(&block);
@@ -131,6 +156,7 @@ class RdmaSink final : public PageSink {
     // Every WRITE of the round completes before REGISTER FINISHED: the
     // destination reads the section's EOS only after that.
     FERRY_RETURN_IF_ERROR(writer_->EndRound());
+    published_.Publish(Stats());
     return conn_.SendWhenReady(writer_->FinishedMessage());
   }
 
@@ -164,6 +190,7 @@ class RdmaSink final : public PageSink {
   bool complete_ = false;
   RunCoalescer runs_;
   uint64_t taken_ = 0;
+  PublishedSourceStats published_;
 };
 
 }  // namespace

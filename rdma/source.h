@@ -19,6 +19,7 @@
 
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <string_view>
 #include <vector>
 
@@ -43,6 +44,20 @@ struct RunCoalescer {
 struct RdmaSourceStats;
 struct WriterCounters;
 void AddWriterStats(RdmaSourceStats& st, const WriterCounters& c);
+
+// A sink's counters as of its last round end (its threads idle then), for
+// PageSink::FillStats from any thread: puts them in as the "rdma" transport
+// counters and moves the zero pages sent as COMPRESS from ram.normal (the
+// saver counted every page it handed over) to ram.duplicate.
+class PublishedSourceStats {
+ public:
+  void Publish(const RdmaSourceStats& st);
+  void FillStats(MigrationStats& stats) const;
+
+ private:
+  mutable std::mutex mu_;
+  std::shared_ptr<const RdmaSourceStats> st_;
+};
 
 // Setup: RAM BLOCKS REQUEST -> RESULT, checked against the source's blocks.
 Result<std::vector<DestBlock>> RequestRamBlocks(RdmaConnection& conn, const std::vector<RamBlock*>& blocks);

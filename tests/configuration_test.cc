@@ -124,13 +124,11 @@ TEST(Configuration, WriteThenReadRoundTrips) {
   EXPECT_FALSE(back->target_page_bits.has_value());
 }
 
-TEST(Configuration, ForParamsListsOnlyValidatedCapabilitiesAndTheUuidWhenAsked) {
+TEST(Configuration, ForParamsListsTheUuidWhenAsked) {
   MigrationParams p;
   p.machine = "none";
-  p.multifd = true;  // not validated: never listed
-  EXPECT_TRUE(ConfigurationFor(p).capabilities.empty());
-  p.mapped_ram = true;
-  EXPECT_EQ(ConfigurationFor(p).capabilities, std::vector<std::string>{"mapped-ram"});
+  EXPECT_TRUE(ConfigurationFor(p).capabilities.empty()) << "capabilities come from the sink";
+  EXPECT_EQ(ConfigurationFor(p).machine, "none");
   p.uuid = kUuidA;
   EXPECT_FALSE(ConfigurationFor(p).uuid.has_value()) << "a uuid goes in the stream only with validate-uuid";
   p.validate_uuid = true;
@@ -178,7 +176,7 @@ TEST(ConfigurationLoad, MappedRamMustMatchBeforeAnythingLoads) {
   Bytes plain;
   plain.header().ram_and_eof();
   DestinationOptions o = QemuDest();
-  o.mapped_ram = true;
+  o.capabilities = {"mapped-ram"};
   EXPECT_TRUE(FailsWith(Load(plain.b, ram, o), "Capability mapped-ram is on, but received capability is off"));
 }
 

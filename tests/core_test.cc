@@ -503,7 +503,9 @@ class CountingReceiver final : public PageReceiver {
   }
   void Abort() override {}
   Status Finish() override { return Status::Ok(); }
+  bool sync_on_eos() const override { return sync_on_eos_; }
   int syncs = 0;
+  bool sync_on_eos_ = false;
 };
 
 // setup, one PART, END; `flush`: a MULTIFD_FLUSH before the setup's EOS
@@ -522,11 +524,11 @@ std::vector<uint8_t> BarrierStream(bool flush) {
   return b.b;
 }
 
-DestinationOptions WithReceiver(PageReceiver* rx, bool sync_on_eos) {
+DestinationOptions WithReceiver(CountingReceiver* rx, bool sync_on_eos) {
   DestinationOptions o = NoVerify();
   o.machine = "none";
+  rx->sync_on_eos_ = sync_on_eos;
   o.receiver = rx;
-  o.multifd_sync_on_eos = sync_on_eos;
   return o;
 }
 

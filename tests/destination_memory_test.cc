@@ -241,7 +241,6 @@ void Receive(Mode mode, const TempDir& dir, Received& out) {
     mapped_ram::FileOptions fo;
     fo.fresh_memory = true;
     auto receiver = mapped_ram::MakeMappedRamReceiver(**f, fo);
-    opts.mapped_ram = true;
     opts.send_verdict = false;
     opts.reject_trailing_bytes = true;
     opts.receiver = receiver.get();

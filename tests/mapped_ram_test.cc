@@ -32,6 +32,7 @@
 #include "core/wire.h"
 #include "file/file_channel.h"
 #include "file/mapped_ram.h"
+#include "file/stats.h"
 
 namespace ferry {
 namespace {
@@ -230,9 +231,21 @@ Status SavePlain(const std::string& path, Guest& g, bool claim_mapped_ram = fals
   if (!f.ok()) return f.status();
   auto t = MakeDirtyTracker(DirtyTrackerKind::kAllOnce);
   if (!t.ok()) return t.status();
-  MigrationParams params;
-  params.mapped_ram = claim_mapped_ram;
-  MigrationSource src(params, g.blocks, **t, nullptr);
+  // Page records in the main stream, announcing mapped-ram when asked to.
+  class Sinks final : public PageSinkFactory {
+   public:
+    explicit Sinks(bool claim) : claim_(claim) {}
+    Result<std::unique_ptr<PageSink>> Make(StreamWriter& w) override {
+      return std::unique_ptr<PageSink>(std::make_unique<StreamSink>(w));
+    }
+    std::vector<std::string> announced_capabilities() const override {
+      return claim_ ? std::vector<std::string>{"mapped-ram"} : std::vector<std::string>{};
+    }
+
+   private:
+    bool claim_;
+  } sinks(claim_mapped_ram);
+  MigrationSource src(MigrationParams{}, g.blocks, **t, nullptr, {}, &sinks);
   FERRY_RETURN_IF_ERROR(src.Run(**f, false));
   return (*f)->Finish();
 }
@@ -258,7 +271,7 @@ LoadResult Load(const std::string& path, Guest& g, const FileOptions& opts, bool
   d.expect_verify = true;
   d.send_verdict = false;
   d.receiver = mapped ? receiver.get() : nullptr;
-  d.mapped_ram = claim_mapped_ram;
+  if (claim_mapped_ram) d.capabilities = {"mapped-ram"};
   MigrationDestination dst(d, g.blocks, nullptr);
   out.status = dst.Run(**f);
   out.stats = dst.Stats();
@@ -529,7 +542,7 @@ TEST(MappedRam, ThreadCountersReachTheStats) {
   Guest src(specs);
   FillGuest(src, 7, 0);
   const std::string path = dir.Path("vm.mig");
-  std::vector<ChannelStats> seen;
+  std::vector<FileThread> seen;
   MigrationParams params;
   params.max_bandwidth = 64 * kMiB;  // a quarter of a second to look at it
   SaveResult saved = SaveMapped(path, src, Opts(3, false), params, nullptr, nullptr, 0,
@@ -537,7 +550,8 @@ TEST(MappedRam, ThreadCountersReachTheStats) {
                                   // Sample while it runs (hang guard only).
                                   for (int i = 0; i < 2000; ++i) {
                                     MigrationStats st = s.Stats();
-                                    if (!st.file_threads.empty()) seen = st.file_threads;
+                                    const auto& threads = FileThreadStats::Of(st).threads;
+                                    if (!threads.empty()) seen = threads;
                                     if (IsTerminal(st.state)) break;
                                     std::this_thread::sleep_for(1ms);
                                   }
@@ -545,15 +559,15 @@ TEST(MappedRam, ThreadCountersReachTheStats) {
   ASSERT_TRUE(saved.status.ok()) << saved.status.ToString();
   ASSERT_EQ(seen.size(), 3u) << "per-thread counters never showed up in the source's stats";
   uint64_t sent = 0;
-  for (const ChannelStats& c : seen) sent += c.bytes;
+  for (const FileThread& c : seen) sent += c.bytes;
   EXPECT_GT(sent, 0u);
 
   Guest dst(specs);
   LoadResult loaded = Load(path, dst, Opts(3, false));
   ASSERT_TRUE(loaded.status.ok()) << loaded.status.ToString();
-  ASSERT_EQ(loaded.stats.file_threads.size(), 3u);
+  ASSERT_EQ(FileThreadStats::Of(loaded.stats).threads.size(), 3u);
   uint64_t pages = 0;
-  for (const ChannelStats& c : loaded.stats.file_threads) pages += c.pages;
+  for (const FileThread& c : FileThreadStats::Of(loaded.stats).threads) pages += c.pages;
   EXPECT_EQ(pages, src.blocks.total_pages());
   EXPECT_TRUE(SameMemory(src, dst));
 }
@@ -626,7 +640,7 @@ TEST(MappedRam, PreallocationKeepsOnlyShortGaps) {
     // Requests: in reserved space the short gaps are written with the data
     // around them, so each data MiB is one request; otherwise three.
     uint64_t requests = 0;
-    for (const auto& ch : saved.stats.file_threads) requests += ch.packets;
+    for (const auto& ch : FileThreadStats::Of(saved.stats).threads) requests += ch.requests;
     EXPECT_EQ(requests, c.expect_reserved ? 8u + 1 : 8u * 3 + 1);
     const uint64_t allocated = static_cast<uint64_t>(StatOf(path).st_blocks) * 512;
     const uint64_t expected = (nonzero + (c.expect_reserved ? kept : 0)) * kPageSize;

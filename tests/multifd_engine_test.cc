@@ -50,8 +50,8 @@ namespace {
 
 using namespace std::chrono_literals;
 using ChannelPtr = std::unique_ptr<Channel>;
-using ZPD = MigrationParams::ZeroPageDetection;
-using Comp = MigrationParams::Compression;
+using ZPD = ZeroPageDetection;
+using Comp = Compression;
 
 // ---------------------------------------------------------------------------
 // Helpers
@@ -216,13 +216,13 @@ struct BarrierRig {
     std::vector<ChannelPtr> chans;
     chans.push_back(std::move(ch[0].b));
     chans.push_back(std::move(ch[1].b));
-    rx = MakeMultifdReceiver(MigrationParams{}, std::move(chans));
+    rx = MakeMultifdReceiver(Settings{}, std::move(chans));
     EXPECT_TRUE(rx->Start([this](const Status&) { ++errors; }).ok());
     rx->BlocksReady(blocks);
   }
   uint8_t PageByte() const { return mem.data()[kP * kPageSize]; }
-  uint64_t ChannelPackets(int i) const { return ReceiverStats(*rx).multifd_channels[i].packets; }
-  uint64_t ChannelPages(int i) const { return ReceiverStats(*rx).multifd_channels[i].pages; }
+  uint64_t ChannelPackets(int i) const { return MultifdStats::Of(ReceiverStats(*rx)).channels[i].packets; }
+  uint64_t ChannelPages(int i) const { return MultifdStats::Of(ReceiverStats(*rx)).channels[i].pages; }
 };
 
 constexpr uint8_t kRoundN = 0xA1;
@@ -262,9 +262,9 @@ TEST(MultifdBarrier, LateStaleCopyCannotOverwriteTheNewerPage) {
   EXPECT_TRUE(rig.rx->Finish().ok());
   EXPECT_EQ(rig.errors.load(), 0);
   const MigrationStats st = ReceiverStats(*rig.rx);
-  EXPECT_EQ(st.multifd_channels[0].packets, 3u);
-  EXPECT_EQ(st.multifd_channels[1].packets, 3u);
-  EXPECT_EQ(st.multifd_bytes, 6 * (kPacketHeaderSize + 8 * kPagesPerPacket) + 2 * kPageSize);
+  EXPECT_EQ(MultifdStats::Of(st).channels[0].packets, 3u);
+  EXPECT_EQ(MultifdStats::Of(st).channels[1].packets, 3u);
+  EXPECT_EQ(MultifdStats::Of(st).bytes, 6 * (kPacketHeaderSize + 8 * kPagesPerPacket) + 2 * kPageSize);
 }
 
 // The same two packets, same arrival order, no SYNC: the stale copy wins.
@@ -320,7 +320,7 @@ TEST(MultifdBarrier, SyncBeforeTheBlockListIsAProtocolError) {
   Pair p = SocketPair("mfd");
   std::vector<ChannelPtr> chans;
   chans.push_back(std::move(p.b));
-  auto rx = MakeMultifdReceiver(MigrationParams{}, std::move(chans));
+  auto rx = MakeMultifdReceiver(Settings{}, std::move(chans));
   ASSERT_TRUE(rx->Start([](const Status&) {}).ok());
   Status s = rx->Sync();
   EXPECT_EQ(s.code(), Code::kProtocol);
@@ -486,8 +486,8 @@ struct SinkRig {
 
 TEST(MultifdSink, MultifdZeroDetectionPacketsSyncsAndFlushes) {
   SinkRig rig;
-  MigrationParams p;  // zero-page-detection=multifd, flush after each section off
-  MultifdSinkFactory factory(p, rig.Channels(2));
+  Settings mf;  // zero-page-detection=multifd, flush after each section off
+  MultifdSinkFactory factory(mf, rig.Channels(2));
   EXPECT_FALSE(factory.saver_detects_zero());
   auto sink = factory.Make(rig.w);
   ASSERT_TRUE(sink.ok()) << sink.status().ToString();
@@ -545,12 +545,12 @@ TEST(MultifdSink, MultifdZeroDetectionPacketsSyncsAndFlushes) {
   const uint64_t zeros_a = (SinkRig::kPagesA + 2) / 3, zeros_b = SinkRig::kPagesB / 2;
   EXPECT_EQ(zero, zeros_a + zeros_b);
   EXPECT_EQ(normal, SinkRig::kPagesA + SinkRig::kPagesB + 1 - zero);
-  EXPECT_EQ(st.multifd_zero_pages, zero);
+  EXPECT_EQ(MultifdStats::Of(st).zero_pages, zero);
   EXPECT_EQ(st.ram.duplicate, zero);
   EXPECT_EQ(st.ram.normal, normal);
-  EXPECT_EQ(st.multifd_bytes, bytes);
-  ASSERT_EQ(st.multifd_channels.size(), 2u);
-  EXPECT_EQ(st.multifd_channels[0].pages + st.multifd_channels[1].pages, normal);
+  EXPECT_EQ(MultifdStats::Of(st).bytes, bytes);
+  ASSERT_EQ(MultifdStats::Of(st).channels.size(), 2u);
+  EXPECT_EQ(MultifdStats::Of(st).channels[0].pages + MultifdStats::Of(st).channels[1].pages, normal);
   // Every wire byte is accounted for; before sending, queued pages count raw.
   EXPECT_TRUE(rig.accounted_monotonic);
   EXPECT_GE(rig.accounted, bytes);
@@ -559,10 +559,10 @@ TEST(MultifdSink, MultifdZeroDetectionPacketsSyncsAndFlushes) {
 
 TEST(MultifdSink, LegacyZeroRecordsGoToTheMainStreamAndSyncPerSection) {
   SinkRig rig;
-  MigrationParams p;
-  p.zero_page_detection = ZPD::kLegacy;
-  p.multifd_flush_after_each_section = true;
-  MultifdSinkFactory factory(p, rig.Channels(3));
+  Settings mf;
+  mf.zero_page_detection = ZPD::kLegacy;
+  mf.flush_after_each_section = true;
+  MultifdSinkFactory factory(mf, rig.Channels(3));
   EXPECT_TRUE(factory.saver_detects_zero());
   auto sink = factory.Make(rig.w);
   ASSERT_TRUE(sink.ok()) << sink.status().ToString();
@@ -600,10 +600,10 @@ TEST(MultifdSink, LegacyZeroRecordsGoToTheMainStreamAndSyncPerSection) {
 
 TEST(MultifdSink, NoZeroDetectionSendsEveryPageWithZstd) {
   SinkRig rig;
-  MigrationParams p;
-  p.zero_page_detection = ZPD::kNone;
-  p.multifd_compression = Comp::kZstd;
-  MultifdSinkFactory factory(p, rig.Channels(1));
+  Settings mf;
+  mf.zero_page_detection = ZPD::kNone;
+  mf.compression = Comp::kZstd;
+  MultifdSinkFactory factory(mf, rig.Channels(1));
   auto sink = factory.Make(rig.w);
   ASSERT_TRUE(sink.ok()) << sink.status().ToString();
   ASSERT_TRUE(rig.Drive(**sink, false).ok());
@@ -633,7 +633,7 @@ TEST(MultifdSink, NoZeroDetectionSendsEveryPageWithZstd) {
 
 TEST(MultifdSink, SenderFailureReachesTheMigrationThread) {
   SinkRig rig;
-  MultifdSinkFactory factory(MigrationParams{}, rig.Channels(2, /*strict=*/false));
+  MultifdSinkFactory factory(Settings{}, rig.Channels(2, /*strict=*/false));
   auto sink = factory.Make(rig.w);
   ASSERT_TRUE(sink.ok());
   rig.pairs[1].b->Shutdown();  // the peer of channel 1 goes away
@@ -652,7 +652,7 @@ TEST(MultifdSink, SenderFailureReachesTheMigrationThread) {
 
 TEST(MultifdSink, AFactoryMakesOneSink) {
   SinkRig rig;
-  MultifdSinkFactory factory(MigrationParams{}, rig.Channels(1));
+  MultifdSinkFactory factory(Settings{}, rig.Channels(1));
   auto first = factory.Make(rig.w);
   ASSERT_TRUE(first.ok());
   auto second = factory.Make(rig.w);
@@ -662,10 +662,10 @@ TEST(MultifdSink, AFactoryMakesOneSink) {
 
 TEST(MultifdSink, ZeroCopyOnAUnixSocketIsAClearError) {
   SinkRig rig;
-  MigrationParams p;
-  p.multifd = true;
-  p.zero_copy_send = true;
-  MultifdSinkFactory factory(p, rig.Channels(1));
+  Settings mf;
+  mf.enabled = true;
+  mf.zero_copy_send = true;
+  MultifdSinkFactory factory(mf, rig.Channels(1));
   auto sink = factory.Make(rig.w);
   ASSERT_FALSE(sink.ok());
   EXPECT_EQ(sink.status().message().rfind("zero-copy-send: ", 0), 0u) << sink.status().ToString();
@@ -897,7 +897,7 @@ class RecordingSink final : public PageSink {
 
 class RecordingFactory final : public PageSinkFactory {
  public:
-  RecordingFactory(const MigrationParams& p, std::vector<ChannelPtr> channels) : inner_(p, std::move(channels)) {}
+  RecordingFactory(const Settings& mf, std::vector<ChannelPtr> channels) : inner_(mf, std::move(channels)) {}
   Result<std::unique_ptr<PageSink>> Make(StreamWriter& main) override {
     FERRY_ASSIGN_OR_RETURN(std::unique_ptr<PageSink> s, inner_.Make(main));
     return std::unique_ptr<PageSink>(std::make_unique<RecordingSink>(std::move(s), &stats));
@@ -966,13 +966,13 @@ std::unique_ptr<DirtyTracker> Tracker() {
 // Runs source and destination in this process. `writer_bursts`: how many
 // bursts the guest writes while migrating (< 0: until the end). `during`
 // runs on the test thread while both sides are live.
-Outcome Migrate(TestGuest& guest, DestMemory& dest, const MigrationParams& p, Links links, int writer_bursts,
+Outcome Migrate(TestGuest& guest, DestMemory& dest, const MigrationParams& p, const Settings& mf, Links links,
+                int writer_bursts,
                 const std::function<void(MigrationSource&, MigrationDestination&, Links&)>& during = {}) {
   Outcome out;
-  auto rx = MakeMultifdReceiver(p, std::move(links.dst));
+  auto rx = MakeMultifdReceiver(mf, std::move(links.dst));
   DestinationOptions opts;
   opts.receiver = rx.get();
-  opts.multifd_sync_on_eos = p.multifd_flush_after_each_section;
   // Fresh destination memory, as the CLI gives it: ZERO records for pages the
   // receivers filled must still clear them.
   opts.fresh_memory = true;
@@ -980,7 +980,7 @@ Outcome Migrate(TestGuest& guest, DestMemory& dest, const MigrationParams& p, Li
   auto dst_run = std::async(std::launch::async, [&] { return dst.Run(*links.dst_main); });
 
   auto tracker = Tracker();
-  RecordingFactory factory(p, std::move(links.src));
+  RecordingFactory factory(mf, std::move(links.src));
   MigrationSource src(p, guest.blocks(), *tracker, &guest, {}, &factory);
   guest.StartWriter(tracker.get(), writer_bursts);
   auto src_run = std::async(std::launch::async, [&] { return src.Run(*links.src_main, true); });
@@ -995,7 +995,7 @@ Outcome Migrate(TestGuest& guest, DestMemory& dest, const MigrationParams& p, Li
   out.src_stats = src.Stats();
   out.dst_stats = dst.Stats();
   out.sink_stats = factory.stats;
-  out.zero_copy = factory.stats.zero_copy;
+  out.zero_copy = MultifdStats::Of(factory.stats).zero_copy;
   return out;
 }
 
@@ -1034,15 +1034,17 @@ TEST_P(MultifdMigration, LiveGuestArrivesByteForByte) {
   TestGuest guest(/*main_pages=*/8192, /*second_pages=*/1024);  // 32 MiB + 4 MiB
   DestMemory dest(guest.blocks());
   MigrationParams p;
-  p.multifd = true;
-  p.multifd_channels = c.channels;
-  p.zero_page_detection = c.zpd;
-  p.multifd_compression = c.comp;
-  p.multifd_flush_after_each_section = c.flush_each_section;
+  Settings mf;
+  mf.enabled = true;
+  mf.channels = c.channels;
+  mf.zero_page_detection = c.zpd;
+  mf.compression = c.comp;
+  mf.flush_after_each_section = c.flush_each_section;
   p.downtime_limit_ms = 50;
   ASSERT_TRUE(p.Validate().ok());
+  ASSERT_TRUE(mf.Validate(p).ok());
 
-  Outcome o = Migrate(guest, dest, p, SocketPairLinks(c.channels), /*writer_bursts=*/40);
+  Outcome o = Migrate(guest, dest, p, mf, SocketPairLinks(c.channels), /*writer_bursts=*/40);
   ASSERT_TRUE(o.src.ok()) << "source: " << o.src.ToString() << "\ndestination: " << o.dst.ToString();
   ASSERT_TRUE(o.dst.ok()) << o.dst.ToString();
   EXPECT_TRUE(o.src_stats.verified);
@@ -1052,32 +1054,32 @@ TEST_P(MultifdMigration, LiveGuestArrivesByteForByte) {
   EXPECT_TRUE(guest.Intact());
 
   // Counters on both ends agree.
-  ASSERT_EQ(o.sink_stats.multifd_channels.size(), c.channels);
-  ASSERT_EQ(o.dst_stats.multifd_channels.size(), c.channels);
+  ASSERT_EQ(MultifdStats::Of(o.sink_stats).channels.size(), c.channels);
+  ASSERT_EQ(MultifdStats::Of(o.dst_stats).channels.size(), c.channels);
   uint64_t src_pages = 0, dst_pages = 0;
   for (uint32_t i = 0; i < c.channels; ++i) {
-    src_pages += o.sink_stats.multifd_channels[i].pages;
-    dst_pages += o.dst_stats.multifd_channels[i].pages;
-    EXPECT_EQ(o.sink_stats.multifd_channels[i].bytes, o.dst_stats.multifd_channels[i].bytes) << "channel " << i;
-    EXPECT_EQ(o.sink_stats.multifd_channels[i].packets, o.dst_stats.multifd_channels[i].packets) << "channel " << i;
+    src_pages += MultifdStats::Of(o.sink_stats).channels[i].pages;
+    dst_pages += MultifdStats::Of(o.dst_stats).channels[i].pages;
+    EXPECT_EQ(MultifdStats::Of(o.sink_stats).channels[i].bytes, MultifdStats::Of(o.dst_stats).channels[i].bytes) << "channel " << i;
+    EXPECT_EQ(MultifdStats::Of(o.sink_stats).channels[i].packets, MultifdStats::Of(o.dst_stats).channels[i].packets) << "channel " << i;
   }
   EXPECT_EQ(src_pages, dst_pages);
   EXPECT_GE(src_pages, guest.total_pages() / 2);
-  EXPECT_EQ(o.sink_stats.multifd_bytes, o.dst_stats.multifd_bytes);
-  EXPECT_EQ(o.sink_stats.multifd_zero_pages, o.dst_stats.multifd_zero_pages);
+  EXPECT_EQ(MultifdStats::Of(o.sink_stats).bytes, MultifdStats::Of(o.dst_stats).bytes);
+  EXPECT_EQ(MultifdStats::Of(o.sink_stats).zero_pages, MultifdStats::Of(o.dst_stats).zero_pages);
   if (c.zpd == ZPD::kMultifd) {
-    EXPECT_GT(o.sink_stats.multifd_zero_pages, guest.total_pages() / 10);
+    EXPECT_GT(MultifdStats::Of(o.sink_stats).zero_pages, guest.total_pages() / 10);
   } else {
-    EXPECT_EQ(o.sink_stats.multifd_zero_pages, 0u);
+    EXPECT_EQ(MultifdStats::Of(o.sink_stats).zero_pages, 0u);
   }
   if (c.comp == Comp::kZstd) {
-    EXPECT_LT(o.sink_stats.multifd_bytes, src_pages * kPageSize);
+    EXPECT_LT(MultifdStats::Of(o.sink_stats).bytes, src_pages * kPageSize);
   }
   std::printf("%s: %llu rounds, %d writer bursts, %llu multifd bytes, %llu pages, %llu zero pages found by senders\n",
               ComboText(c).c_str(), static_cast<unsigned long long>(o.src_stats.iteration), guest.bursts_done(),
-              static_cast<unsigned long long>(o.sink_stats.multifd_bytes),
+              static_cast<unsigned long long>(MultifdStats::Of(o.sink_stats).bytes),
               static_cast<unsigned long long>(src_pages),
-              static_cast<unsigned long long>(o.sink_stats.multifd_zero_pages));
+              static_cast<unsigned long long>(MultifdStats::Of(o.sink_stats).zero_pages));
 }
 
 INSTANTIATE_TEST_SUITE_P(Combos, MultifdMigration, ::testing::ValuesIn(AllCombos()), ComboName);
@@ -1088,17 +1090,18 @@ INSTANTIATE_TEST_SUITE_P(Combos, MultifdMigration, ::testing::ValuesIn(AllCombos
 TEST(MultifdFault, LostChannelFailsBothSidesAndARetrySucceeds) {
   TestGuest guest(8192, 1024);
   MigrationParams p;
-  p.multifd = true;
-  p.multifd_channels = 4;
+  Settings mf;
+  mf.enabled = true;
+  mf.channels = 4;
   p.downtime_limit_ms = 1;
   {
     DestMemory dest(guest.blocks());
     // The switchover is held until the channel is cut, so the migration is
     // still running when it goes, however the writer thread is scheduled.
     guest.HoldPause(true);
-    Outcome o = Migrate(guest, dest, p, SocketPairLinks(4), /*writer_bursts=*/-1,
+    Outcome o = Migrate(guest, dest, p, mf, SocketPairLinks(4), /*writer_bursts=*/-1,
                         [&](MigrationSource&, MigrationDestination& dst, Links& links) {
-                          EXPECT_TRUE(WaitUntil([&] { return dst.Stats().multifd_bytes > (8u << 20); }));
+                          EXPECT_TRUE(WaitUntil([&] { return MultifdStats::Of(dst.Stats()).bytes > (8u << 20); }));
                           ::shutdown(links.dst_fds[2], SHUT_RDWR);
                           guest.HoldPause(false);
                         });
@@ -1112,7 +1115,7 @@ TEST(MultifdFault, LostChannelFailsBothSidesAndARetrySucceeds) {
   }
   // Fresh channels, a new migration of the same guest.
   DestMemory dest(guest.blocks());
-  Outcome o = Migrate(guest, dest, p, SocketPairLinks(4), /*writer_bursts=*/20);
+  Outcome o = Migrate(guest, dest, p, mf, SocketPairLinks(4), /*writer_bursts=*/20);
   ASSERT_TRUE(o.src.ok()) << o.src.ToString() << "\n" << o.dst.ToString();
   ASSERT_TRUE(o.dst.ok()) << o.dst.ToString();
   EXPECT_TRUE(dest.Equals(guest.blocks()));
@@ -1122,12 +1125,13 @@ TEST(MultifdFault, LostChannelFailsBothSidesAndARetrySucceeds) {
 TEST(MultifdFault, CancelStopsTheSenderThreads) {
   TestGuest guest(8192, 1024);
   MigrationParams p;
-  p.multifd = true;
-  p.multifd_channels = 3;
+  Settings mf;
+  mf.enabled = true;
+  mf.channels = 3;
   p.downtime_limit_ms = 1;
   DestMemory dest(guest.blocks());
-  Outcome o = Migrate(guest, dest, p, SocketPairLinks(3), -1, [&](MigrationSource& src, MigrationDestination& dst, Links&) {
-    ASSERT_TRUE(WaitUntil([&] { return dst.Stats().multifd_bytes > (4u << 20); }));
+  Outcome o = Migrate(guest, dest, p, mf, SocketPairLinks(3), -1, [&](MigrationSource& src, MigrationDestination& dst, Links&) {
+    ASSERT_TRUE(WaitUntil([&] { return MultifdStats::Of(dst.Stats()).bytes > (4u << 20); }));
     src.Cancel();
   });
   EXPECT_EQ(o.src.code(), Code::kCancelled) << o.src.ToString();
@@ -1145,12 +1149,14 @@ TEST(MultifdZeroCopy, LoopbackTcpMigrationMatches) {
   TestGuest guest(8192, 1024);
   DestMemory dest(guest.blocks());
   MigrationParams p;
-  p.multifd = true;
-  p.multifd_channels = 3;
-  p.zero_copy_send = true;
+  Settings mf;
+  mf.enabled = true;
+  mf.channels = 3;
+  mf.zero_copy_send = true;
   p.downtime_limit_ms = 50;
   ASSERT_TRUE(p.Validate().ok());
-  Outcome o = Migrate(guest, dest, p, std::move(*links), 30);
+  ASSERT_TRUE(mf.Validate(p).ok());
+  Outcome o = Migrate(guest, dest, p, mf, std::move(*links), 30);
   if (o.src.code() == Code::kUnsupported) GTEST_SKIP() << o.src.ToString();
   ASSERT_TRUE(o.src.ok()) << o.src.ToString() << "\n" << o.dst.ToString();
   ASSERT_TRUE(o.dst.ok()) << o.dst.ToString();
@@ -1169,10 +1175,11 @@ TEST(MultifdZeroCopy, UnixSocketsFailTheMigrationClearly) {
   TestGuest guest(256, 16);
   DestMemory dest(guest.blocks());
   MigrationParams p;
-  p.multifd = true;
-  p.multifd_channels = 2;
-  p.zero_copy_send = true;
-  Outcome o = Migrate(guest, dest, p, SocketPairLinks(2), 0);
+  Settings mf;
+  mf.enabled = true;
+  mf.channels = 2;
+  mf.zero_copy_send = true;
+  Outcome o = Migrate(guest, dest, p, mf, SocketPairLinks(2), 0);
   EXPECT_FALSE(o.src.ok());
   EXPECT_NE(o.src.message().find("zero-copy-send: "), std::string::npos) << o.src.ToString();
   EXPECT_FALSE(o.dst.ok());
@@ -1203,9 +1210,9 @@ TEST_P(MultifdBadInput, FailsWithItsOwnMessage) {
   Pair ch = SocketPair("mfd");
   std::vector<ChannelPtr> chans;
   chans.push_back(std::move(ch.b));
-  MigrationParams p;
-  p.multifd_compression = bc.expect;
-  auto rx = MakeMultifdReceiver(p, std::move(chans));
+  Settings mf;
+  mf.compression = bc.expect;
+  auto rx = MakeMultifdReceiver(mf, std::move(chans));
   std::promise<Status> first;
   std::atomic<int> calls{0};
   ASSERT_TRUE(rx->Start([&](const Status& s) {
@@ -1368,7 +1375,7 @@ TEST(MultifdReceiver, AcceptsQemu72PacketQuirks) {
   Pair ch = SocketPair("mfd");
   std::vector<ChannelPtr> chans;
   chans.push_back(std::move(ch.b));
-  auto rx = MakeMultifdReceiver(MigrationParams{}, std::move(chans));
+  auto rx = MakeMultifdReceiver(Settings{}, std::move(chans));
   ASSERT_TRUE(rx->Start([](const Status&) {}).ok());
   rx->BlocksReady(blocks);
   Wire w;
@@ -1410,9 +1417,9 @@ TEST_P(MultifdQemu10, ReceiverAcceptsQemu10Packets) {
   Pair ch = SocketPair("mfd");
   std::vector<ChannelPtr> chans;
   chans.push_back(std::move(ch.b));
-  MigrationParams p;
-  p.multifd_compression = comp;
-  auto rx = MakeMultifdReceiver(p, std::move(chans));
+  Settings mf;
+  mf.compression = comp;
+  auto rx = MakeMultifdReceiver(mf, std::move(chans));
   std::atomic<int> errors{0};
   ASSERT_TRUE(rx->Start([&](const Status&) { ++errors; }).ok());
   rx->BlocksReady(blocks);
@@ -1469,9 +1476,9 @@ TEST_P(MultifdQemu10, ReceiverAcceptsQemu10Packets) {
     EXPECT_EQ(std::memcmp(mem.data() + pg * kPageSize, untouched.data(), kPageSize), 0) << pg;
   }
   const MigrationStats st = ReceiverStats(*rx);
-  EXPECT_EQ(st.multifd_channels[0].packets, 6u);
+  EXPECT_EQ(MultifdStats::Of(st).channels[0].packets, 6u);
   EXPECT_EQ(st.ram.normal, 3u);
-  EXPECT_EQ(st.multifd_zero_pages, 3u);
+  EXPECT_EQ(MultifdStats::Of(st).zero_pages, 3u);
 }
 
 INSTANTIATE_TEST_SUITE_P(Compression, MultifdQemu10, ::testing::Values(Comp::kNone, Comp::kZstd),
@@ -1489,9 +1496,9 @@ TEST(MultifdReceiver, ZstdPacketWithZeroPagesAndAZeroOnlyPacket) {
   Pair ch = SocketPair("mfd");
   std::vector<ChannelPtr> chans;
   chans.push_back(std::move(ch.b));
-  MigrationParams p;
-  p.multifd_compression = Comp::kZstd;
-  auto rx = MakeMultifdReceiver(p, std::move(chans));
+  Settings mf;
+  mf.compression = Comp::kZstd;
+  auto rx = MakeMultifdReceiver(mf, std::move(chans));
   ASSERT_TRUE(rx->Start([](const Status&) {}).ok());
   rx->BlocksReady(blocks);
 
@@ -1525,7 +1532,7 @@ TEST(MultifdReceiver, ZstdPacketWithZeroPagesAndAZeroOnlyPacket) {
   EXPECT_EQ(mem.data()[7 * kPageSize + 4095], 0);
   EXPECT_EQ(mem.data()[0], 0x5a);
   const MigrationStats st = ReceiverStats(*rx);
-  EXPECT_EQ(st.multifd_zero_pages, 2u);
+  EXPECT_EQ(MultifdStats::Of(st).zero_pages, 2u);
   EXPECT_EQ(st.ram.normal, 2u);
   EXPECT_EQ(st.ram.duplicate, 2u);
 }

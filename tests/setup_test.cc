@@ -20,6 +20,7 @@
 #include "core/dirty_tracker.h"
 #include "core/migration.h"
 #include "file/file_transport.h"
+#include "multifd/stats.h"
 #include "multifd/transport.h"
 #include "socket/socket_transport.h"
 #include "transports/transports.h"
@@ -134,21 +135,24 @@ TEST(Plan, OwnersAndFacts) {
   EXPECT_EQ(p72->parameter("multifd-flush-after-each-section"), "on");
   EXPECT_EQ(p72->parameter("zero-page-detection"), "legacy");
   EXPECT_EQ(p72->params().machine, "none");
-  EXPECT_TRUE(p72->reports_multifd());
+  MigrationStats none;
+  p72->AddStats(none);
+  EXPECT_NE(none.Get<multifd::MultifdStats>(), nullptr) << "--json has the multifd object before any channel counts";
   Result<MigrationPlan> p10 = Plan(Side::kSource, Spec("tcp:127.0.0.1:1", {"multifd=on"}, {}, "none"));
   ASSERT_TRUE(p10.ok()) << p10.status().ToString();
   EXPECT_EQ(p10->parameter("multifd-flush-after-each-section"), "off");
   EXPECT_EQ(p10->parameter("zero-page-detection"), "multifd");
-  EXPECT_FALSE(p10->params().multifd) << "multifd keeps its settings; MigrationParams' copies stay unset";
+  EXPECT_TRUE(p10->capability("multifd"));
 
   TempDir dir;
   // mapped-ram's threads are file threads: not reported as multifd channels.
   Result<MigrationPlan> mr = Plan(Side::kSource, Spec("file:" + dir.P("a.mig"), {"multifd=on", "mapped-ram=on"},
                                                        {"multifd-channels=4", "direct-io=on"}));
   ASSERT_TRUE(mr.ok()) << mr.status().ToString();
-  EXPECT_FALSE(mr->reports_multifd());
+  MigrationStats mr_stats;
+  mr->AddStats(mr_stats);
+  EXPECT_TRUE(mr_stats.transports.empty());
   EXPECT_TRUE(mr->capability("mapped-ram"));
-  EXPECT_FALSE(mr->params().mapped_ram) << "file/ keeps its settings; its sink announces mapped-ram";
   EXPECT_EQ(mr->parameter("multifd-channels"), "4");
   EXPECT_EQ(mr->parameter("no-such-parameter"), std::nullopt);
   EXPECT_FALSE(mr->endpoint().two_way());
@@ -276,8 +280,8 @@ TEST_P(PlanMigrates, UnixSocketAndFile) {
       break;
     case 1:
       e = Migrate("unix:" + dir.P("sock"), {"multifd=on"}, {"multifd-channels=3"}, src, dst);
-      EXPECT_EQ(e.src_stats.multifd_channels.size(), 3u);
-      EXPECT_GT(e.src_stats.multifd_bytes, 0u);
+      EXPECT_EQ(multifd::MultifdStats::Of(e.src_stats).channels.size(), 3u);
+      EXPECT_GT(multifd::MultifdStats::Of(e.src_stats).bytes, 0u);
       break;
     case 2:
       e = Migrate("file:" + dir.P("vm.mig"), {"multifd=on", "mapped-ram=on"}, {"multifd-channels=2"}, src, dst,

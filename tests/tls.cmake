@@ -3,7 +3,7 @@
 ferry_test(tls_test integration tls_test.cc LIBS ferry_test_support)
 
 # TLS through the library alone (Plan with tls-creds, no CLI): every channel
-# wrapped, sessions in MigrationStats::tls, a wrong PSK refused.
+# wrapped, sessions in tls::TlsStats, a wrong PSK refused.
 ferry_test(tls_plan_test unit tls_plan_test.cc LIBS ferry_test_support ferry_transports)
 
 # TLS against QEMU 7.2 and 10.0 (GnuTLS): both directions, precopy and

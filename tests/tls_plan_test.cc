@@ -1,7 +1,7 @@
 // TLS through the library alone (core/setup.h + transports/transports.h):
 // an embedder passes tls-creds as a parameter of the MigrationSpec and
 // gets a TLS session on the main stream and on every multifd channel, both
-// sides, with the sessions reported in MigrationStats::tls
+// sides, with the sessions reported in tls::TlsStats
 // (Connection::AddStats). No CLI code is involved. Memory compared byte for
 // byte.
 #include <gtest/gtest.h>
@@ -18,6 +18,7 @@
 #include "core/migration.h"
 #include "tests/support/process.h"
 #include "tests/support/tls_creds.h"
+#include "tls/stats.h"
 #include "transports/transports.h"
 
 namespace ferry::test {
@@ -114,12 +115,13 @@ void Fill(Memory& m) {
   }
 }
 
-void ExpectSessions(const MigrationStats& st, const std::string& creds, size_t multifd, const std::string& peer) {
-  EXPECT_EQ(st.tls.creds, creds);
-  ASSERT_EQ(st.tls.sessions.size(), multifd + 1);
-  EXPECT_EQ(st.tls.sessions[0].channel, "main");
-  for (size_t i = 0; i < st.tls.sessions.size(); ++i) {
-    const TlsSessionStats& t = st.tls.sessions[i];
+void ExpectSessions(const MigrationStats& stats, const std::string& creds, size_t multifd, const std::string& peer) {
+  const tls::TlsStats& st = tls::TlsStats::Of(stats);
+  EXPECT_EQ(st.creds, creds);
+  ASSERT_EQ(st.sessions.size(), multifd + 1);
+  EXPECT_EQ(st.sessions[0].channel, "main");
+  for (size_t i = 0; i < st.sessions.size(); ++i) {
+    const tls::TlsSessionStats& t = st.sessions[i];
     if (i > 0) {
       EXPECT_EQ(t.channel, "multifd " + std::to_string(i - 1));
     }

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "core/uri.h"
+#include "tls/stats.h"
 #include "tls/tls.h"
 
 namespace ferry::tls {
@@ -107,12 +108,13 @@ class TlsTransport final : public Transport {
   Status Attach(OpenContext& ctx) override {
     if (!ctx_) return Status::Ok();
     Connection& conn = ctx.connection;
-    TlsStats tls;
-    tls.creds = cfg_.kind == TlsConfig::Kind::kX509 ? "x509" : "psk";
-    tls.ktls_available = KernelTlsAvailable();
-    auto add = [&tls](const Channel* ch, const std::string& name) {
+    auto tls = std::make_shared<TlsStats>();
+    TlsStats& t = *tls;
+    t.creds = cfg_.kind == TlsConfig::Kind::kX509 ? "x509" : "psk";
+    t.ktls_available = KernelTlsAvailable();
+    auto add = [&t](const Channel* ch, const std::string& name) {
       std::optional<SessionInfo> info = ch ? SessionInfoOf(*ch) : std::nullopt;
-      if (info) tls.sessions.push_back({name, info->version, info->cipher, info->peer_dn});
+      if (info) t.sessions.push_back({name, info->version, info->cipher, info->peer_dn});
     };
     const Channel* main = nullptr;
     for (const auto& [ch, name] : conn.named_channels()) {
@@ -122,7 +124,7 @@ class TlsTransport final : public Transport {
     for (const auto& [ch, name] : conn.named_channels()) {
       if (name != "main") add(ch, name);
     }
-    conn.add_stats([tls = std::move(tls)](MigrationStats& st) { st.tls = tls; });
+    conn.add_stats([tls = std::shared_ptr<const TlsStats>(std::move(tls))](MigrationStats& st) { st.Set(tls); });
     return Status::Ok();
   }
 

@@ -3,7 +3,7 @@
 // tls-creds), and a TLS session on every connection the socket transport
 // makes or accepts — the main stream and every multifd channel, the source
 // as client, the destination as server. The session of each channel goes
-// into MigrationStats::tls (Connection::AddStats). Files (save/load) and
+// into the stats as tls/stats.h's TlsStats (Connection::AddStats). Files (save/load) and
 // endpoints that are not sockets are refused.
 #pragma once
 

@@ -50,7 +50,6 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
 
   DestinationOptions options;
   options.machine = machine;
-  options.mapped_ram = true;
   options.send_verdict = false;
   options.expect_verify = fuzz::Contains(data, size, "ferry-verify");
   options.qemu_devices = !options.expect_verify;

@@ -24,10 +24,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size < kInitPacketSize) return 0;
   const std::vector<uint8_t> in(data + kInitPacketSize, data + size);
 
-  MigrationParams params;
-  params.multifd = true;
-  params.multifd_channels = 1;
-  if (fuzz::AnyZstdPacket(in.data(), in.size())) params.multifd_compression = MigrationParams::Compression::kZstd;
+  Settings params;
+  params.enabled = true;
+  params.channels = 1;
+  if (fuzz::AnyZstdPacket(in.data(), in.size())) params.compression = Compression::kZstd;
   constexpr uint64_t kBlockBytes = 4ull << 20;
   fuzz::CappedAllocator memory(2 * kBlockBytes);
   RamBlockList blocks;

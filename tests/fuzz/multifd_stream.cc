@@ -52,11 +52,12 @@ std::vector<uint8_t> AfterInit(const std::vector<uint8_t>& c) {
 ferry::Status Migrate(const std::vector<uint8_t>& main, const std::vector<uint8_t>& ch0,
                       const std::vector<uint8_t>& ch1, bool per_round) {
   using namespace ferry;
-  MigrationParams params;
-  params.multifd = true;
-  params.multifd_channels = 2;
+  multifd::Settings params;
+  params.enabled = true;
+  params.channels = 2;
+  params.flush_after_each_section = !per_round;  // the receiver syncs on every EOS
   if (fuzz::AnyZstdPacket(ch0.data(), ch0.size()) || fuzz::AnyZstdPacket(ch1.data(), ch1.size())) {
-    params.multifd_compression = MigrationParams::Compression::kZstd;
+    params.compression = multifd::Compression::kZstd;
   }
   std::vector<std::unique_ptr<Channel>> channels;
   channels.push_back(std::make_unique<fuzz::InputChannel>(ch0, 1 + ch0.size() % 5000));
@@ -69,7 +70,6 @@ ferry::Status Migrate(const std::vector<uint8_t>& main, const std::vector<uint8_
   options.send_verdict = options.expect_verify;
   options.qemu_devices = !options.expect_verify;
   options.receiver = receiver.get();
-  options.multifd_sync_on_eos = !per_round;
   options.note = [](std::string_view) {};
   RamBlockList blocks;
   fuzz::CappedAllocator memory(kMemoryCap);

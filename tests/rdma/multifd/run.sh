@@ -6,6 +6,8 @@
 #  - one connection, dynamic registration, the same live guest;
 #  - the page counts: what the destination reports written by RDMA WRITE and
 #    zeroed by COMPRESS equals what the source says it sent;
+#  - --json's "rdma" object on both sides agrees, and the source's RAM counts
+#    take its COMPRESS zero pages as zero pages;
 #  - multifd on the source only: both sides fail with one line;
 #  - multifd, the source killed (SIGKILL) mid-migration: the destination fails
 #    with one line at once; the destination killed: the source does; the same
@@ -134,6 +136,27 @@ if [ "$src" = 1 ] && [ "$rrc" = 1 ] && [ "$(grep -c '^ferry: error:' /tmp/send-m
    grep -q 'multifd' /tmp/recv-mismatch.log && [ "$(grep -c '^ferry: error:' /tmp/recv-mismatch.log)" = 1 ]; then
   ok multifd-source-only-refused; else bad multifd-source-only-refused; fi
 resources_released mismatch
+
+# --json's "rdma" object on both sides (docs/cli-contract.md), 2 QPs, a guest
+# half zero pages: the source's RAM counts take the zero pages it sent as
+# COMPRESS as zero pages (ram.duplicate = rdma.zero-pages, ram.normal =
+# rdma.pages-written), and the destination counts the same pages.
+jget() { sed -n "s/.*\"$2\":{[^}]*\"$3\":\([a-z0-9]*\).*/\1/p" "$1"; }
+# shellcheck disable=SC2086
+live json 4468 "$mfd --json" --ram 64M --fill random=50,zero=50 --dirty-tracker all-once $mfd --json
+sw=$(jget /tmp/send-json.log rdma pages-written); sz=$(jget /tmp/send-json.log rdma zero-pages)
+sn=$(jget /tmp/send-json.log ram normal); sd=$(jget /tmp/send-json.log ram duplicate)
+sc=$(jget /tmp/send-json.log rdma channels); ss=$(jget /tmp/send-json.log rdma signalled-writes)
+rw=$(jget /tmp/recv-json.log rdma pages-written); rz=$(jget /tmp/recv-json.log rdma zero-pages)
+rc=$(jget /tmp/recv-json.log rdma channels)
+echo "ferry-vm: json: source written $sw zero $sz (ram normal $sn duplicate $sd, $sc channels, $ss signalled);" \
+  "destination written $rw zero $rz ($rc channels)"
+if [ "$src" = 0 ] && [ "$rrc" = 0 ] && [ -n "$sw" ] && [ "$sw" -gt 0 ] && [ -n "$sz" ] && [ "$sz" -gt 0 ] &&
+   [ "$sw" = "$sn" ] && [ "$sz" = "$sd" ] && [ "$sw" = "$rw" ] && [ "$sz" = "$rz" ] && [ "$sc" = 2 ] &&
+   [ "$rc" = 2 ] && [ -n "$ss" ] && [ "$ss" -gt 0 ] && grep -q '"side":"source"' /tmp/send-json.log &&
+   grep -q '"side":"destination"' /tmp/recv-json.log && grep -q '"verified":true' /tmp/recv-json.log; then
+  ok multifd-json-counts; else bad multifd-json-counts; fi
+resources_released json
 
 killed send KILL 4464
 killed recv KILL 4465
