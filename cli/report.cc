@@ -76,7 +76,12 @@ const char* SectionTypeName(uint8_t t) {
 }
 }  // namespace
 
-std::string TerminalText(std::string_view s) {
+namespace {
+
+// `s` walked sequence by sequence: every byte that is not part of valid
+// UTF-8 becomes \xNN; for a terminal, control characters (every byte of
+// them) too, and the bidirectional overrides become \uXXXX.
+std::string Escaped(std::string_view s, bool terminal) {
   std::string out;
   out.reserve(s.size());
   const auto* p = reinterpret_cast<const unsigned char*>(s.data());
@@ -84,14 +89,15 @@ std::string TerminalText(std::string_view s) {
   while (i < s.size()) {
     uint32_t cp = 0;
     const size_t len = Utf8Sequence(p + i, s.size() - i, &cp);
-    if (len == 0 || cp < 0x20 || cp == 0x7f || (cp >= 0x80 && cp <= 0x9f)) {
+    const bool control = cp < 0x20 || cp == 0x7f || (cp >= 0x80 && cp <= 0x9f);
+    if (len == 0 || (terminal && control)) {
       // Not text, or a control character: every byte of it escaped.
       const size_t n = len == 0 ? 1 : len;
       for (size_t k = 0; k < n; ++k) AppendHexByte(out, p[i + k]);
       i += n;
       continue;
     }
-    if (IsBidiControl(cp)) {
+    if (terminal && IsBidiControl(cp)) {
       char buf[8];
       snprintf(buf, sizeof(buf), "\\u%04x", cp);
       out += buf;
@@ -103,24 +109,11 @@ std::string TerminalText(std::string_view s) {
   return out;
 }
 
-std::string ValidUtf8(std::string_view s) {
-  std::string out;
-  out.reserve(s.size());
-  const auto* p = reinterpret_cast<const unsigned char*>(s.data());
-  size_t i = 0;
-  while (i < s.size()) {
-    uint32_t cp = 0;
-    const size_t len = Utf8Sequence(p + i, s.size() - i, &cp);
-    if (len == 0) {
-      AppendHexByte(out, p[i]);
-      ++i;
-    } else {
-      out.append(s.data() + i, len);
-      i += len;
-    }
-  }
-  return out;
-}
+}  // namespace
+
+std::string TerminalText(std::string_view s) { return Escaped(s, /*terminal=*/true); }
+
+std::string ValidUtf8(std::string_view s) { return Escaped(s, /*terminal=*/false); }
 
 std::string DumpJson(const nlohmann::json& j) {
   // After WithValidUtf8 nothing can be invalid; `replace` keeps a bug here

@@ -30,6 +30,12 @@ std::string FormatBytes(double b) {
   return buf;
 }
 
+StatsValue StatsValue::Object(std::initializer_list<std::pair<std::string_view, StatsValue>> members) {
+  StatsValue o;
+  for (const auto& [key, value] : members) o.Set(key, value);
+  return o;
+}
+
 StatsValue& StatsValue::Set(std::string_view key, StatsValue v) {
   for (size_t i = 0; i < keys_.size(); ++i) {
     if (keys_[i] == key) return items_[i] = std::move(v);

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <initializer_list>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -57,6 +58,8 @@ class StatsValue {
   StatsValue(std::string s) : kind_(Kind::kString), string_(std::move(s)) {}
   StatsValue(const char* s) : StatsValue(std::string(s)) {}
   static StatsValue Object() { return StatsValue(); }
+  // An object with these members, in this order.
+  static StatsValue Object(std::initializer_list<std::pair<std::string_view, StatsValue>> members);
   static StatsValue Array() {
     StatsValue v;
     v.kind_ = Kind::kArray;
@@ -144,6 +147,27 @@ struct MigrationStats {
       if (const T* p = dynamic_cast<const T*>(t.get())) return p;
     }
     return nullptr;
+  }
+};
+
+// The base of a transport's counters T, which names itself with
+// `static constexpr std::string_view kName`:
+//
+//   class MultifdStats final : public TransportStatsOf<MultifdStats> {
+//    public:
+//     static constexpr std::string_view kName = "multifd";
+//     void Report(StatsReport& out) const override;
+//     uint64_t bytes = 0;
+//   };
+template <class T>
+class TransportStatsOf : public TransportStats {
+ public:
+  std::string_view name() const override { return T::kName; }
+  // The counters in `stats`, or empty ones when there are none.
+  static const T& Of(const MigrationStats& stats) {
+    static const T none;
+    const T* t = stats.Get<T>();
+    return t ? *t : none;
   }
 };
 

@@ -8,17 +8,11 @@ void FileThreadStats::Report(StatsReport& out) const {
   StatsValue list = StatsValue::Array();
   uint64_t bytes = 0, requests = 0;
   for (const FileThread& t : threads) {
-    StatsValue o;
-    o.Set("bytes", t.bytes);
-    o.Set("pages", t.pages);
-    o.Set("packets", t.requests);
-    list.Push(std::move(o));
+    list.Push(StatsValue::Object({{"bytes", t.bytes}, {"pages", t.pages}, {"packets", t.requests}}));
     bytes += t.bytes;
     requests += t.requests;
   }
-  StatsValue& mf = out.json.Set("multifd", StatsValue::Object());
-  mf.Set("channels", std::move(list));
-  mf.Set("zero-pages", uint64_t{0});
+  out.json.Set("multifd", StatsValue::Object({{"channels", std::move(list)}, {"zero-pages", uint64_t{0}}}));
   out.ram.Set("multifd-bytes", uint64_t{0});
   if (threads.empty()) return;
   char buf[256];

@@ -17,16 +17,9 @@ struct FileThread {
   uint64_t requests = 0;  // pwritev/preadv (or io_uring) requests
 };
 
-class FileThreadStats final : public TransportStats {
+class FileThreadStats final : public TransportStatsOf<FileThreadStats> {
  public:
-  // The counters in `stats`, or empty ones when there are none.
-  static const FileThreadStats& Of(const MigrationStats& stats) {
-    static const FileThreadStats none;
-    const FileThreadStats* t = stats.Get<FileThreadStats>();
-    return t ? *t : none;
-  }
   static constexpr std::string_view kName = "file-threads";
-  std::string_view name() const override { return kName; }
   // Shown where multifd's channels are (--json "multifd": {"channels":
   // [{"bytes", "pages", "packets" = requests}...], "zero-pages": 0}, and
   // "ram.multifd-bytes": 0), and as the summary line "file threads: N, X of
@@ -38,16 +31,9 @@ class FileThreadStats final : public TransportStats {
 
 // A save's fdatasync after the migration completed (not part of its
 // total time).
-class FileSyncStats final : public TransportStats {
+class FileSyncStats final : public TransportStatsOf<FileSyncStats> {
  public:
-  // The counters in `stats`, or empty ones when there are none.
-  static const FileSyncStats& Of(const MigrationStats& stats) {
-    static const FileSyncStats none;
-    const FileSyncStats* t = stats.Get<FileSyncStats>();
-    return t ? *t : none;
-  }
   static constexpr std::string_view kName = "file-sync";
-  std::string_view name() const override { return kName; }
   // --json "sync-time" (ms, when nonzero) and the summary line "then N ms
   // flushing the file to stable storage".
   void Report(StatsReport& out) const override;

@@ -8,16 +8,10 @@ void MultifdStats::Report(StatsReport& out) const {
   StatsValue list = StatsValue::Array();
   uint64_t packets = 0;
   for (const ChannelStats& c : channels) {
-    StatsValue o;
-    o.Set("bytes", c.bytes);
-    o.Set("pages", c.pages);
-    o.Set("packets", c.packets);
-    list.Push(std::move(o));
+    list.Push(StatsValue::Object({{"bytes", c.bytes}, {"pages", c.pages}, {"packets", c.packets}}));
     packets += c.packets;
   }
-  StatsValue& mf = out.json.Set("multifd", StatsValue::Object());
-  mf.Set("channels", std::move(list));
-  mf.Set("zero-pages", zero_pages);
+  out.json.Set("multifd", StatsValue::Object({{"channels", std::move(list)}, {"zero-pages", zero_pages}}));
   out.ram.Set("multifd-bytes", bytes);
 
   char buf[256];
@@ -28,11 +22,10 @@ void MultifdStats::Report(StatsReport& out) const {
     out.lines += buf;
   }
   if (zero_copy.enabled) {
-    StatsValue& zc = out.json.Set("zero-copy", StatsValue::Object());
-    zc.Set("sends", zero_copy.sends);
-    zc.Set("completed", zero_copy.completed);
-    zc.Set("copied", zero_copy.copied);
-    zc.Set("fallbacks", zero_copy.fallbacks);
+    out.json.Set("zero-copy", StatsValue::Object({{"sends", zero_copy.sends},
+                                                   {"completed", zero_copy.completed},
+                                                   {"copied", zero_copy.copied},
+                                                   {"fallbacks", zero_copy.fallbacks}}));
     std::snprintf(buf, sizeof(buf),
                   "  zero-copy: %llu sends, %llu completed, %llu copied by the kernel anyway, %llu fell back to a copy\n",
                   (unsigned long long)zero_copy.sends, (unsigned long long)zero_copy.completed,

@@ -26,16 +26,9 @@ struct ZeroCopyStats {
   uint64_t fallbacks = 0;  // sends done with a plain copy after ENOBUFS
 };
 
-class MultifdStats final : public TransportStats {
+class MultifdStats final : public TransportStatsOf<MultifdStats> {
  public:
-  // The counters in `stats`, or empty ones when there are none.
-  static const MultifdStats& Of(const MigrationStats& stats) {
-    static const MultifdStats none;
-    const MultifdStats* t = stats.Get<MultifdStats>();
-    return t ? *t : none;
-  }
   static constexpr std::string_view kName = "multifd";
-  std::string_view name() const override { return kName; }
   // --json: "multifd": {"channels": [{"bytes", "pages", "packets"}...],
   // "zero-pages"}, "ram": {"multifd-bytes"}, and "zero-copy": {"sends",
   // "completed", "copied", "fallbacks"} when enabled. Summary: a line for

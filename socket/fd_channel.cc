@@ -133,6 +133,18 @@ class FdChannel final : public Channel {
   // Waits until the descriptor is ready for `events`, the channel is shut
   // down, or no byte moved for the bound's limit since `since`.
   Status WaitReady(short events, const char* what, ProgressBound::Clock::time_point since);
+  // A read or write that cannot go on yet: its wait is bounded from the
+  // first EAGAIN since the last byte moved.
+  struct Stall {
+    ProgressBound::Clock::time_point since{};
+    bool waiting = false;
+  };
+  // After a read or write failed with `err`: Ok to try again (EINTR, or
+  // EAGAIN and now ready for `events`), the wait's error, or nullopt when
+  // `err` is another error.
+  std::optional<Status> RetryAfter(int err, short events, const char* what, Stall& stall);
+  // The error of a read or write that failed with `err` for good.
+  Status IoError(int err, const char* what) const;
 
   UniqueFd fd_;
   const std::string description_;
@@ -171,11 +183,31 @@ Status FdChannel::WaitReady(short events, const char* what, ProgressBound::Clock
   }
 }
 
+std::optional<Status> FdChannel::RetryAfter(int err, short events, const char* what, Stall& stall) {
+  if (err == EINTR) return Status::Ok();
+  if (err != EAGAIN && err != EWOULDBLOCK) return std::nullopt;
+  if (!stall.waiting) {
+    stall.since = ProgressBound::Clock::now();
+    stall.waiting = true;
+  }
+  return WaitReady(events, what, stall.since);
+}
+
+Status FdChannel::IoError(int err, const char* what) const {
+  if (IsShut()) return ShutDownStatus();
+  if (err == ETIMEDOUT && bound_.bounded()) {
+    // TCP_USER_TIMEOUT or keepalive: the kernel gave up on the peer.
+    return ErrnoStatus(std::string(what) + " " + description_ + ": no progress for " +
+                           FormatDuration(bound_.limit) + " or more, the kernel gave up on the connection",
+                       err);
+  }
+  return ErrnoStatus(std::string(what) + " " + description_, err);
+}
+
 Status FdChannel::WriteAll(std::span<iovec> iov) {
   ScopedSigpipeBlock sigpipe(kind_ == Kind::kPipe);
   size_t i = 0;
-  ProgressBound::Clock::time_point since{};  // set when a wait begins
-  bool waited = false;
+  Stall stall;
   for (;;) {
     while (i < iov.size() && iov[i].iov_len == 0) ++i;
     if (i == iov.size()) return Status::Ok();
@@ -192,40 +224,27 @@ Status FdChannel::WriteAll(std::span<iovec> iov) {
       n = ::writev(fd_.get(), &iov[i], static_cast<int>(count));
     }
     if (n < 0) {
-      int err = errno;
-      if (err == EINTR) continue;
-      if (err == EAGAIN || err == EWOULDBLOCK) {
-        if (!waited) {
-          since = ProgressBound::Clock::now();
-          waited = true;
-        }
-        FERRY_RETURN_IF_ERROR(WaitReady(POLLOUT, "write to", since));
+      const int err = errno;
+      if (std::optional<Status> retry = RetryAfter(err, POLLOUT, "write to", stall)) {
+        FERRY_RETURN_IF_ERROR(*retry);
         continue;
       }
       if (err == EPIPE) sigpipe.NoteEpipe();
-      if (IsShut()) return ShutDownStatus();
-      if (err == ETIMEDOUT && bound_.bounded()) {
-        // TCP_USER_TIMEOUT or keepalive: the kernel gave up on the peer.
-        return ErrnoStatus("write to " + description_ + ": no progress for " + FormatDuration(bound_.limit) +
-                               " or more, the kernel gave up on the connection",
-                           err);
-      }
-      return ErrnoStatus("write to " + description_, err);
+      return IoError(err, "write to");
     }
     if (n == 0) {
       // Only possible for odd descriptors (a full device); never loop on it.
       return Status::Io("write to " + description_ + " made no progress", EIO);
     }
     bound_.Note();
-    waited = false;  // progress: a later wait starts afresh
+    stall.waiting = false;  // progress: a later wait starts afresh
     i = AdvanceIovecs(iov, i, static_cast<size_t>(n));
   }
 }
 
 Result<size_t> FdChannel::ReadSome(void* buf, size_t len) {
   if (len == 0) return size_t{0};
-  ProgressBound::Clock::time_point since{};
-  bool waited = false;
+  Stall stall;
   for (;;) {
     if (IsShut()) return ShutDownStatus();
     ssize_t n;
@@ -243,23 +262,12 @@ Result<size_t> FdChannel::ReadSome(void* buf, size_t len) {
       if (IsShut()) return ShutDownStatus();
       return size_t{0};
     }
-    int err = errno;
-    if (err == EINTR) continue;
-    if (err == EAGAIN || err == EWOULDBLOCK) {
-      if (!waited) {
-        since = ProgressBound::Clock::now();
-        waited = true;
-      }
-      FERRY_RETURN_IF_ERROR(WaitReady(POLLIN, "read from", since));
+    const int err = errno;
+    if (std::optional<Status> retry = RetryAfter(err, POLLIN, "read from", stall)) {
+      FERRY_RETURN_IF_ERROR(*retry);
       continue;
     }
-    if (IsShut()) return ShutDownStatus();
-    if (err == ETIMEDOUT && bound_.bounded()) {
-      return ErrnoStatus("read from " + description_ + ": no progress for " + FormatDuration(bound_.limit) +
-                             " or more, the kernel gave up on the connection",
-                         err);
-    }
-    return ErrnoStatus("read from " + description_, err);
+    return IoError(err, "read from");
   }
 }
 

@@ -96,15 +96,7 @@ constexpr auto kMigrationTimeout = seconds(120);
 constexpr int kChannels = 3;
 constexpr int kVictimChannel = 1;
 
-PatternSpec SourcePattern() {
-  PatternSpec s;
-  s.size = kSourceSize;
-  s.seed = 91;
-  s.random_pct = 50;
-  s.zero_pct = 25;
-  s.text_pct = 25;
-  return s;
-}
+PatternSpec SourcePattern() { return {.size = kSourceSize, .seed = 91, .random_pct = 50, .zero_pct = 25, .text_pct = 25}; }
 
 // A hash of bytes [0, len) of a file ("" if unreadable).
 std::string PrefixDigest(const std::string& path, uint64_t len) {

@@ -41,15 +41,7 @@ constexpr auto kExitTimeout = seconds(60);
 // Slow enough that 1 GiB (half of it zero pages) takes ~10 s.
 constexpr const char* kSlowBandwidth = "max-bandwidth=50000000";
 
-PatternSpec SourceFilePattern() {
-  PatternSpec s;
-  s.size = kGiB;
-  s.seed = 7;
-  s.random_pct = 50;
-  s.zero_pct = 50;
-  s.text_pct = 0;
-  return s;
-}
+PatternSpec SourceFilePattern() { return {.size = kGiB, .seed = 7, .random_pct = 50, .zero_pct = 50, .text_pct = 0}; }
 
 // Fraction of all-zero 4 KiB pages in a file, or -1 if it cannot be read.
 double ZeroPageFraction(const std::string& path) {
@@ -98,22 +90,15 @@ class IntegrationTest : public ::testing::Test {
   // it actually listens on.
   void StartRecv(const std::string& listen_uri, std::vector<std::string> extra, Process* recv,
                  std::string* uri) {
-    std::vector<std::string> args = {"recv", listen_uri, "--ready-file", P("ready")};
+    std::vector<std::string> args = {"recv", listen_uri};
     args.insert(args.end(), extra.begin(), extra.end());
-    Result<Process> p = StartFerry(*dir_, "recv", std::move(args));
-    ASSERT_TRUE(p.ok()) << p.status().ToString();
-    *recv = std::move(*p);
-    Result<std::string> u = WaitForFile(P("ready"), kReadyTimeout, recv);
-    ASSERT_TRUE(u.ok()) << u.status().message();
-    *uri = *u;
+    StartReadyRecv(*dir_, std::move(args), recv, uri);
   }
 
   void StartSend(const std::string& uri, std::vector<std::string> extra, Process* send) {
     std::vector<std::string> args = {"send", uri};
     args.insert(args.end(), extra.begin(), extra.end());
-    Result<Process> p = StartFerry(*dir_, "send", std::move(args));
-    ASSERT_TRUE(p.ok()) << p.status().ToString();
-    *send = std::move(*p);
+    StartFerryOrFail(*dir_, "send", std::move(args), send);
   }
 
   // Starts a slow (bandwidth-limited) 1 GiB migration and returns once it is
@@ -300,10 +285,7 @@ TEST_F(IntegrationTest, SigintCancelsSend) {
 TEST_F(IntegrationTest, SendFailsWhenReceiverIsKilled) {
   Process recv, send;
   ASSERT_NO_FATAL_FAILURE(StartSlowMigration(&recv, &send));
-  recv.Kill();
-
-  ASSERT_TRUE(ExitsWithCode(send, 1, kExitTimeout));
-  ExpectJsonStatus(send, "failed");
+  KillReceiverExpectSendFails(recv, send, kExitTimeout);
 }
 
 }  // namespace

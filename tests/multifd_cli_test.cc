@@ -93,22 +93,15 @@ class MultifdCliTest : public ::testing::Test {
   // the URI it listens on.
   void StartRecv(std::vector<std::string> extra, Process* recv, std::string* uri,
                  const std::string& timeout = kRecvTimeout) {
-    std::vector<std::string> args = {"recv", "tcp:127.0.0.1:0", "--ready-file", P("ready"), "--timeout", timeout};
+    std::vector<std::string> args = {"recv", "tcp:127.0.0.1:0", "--timeout", timeout};
     args.insert(args.end(), extra.begin(), extra.end());
-    Result<Process> p = StartFerry(*dir_, "recv", std::move(args));
-    ASSERT_TRUE(p.ok()) << p.status().ToString();
-    *recv = std::move(*p);
-    Result<std::string> u = WaitForFile(P("ready"), kReadyTimeout, recv);
-    ASSERT_TRUE(u.ok()) << u.status().message();
-    *uri = *u;
+    StartReadyRecv(*dir_, std::move(args), recv, uri);
   }
 
   void StartSend(const std::string& uri, std::vector<std::string> extra, Process* send) {
     std::vector<std::string> args = {"send", uri, "--connect-timeout", "20"};
     args.insert(args.end(), extra.begin(), extra.end());
-    Result<Process> p = StartFerry(*dir_, "send", std::move(args));
-    ASSERT_TRUE(p.ok()) << p.status().ToString();
-    *send = std::move(*p);
+    StartFerryOrFail(*dir_, "send", std::move(args), send);
   }
 
   // recv with multifd and 2 channels; `connect` opens raw connections to it.
@@ -466,9 +459,7 @@ TEST_F(MultifdCliTest, BadOptionsAreUsageErrors) {
 TEST_F(MultifdCliTest, RecvFailsWhenSourceIsKilled) {
   Process recv, send;
   ASSERT_NO_FATAL_FAILURE(StartEndlessMigration(&recv, &send));
-  send.Kill();
-  ASSERT_TRUE(ExitsWithFailure(recv, kExitTimeout)) << "sender:\n" << send.Report();
-  ExpectRecvDidNotSucceed(recv);
+  KillSenderExpectRecvFails(recv, send, kExitTimeout);
 }
 
 // The destination is SIGKILLed mid-migration: the sender threads' writes
@@ -476,9 +467,7 @@ TEST_F(MultifdCliTest, RecvFailsWhenSourceIsKilled) {
 TEST_F(MultifdCliTest, SendFailsWhenReceiverIsKilled) {
   Process recv, send;
   ASSERT_NO_FATAL_FAILURE(StartEndlessMigration(&recv, &send));
-  recv.Kill();
-  ASSERT_TRUE(ExitsWithCode(send, 1, kExitTimeout));
-  ExpectJsonStatus(send, "failed");
+  KillReceiverExpectSendFails(recv, send, kExitTimeout);
 }
 
 }  // namespace

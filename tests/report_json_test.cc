@@ -74,22 +74,17 @@ class ReportJsonTest : public ::testing::Test {
   // complete and verify.
   void Pair(const std::vector<std::string>& send_args, const std::vector<std::string>& recv_args, bool as_json,
             Process* send_out, Process* recv_out) {
-    std::vector<std::string> r{"recv", "tcp:127.0.0.1:0", "--ready-file", dir_.Path("ready")};
+    std::vector<std::string> r{"recv", "tcp:127.0.0.1:0"};
     r.insert(r.end(), recv_args.begin(), recv_args.end());
     if (as_json) r.push_back("--json");
-    Result<Process> recv = StartFerry(dir_, "recv", r);
-    ASSERT_TRUE(recv.ok()) << recv.status().message();
-    Result<std::string> uri = WaitForFile(dir_.Path("ready"), kReadyTimeout, &*recv);
-    ASSERT_TRUE(uri.ok()) << uri.status().message();
-    std::vector<std::string> s{"send", *uri, "--ram", "16M", "--fill", "random=50,zero=50"};
+    std::string uri;
+    ASSERT_NO_FATAL_FAILURE(StartReadyRecv(dir_, r, recv_out, &uri));
+    std::vector<std::string> s{"send", uri, "--ram", "16M", "--fill", "random=50,zero=50"};
     s.insert(s.end(), send_args.begin(), send_args.end());
     if (as_json) s.push_back("--json");
-    Result<Process> send = StartFerry(dir_, "send", s);
-    ASSERT_TRUE(send.ok()) << send.status().message();
-    EXPECT_TRUE(ExitsWithCode(*send, 0, kExit));
-    EXPECT_TRUE(ExitsWithCode(*recv, 0, kExit));
-    *send_out = std::move(*send);
-    *recv_out = std::move(*recv);
+    ASSERT_NO_FATAL_FAILURE(StartFerryOrFail(dir_, "send", s, send_out));
+    EXPECT_TRUE(ExitsWithCode(*send_out, 0, kExit));
+    EXPECT_TRUE(ExitsWithCode(*recv_out, 0, kExit));
     std::remove(dir_.Path("ready").c_str());
   }
 
@@ -104,10 +99,8 @@ class ReportJsonTest : public ::testing::Test {
   }
 
   void Run(const std::string& name, std::vector<std::string> args, Process* out) {
-    Result<Process> p = StartFerry(dir_, name, std::move(args));
-    ASSERT_TRUE(p.ok()) << p.status().message();
-    EXPECT_TRUE(ExitsWithCode(*p, 0, kExit));
-    *out = std::move(*p);
+    ASSERT_NO_FATAL_FAILURE(StartFerryOrFail(dir_, name, std::move(args), out));
+    EXPECT_TRUE(ExitsWithCode(*out, 0, kExit));
   }
 
   TempDir dir_{"ferry-report-json"};

@@ -139,75 +139,62 @@ std::string JsonError(const Process& p) {
 // ---------------------------------------------------------------------------
 // A silent peer mid-stream
 
+// An endless migration (`extra` on both sides) in which one side is stopped
+// with SIGSTOP once the stream flows; the other side must fail with exit 1
+// within the no-progress bound, and the stopped side (let go again) fails too.
+struct StoppedMidStream {
+  Recv recv;
+  Process send;
+  Process* other = nullptr;  // the side that was not stopped
+};
+
+void StopMidStream(const TempDir& dir, bool stop_source, const std::vector<std::string>& extra, StoppedMidStream* r) {
+  std::vector<std::string> recv_args{"-p", kBound};
+  recv_args.insert(recv_args.end(), extra.begin(), extra.end());
+  r->recv = StartRecv(dir, "recv", recv_args);
+  auto send = StartFerry(dir, "send", EndlessSend(r->recv.uri, extra));
+  ASSERT_TRUE(send.ok()) << send.status().ToString();
+  r->send = std::move(*send);
+  ASSERT_TRUE(StreamFlowing(r->recv.proc, r->send));  // (it never ends by itself)
+  Process& stopped = stop_source ? r->send : r->recv.proc;
+  r->other = stop_source ? &r->recv.proc : &r->send;
+  ASSERT_TRUE(stopped.Signal(SIGSTOP).ok());
+  auto ended = WaitEnded(*r->other, seconds(kBoundSeconds) + kSlack);
+  ASSERT_TRUE(stopped.Signal(SIGCONT).ok());
+  ASSERT_TRUE(ended.ok()) << ended.status().message();
+  EXPECT_TRUE(ended->status.exited && ended->status.code == 1) << ended->status.ToString() << "\n"
+                                                                << r->other->Report();
+  EXPECT_TRUE(Contains(r->other->Stderr(), kNoProgress)) << r->other->Report();
+  EXPECT_TRUE(ExitsWithFailure(stopped, kExitTimeout));
+}
+
+const std::vector<std::string> kMultifd4{"-c", "multifd=on", "-p", "multifd-channels=4"};
+
 TEST(Waits, DestinationStoppedMidStreamFailsTheSource) {
   TempDir dir;
-  Recv recv = StartRecv(dir, "recv", {"-p", kBound});
-  auto send = StartFerry(dir, "send", EndlessSend(recv.uri));
-  ASSERT_TRUE(send.ok()) << send.status().ToString();
-  ASSERT_TRUE(StreamFlowing(recv.proc, *send));  // (it never ends by itself)
-  ASSERT_TRUE(recv.proc.Signal(SIGSTOP).ok());
-  auto ended = WaitEnded(*send, seconds(kBoundSeconds) + kSlack);
-  ASSERT_TRUE(recv.proc.Signal(SIGCONT).ok());
-  ASSERT_TRUE(ended.ok()) << ended.status().message();
-  EXPECT_TRUE(ended->status.exited && ended->status.code == 1) << ended->status.ToString() << "\n" << send->Report();
-  EXPECT_TRUE(Contains(send->Stderr(), kNoProgress)) << send->Report();
-  EXPECT_TRUE(Contains(send->Stderr(), "write to " + recv.uri.substr(0, recv.uri.rfind(':')))) << send->Report();
-  EXPECT_TRUE(Contains(JsonError(*send), kNoProgress)) << send->Report();
-  EXPECT_TRUE(ExitsWithFailure(recv.proc, kExitTimeout));
+  StoppedMidStream r;
+  ASSERT_NO_FATAL_FAILURE(StopMidStream(dir, /*stop_source=*/false, {}, &r));
+  EXPECT_TRUE(Contains(r.send.Stderr(), "write to " + r.recv.uri.substr(0, r.recv.uri.rfind(':')))) << r.send.Report();
+  EXPECT_TRUE(Contains(JsonError(r.send), kNoProgress)) << r.send.Report();
 }
 
 TEST(Waits, SourceStoppedMidStreamFailsTheDestination) {
   TempDir dir;
-  Recv recv = StartRecv(dir, "recv", {"-p", kBound});
-  auto send = StartFerry(dir, "send", EndlessSend(recv.uri));
-  ASSERT_TRUE(send.ok()) << send.status().ToString();
-  ASSERT_TRUE(StreamFlowing(recv.proc, *send));
-  ASSERT_TRUE(send->Signal(SIGSTOP).ok());
-  auto ended = WaitEnded(recv.proc, seconds(kBoundSeconds) + kSlack);
-  ASSERT_TRUE(send->Signal(SIGCONT).ok());
-  ASSERT_TRUE(ended.ok()) << ended.status().message();
-  EXPECT_TRUE(ended->status.exited && ended->status.code == 1) << ended->status.ToString() << "\n"
-                                                                << recv.proc.Report();
-  EXPECT_TRUE(Contains(recv.proc.Stderr(), "read from tcp:127.0.0.1:")) << recv.proc.Report();
-  EXPECT_TRUE(Contains(recv.proc.Stderr(), kNoProgress)) << recv.proc.Report();
-  EXPECT_TRUE(ExitsWithFailure(*send, kExitTimeout));
+  StoppedMidStream r;
+  ASSERT_NO_FATAL_FAILURE(StopMidStream(dir, /*stop_source=*/true, {}, &r));
+  EXPECT_TRUE(Contains(r.recv.proc.Stderr(), "read from tcp:127.0.0.1:")) << r.recv.proc.Report();
 }
 
 TEST(Waits, MultifdDestinationStoppedFailsTheSource) {
   TempDir dir;
-  const std::vector<std::string> mf{"-c", "multifd=on", "-p", "multifd-channels=4"};
-  std::vector<std::string> recv_args{"-p", kBound};
-  recv_args.insert(recv_args.end(), mf.begin(), mf.end());
-  Recv recv = StartRecv(dir, "recv", recv_args);
-  auto send = StartFerry(dir, "send", EndlessSend(recv.uri, mf));
-  ASSERT_TRUE(send.ok()) << send.status().ToString();
-  ASSERT_TRUE(StreamFlowing(recv.proc, *send));
-  ASSERT_TRUE(recv.proc.Signal(SIGSTOP).ok());
-  auto ended = WaitEnded(*send, seconds(kBoundSeconds) + kSlack);
-  ASSERT_TRUE(recv.proc.Signal(SIGCONT).ok());
-  ASSERT_TRUE(ended.ok()) << ended.status().message();
-  EXPECT_TRUE(ended->status.exited && ended->status.code == 1) << ended->status.ToString() << "\n" << send->Report();
-  EXPECT_TRUE(Contains(send->Stderr(), kNoProgress)) << send->Report();
-  EXPECT_TRUE(ExitsWithFailure(recv.proc, kExitTimeout));
+  StoppedMidStream r;
+  ASSERT_NO_FATAL_FAILURE(StopMidStream(dir, /*stop_source=*/false, kMultifd4, &r));
 }
 
 TEST(Waits, MultifdSourceStoppedFailsTheDestination) {
   TempDir dir;
-  const std::vector<std::string> mf{"-c", "multifd=on", "-p", "multifd-channels=4"};
-  std::vector<std::string> recv_args{"-p", kBound};
-  recv_args.insert(recv_args.end(), mf.begin(), mf.end());
-  Recv recv = StartRecv(dir, "recv", recv_args);
-  auto send = StartFerry(dir, "send", EndlessSend(recv.uri, mf));
-  ASSERT_TRUE(send.ok()) << send.status().ToString();
-  ASSERT_TRUE(StreamFlowing(recv.proc, *send));
-  ASSERT_TRUE(send->Signal(SIGSTOP).ok());
-  auto ended = WaitEnded(recv.proc, seconds(kBoundSeconds) + kSlack);
-  ASSERT_TRUE(send->Signal(SIGCONT).ok());
-  ASSERT_TRUE(ended.ok()) << ended.status().message();
-  EXPECT_TRUE(ended->status.exited && ended->status.code == 1) << ended->status.ToString() << "\n"
-                                                                << recv.proc.Report();
-  EXPECT_TRUE(Contains(recv.proc.Stderr(), kNoProgress)) << recv.proc.Report();
-  EXPECT_TRUE(ExitsWithFailure(*send, kExitTimeout));
+  StoppedMidStream r;
+  ASSERT_NO_FATAL_FAILURE(StopMidStream(dir, /*stop_source=*/true, kMultifd4, &r));
 }
 
 TEST(Waits, ListenerThatAcceptsAndNeverReadsFailsTheSource) {

@@ -4,9 +4,7 @@ namespace ferry::tls {
 namespace {
 
 StatsValue Session(const TlsSessionStats& t) {
-  StatsValue o;
-  o.Set("version", t.version);
-  o.Set("cipher", t.cipher);
+  StatsValue o = StatsValue::Object({{"version", t.version}, {"cipher", t.cipher}});
   if (!t.peer.empty()) o.Set("peer", t.peer);
   return o;
 }

@@ -17,16 +17,9 @@ struct TlsSessionStats {
   std::string peer;     // the peer certificate's subject (x509), "" otherwise
 };
 
-class TlsStats final : public TransportStats {
+class TlsStats final : public TransportStatsOf<TlsStats> {
  public:
-  // The counters in `stats`, or empty ones when there are none.
-  static const TlsStats& Of(const MigrationStats& stats) {
-    static const TlsStats none;
-    const TlsStats* t = stats.Get<TlsStats>();
-    return t ? *t : none;
-  }
   static constexpr std::string_view kName = "tls";
-  std::string_view name() const override { return kName; }
   // --json "tls": {"creds", "ktls": false, "main": {"version", "cipher"[,
   // "peer"]}, "multifd": [...]}; summary: "tls: TLSv1.3 CIPHER on the main
   // stream and N multifd channels (CREDS; kTLS ...)".

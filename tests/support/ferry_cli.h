@@ -42,6 +42,24 @@ inline Result<Process> StartFerry(const TempDir& dir, const std::string& name,
   return Process::Spawn(std::move(argv), std::move(o));
 }
 
+// StartFerry() for use in a test body: fails the test if it cannot start.
+inline void StartFerryOrFail(const TempDir& dir, const std::string& name, std::vector<std::string> args,
+                             Process* out) {
+  Result<Process> p = StartFerry(dir, name, std::move(args));
+  ASSERT_TRUE(p.ok()) << p.status().ToString();
+  *out = std::move(*p);
+}
+
+// Starts `ferry ARGS... --ready-file DIR/ready` as "recv" (ARGS: "recv",
+// a listening URI and options) and waits for the URI it listens on.
+inline void StartReadyRecv(const TempDir& dir, std::vector<std::string> args, Process* recv, std::string* uri) {
+  args.insert(args.end(), {"--ready-file", dir.Path("ready")});
+  ASSERT_NO_FATAL_FAILURE(StartFerryOrFail(dir, "recv", std::move(args), recv));
+  Result<std::string> u = WaitForFile(dir.Path("ready"), kReadyTimeout, recv);
+  ASSERT_TRUE(u.ok()) << u.status().message();
+  *uri = *u;
+}
+
 // The one JSON object ferry printed on stdout (--json).
 inline Result<nlohmann::json> FerryJson(const Process& p) {
   const std::string out = p.Stdout();
@@ -109,6 +127,22 @@ inline ::testing::AssertionResult ExitsWithFailure(Process& p, Clock::duration t
            << "expected a non-zero exit code, got " << st->ToString() << "\n" << p.Report();
   }
   return ::testing::AssertionSuccess();
+}
+
+// A migration's receiver is SIGKILLed: send must fail with exit 1 and
+// "failed" in its --json, within `timeout`.
+inline void KillReceiverExpectSendFails(Process& recv, Process& send, Clock::duration timeout) {
+  recv.Kill();
+  ASSERT_TRUE(ExitsWithCode(send, 1, timeout));
+  ExpectJsonStatus(send, "failed");
+}
+
+// A migration's source is SIGKILLed: recv must fail (not crash) and not
+// claim success, within `timeout`.
+inline void KillSenderExpectRecvFails(Process& recv, Process& send, Clock::duration timeout) {
+  send.Kill();
+  ASSERT_TRUE(ExitsWithFailure(recv, timeout)) << "sender:\n" << send.Report();
+  ExpectRecvDidNotSucceed(recv);
 }
 
 }  // namespace ferry::test
