@@ -31,11 +31,11 @@ constexpr uint64_t kBatchBytes = 4 * kChunkSize;
 // Batches queued per thread before the migration thread waits.
 constexpr size_t kQueueDepth = 4;
 
-class RdmaMultifdSink final : public PageSink {
+class RdmaMultifdSink final : public RdmaSinkBase {
  public:
   RdmaMultifdSink(RdmaConnection& conn, std::vector<RdmaConnection*> channels, ZeroPolicy zero, StreamWriter& main,
                   std::function<void(std::string_view)> note)
-      : conn_(conn), main_(main), zero_(zero), note_(std::move(note)), local_(conn.pd(), conn.pin_all()) {
+      : RdmaSinkBase(conn, main), zero_(zero), note_(std::move(note)) {
     workers_.resize(channels.size());
     for (size_t i = 0; i < channels.size(); ++i) workers_[i].conn = channels[i];
   }
@@ -75,18 +75,8 @@ class RdmaMultifdSink final : public PageSink {
     return st;
   }
 
-  void FillStats(MigrationStats& stats) const override { published_.FillStats(stats); }
-
-  Status OnBlockListed(RamBlock& block) override {
-    blocks_.push_back(&block);
-    local_.AddBlock(block.host, block.used_length);
-    return Status();
-  }
-
   Status OnSetupEnd() override {
-    FERRY_RETURN_IF_ERROR(Hook());
-    FERRY_ASSIGN_OR_RETURN(std::vector<DestBlock> dest, RequestRamBlocks(conn_, blocks_));
-    if (conn_.pin_all()) FERRY_RETURN_IF_ERROR(local_.PinAll());
+    FERRY_ASSIGN_OR_RETURN(std::vector<DestBlock> dest, RequestBlocks());
     for (size_t i = 0; i < workers_.size(); ++i) {
       Worker& w = workers_[i];
       w.writer.emplace(*w.conn, local_, dest, zero_);
@@ -96,26 +86,16 @@ class RdmaMultifdSink final : public PageSink {
     return conn_.SendWhenReady(EncodeEmpty(ControlType::kRegisterFinished));
   }
 
-  void BeginSection() override {
-    if (!started_) return;
-    in_round_ = true;
-    Status s = Hook();
-    if (!s.ok()) main_.SetError(s);
+  bool started() const override { return started_; }
+
+  Status SendRun(uint32_t block, uint64_t off, uint64_t len) override {
+    batch_.runs.push_back({block, off, len});
+    batch_bytes_ += len;
+    if (batch_.runs.size() >= kBatchRuns || batch_bytes_ >= kBatchBytes) return Push();
+    return Status();
   }
 
-  void Page(RamBlock& block, uint64_t page_index, bool zero) override {
-    (void)zero;
-    if (!main_.status().ok()) return;
-    if (runs_.Add(block, page_index)) return;
-    Status s = TakeRun();
-    if (!s.ok()) return main_.SetError(s);
-    runs_.Start(block, page_index, blocks_);
-  }
-
-  Status OnSectionEnd() override {
-    if (!in_round_) return Status();
-    in_round_ = false;
-    FERRY_RETURN_IF_ERROR(TakeRun());
+  Status EndSection() override {
     FERRY_RETURN_IF_ERROR(Push());
     // The barrier, at a round's end only (a page is sent once per round, so
     // sections inside a round need none): every thread's COMPRESS entries
@@ -146,8 +126,6 @@ class RdmaMultifdSink final : public PageSink {
     return conn_.SendWhenReady(EncodeRegisterFinished(0, round_));
   }
 
-  uint64_t accounted_bytes() const override { return taken_; }
-
   void Abort() override {
     {
       std::lock_guard lock(mu_);
@@ -167,24 +145,6 @@ class RdmaMultifdSink final : public PageSink {
     std::deque<Item> queue;
     uint64_t synced = 0;  // rounds whose marker was sent
   };
-
-  PublishedSourceStats published_;
-
-  Status Hook() {
-    main_.PutBe64(wire::kRamHook);
-    return main_.Flush();
-  }
-
-  Status TakeRun() {
-    if (runs_.len == 0) return Status();
-    if (runs_.block < 0) return Status::Internal("rdma: page of a block that was not listed");
-    batch_.runs.push_back({static_cast<uint32_t>(runs_.block), runs_.off, runs_.len});
-    batch_bytes_ += runs_.len;
-    taken_ += runs_.len;
-    runs_.len = 0;
-    if (batch_.runs.size() >= kBatchRuns || batch_bytes_ >= kBatchBytes) return Push();
-    return Status();
-  }
 
   // Hands the batch to the next thread (round robin), waiting while its
   // queue is full.
@@ -250,23 +210,16 @@ class RdmaMultifdSink final : public PageSink {
     }
   }
 
-  RdmaConnection& conn_;
-  StreamWriter& main_;
   ZeroPolicy zero_;
   std::function<void(std::string_view)> note_;
   bool complete_ = false;
-  std::vector<RamBlock*> blocks_;
-  LocalMemory local_;
-  std::vector<Worker> workers_;  // after local_: their writers go first
+  std::vector<Worker> workers_;
   bool started_ = false;
-  bool in_round_ = false;
   bool round_end_ = false;
-  RunCoalescer runs_;
   Item batch_;
   uint64_t batch_bytes_ = 0;
   size_t next_ = 0;
   uint64_t round_ = 0;
-  uint64_t taken_ = 0;
 
   std::mutex mu_;
   std::condition_variable main_cv_, work_cv_;

@@ -32,6 +32,56 @@ void RunCoalescer::Start(RamBlock& b, uint64_t page_index, const std::vector<Ram
   len = kPageSize;
 }
 
+Status RdmaSinkBase::OnBlockListed(RamBlock& block) {
+  blocks_.push_back(&block);
+  local_.AddBlock(block.host, block.used_length);
+  return Status();
+}
+
+Result<std::vector<DestBlock>> RdmaSinkBase::RequestBlocks() {
+  FERRY_RETURN_IF_ERROR(Hook());
+  FERRY_ASSIGN_OR_RETURN(std::vector<DestBlock> dest, RequestRamBlocks(conn_, blocks_));
+  if (conn_.pin_all()) FERRY_RETURN_IF_ERROR(local_.PinAll());
+  return dest;
+}
+
+void RdmaSinkBase::BeginSection() {
+  if (!started()) return;
+  in_round_ = true;
+  Status s = Hook();
+  if (!s.ok()) main_.SetError(s);
+}
+
+void RdmaSinkBase::Page(RamBlock& block, uint64_t page_index, bool zero) {
+  (void)zero;
+  if (!main_.status().ok()) return;
+  if (runs_.Add(block, page_index)) return;
+  Status s = FlushRun();
+  if (!s.ok()) return main_.SetError(s);
+  runs_.Start(block, page_index, blocks_);
+}
+
+Status RdmaSinkBase::OnSectionEnd() {
+  if (!in_round_) return Status();
+  in_round_ = false;
+  FERRY_RETURN_IF_ERROR(FlushRun());
+  return EndSection();
+}
+
+Status RdmaSinkBase::Hook() {
+  main_.PutBe64(wire::kRamHook);
+  return main_.Flush();
+}
+
+Status RdmaSinkBase::FlushRun() {
+  if (runs_.len == 0) return Status();
+  if (runs_.block < 0) return Status::Internal("rdma: page of a block that was not listed");
+  const uint64_t len = runs_.len;
+  taken_ += len;
+  runs_.len = 0;
+  return SendRun(static_cast<uint32_t>(runs_.block), runs_.off, len);
+}
+
 void AddWriterStats(RdmaSourceStats& st, const WriterCounters& c) {
   st.bytes_written += c.bytes_written;
   st.bytes_copied += c.bytes_copied;
@@ -92,10 +142,10 @@ Result<std::vector<DestBlock>> RequestRamBlocks(RdmaConnection& conn, const std:
 
 namespace {
 
-class RdmaSink final : public PageSink {
+class RdmaSink final : public RdmaSinkBase {
  public:
   RdmaSink(RdmaConnection& conn, StreamWriter& main, std::function<void(std::string_view)> note)
-      : conn_(conn), main_(main), note_(std::move(note)), local_(conn.pd(), conn.pin_all()) {}
+      : RdmaSinkBase(conn, main), note_(std::move(note)) {}
   ~RdmaSink() override {
     if (complete_ && note_ && writer_) note_(Stats().Summary());
   }
@@ -114,83 +164,31 @@ class RdmaSink final : public PageSink {
     return st;
   }
 
-  void FillStats(MigrationStats& stats) const override { published_.FillStats(stats); }
-
-  Status OnBlockListed(RamBlock& block) override {
-    blocks_.push_back(&block);
-    // The guest memory itself is registered (chunks on first use, or whole
-    // blocks with pin-all) and written from: no bounce copy.
-    local_.AddBlock(block.host, block.used_length);
-    return Status();
-  }
-
   Status OnSetupEnd() override {
-    FERRY_RETURN_IF_ERROR(Hook());
-    FERRY_ASSIGN_OR_RETURN(std::vector<DestBlock> dest, RequestRamBlocks(conn_, blocks_));
-    if (conn_.pin_all()) FERRY_RETURN_IF_ERROR(local_.PinAll());
+    FERRY_ASSIGN_OR_RETURN(std::vector<DestBlock> dest, RequestBlocks());
     writer_.emplace(conn_, local_, std::move(dest), ZeroPolicy::kQemu);
     FERRY_RETURN_IF_ERROR(conn_.SendWhenReady(EncodeEmpty(ControlType::kRegisterFinished)));
     return Status();
   }
 
-  void BeginSection() override {
-    if (!writer_) return;  // the setup section's hook comes after the block list
-    in_round_ = true;
-    Status s = Hook();
-    if (!s.ok()) main_.SetError(s);
-  }
+  bool started() const override { return writer_.has_value(); }
 
-  void Page(RamBlock& block, uint64_t page_index, bool zero) override {
-    (void)zero;
-    if (!main_.status().ok()) return;
-    if (runs_.Add(block, page_index)) return;
-    Status s = FlushRun();
-    if (!s.ok()) return main_.SetError(s);
-    runs_.Start(block, page_index, blocks_);
-  }
+  Status SendRun(uint32_t block, uint64_t off, uint64_t len) override { return writer_->Run(block, off, len); }
 
-  Status OnSectionEnd() override {
-    if (!in_round_) return Status();
-    in_round_ = false;
-    FERRY_RETURN_IF_ERROR(FlushRun());
-    // Every WRITE of the round completes before REGISTER FINISHED: the
-    // destination reads the section's EOS only after that.
+  // Every WRITE of the round completes before REGISTER FINISHED: the
+  // destination reads the section's EOS only after that.
+  Status EndSection() override {
     FERRY_RETURN_IF_ERROR(writer_->EndRound());
     published_.Publish(Stats());
     return conn_.SendWhenReady(writer_->FinishedMessage());
   }
 
-  uint64_t accounted_bytes() const override { return taken_; }
   void Abort() override { conn_.Shutdown(); }
 
  private:
-  // The HOOK record, flushed so that the destination reads it before the
-  // registration messages.
-  Status Hook() {
-    main_.PutBe64(wire::kRamHook);
-    return main_.Flush();
-  }
-
-  Status FlushRun() {
-    if (runs_.len == 0) return Status();
-    if (runs_.block < 0) return Status::Internal("rdma: page of a block that was not listed");
-    taken_ += runs_.len;
-    Status s = writer_->Run(static_cast<uint32_t>(runs_.block), runs_.off, runs_.len);
-    runs_.len = 0;
-    return s;
-  }
-
-  RdmaConnection& conn_;
-  StreamWriter& main_;
   std::function<void(std::string_view)> note_;
-  std::vector<RamBlock*> blocks_;
-  LocalMemory local_;
-  std::optional<PageWriter> writer_;  // after local_: goes first
-  bool in_round_ = false;
+  std::optional<PageWriter> writer_;
   bool complete_ = false;
-  RunCoalescer runs_;
-  uint64_t taken_ = 0;
-  PublishedSourceStats published_;
 };
 
 }  // namespace

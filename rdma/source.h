@@ -26,6 +26,7 @@
 #include "core/page_sink.h"
 #include "core/ram_block.h"
 #include "rdma/connection.h"
+#include "rdma/writer.h"
 
 namespace ferry::rdma {
 
@@ -61,6 +62,54 @@ class PublishedSourceStats {
 
 // Setup: RAM BLOCKS REQUEST -> RESULT, checked against the source's blocks.
 Result<std::vector<DestBlock>> RequestRamBlocks(RdmaConnection& conn, const std::vector<RamBlock*>& blocks);
+
+// What both RDMA source sinks (one connection, multifd) share: the block
+// list (guest memory registered in place: chunks on first use, or whole
+// blocks with pin-all; no bounce copy) and, on the migration thread, a HOOK
+// record at each section's start, pages gathered into runs, every run handed
+// to SendRun, and at the section's end the last run handed over before
+// EndSection. Each sink keeps its writers, its setup's end and its round's end.
+class RdmaSinkBase : public PageSink {
+ public:
+  RdmaSinkBase(RdmaConnection& conn, StreamWriter& main)
+      : conn_(conn), main_(main), local_(conn.pd(), conn.pin_all()) {}
+
+  void FillStats(MigrationStats& stats) const final { published_.FillStats(stats); }
+  Status OnBlockListed(RamBlock& block) final;
+  void BeginSection() final;
+  void Page(RamBlock& block, uint64_t page_index, bool zero) final;
+  Status OnSectionEnd() final;
+  uint64_t accounted_bytes() const final { return taken_; }
+
+ protected:
+  // False until setup is over: the setup section's hook comes after the block list.
+  virtual bool started() const = 0;
+  // One run of contiguous pages (block: index in blocks_).
+  virtual Status SendRun(uint32_t block, uint64_t off, uint64_t len) = 0;
+  // A section that began with a hook ends, its last run handed over.
+  virtual Status EndSection() = 0;
+
+  // Setup's end, its common part: the HOOK record, RAM BLOCKS REQUEST ->
+  // RESULT (the destination's blocks), with pin-all every block registered.
+  Result<std::vector<DestBlock>> RequestBlocks();
+  // Hands the run being gathered (if any) to SendRun.
+  Status FlushRun();
+
+  RdmaConnection& conn_;
+  StreamWriter& main_;
+  std::vector<RamBlock*> blocks_;
+  LocalMemory local_;  // the sinks' writers (their members) use it: go first
+  PublishedSourceStats published_;
+
+ private:
+  // The HOOK record, flushed so that the destination reads it before the
+  // registration messages.
+  Status Hook();
+
+  bool in_round_ = false;
+  RunCoalescer runs_;
+  uint64_t taken_ = 0;
+};
 
 class RdmaSinkFactory final : public PageSinkFactory {
  public:
