@@ -4,7 +4,7 @@
 # the shared libraries they need that the VM's base image does not already
 # hold (in lib/; run.sh sets LD_LIBRARY_PATH=/payload/lib). A BIN given as
 # NAME=PATH is installed as /payload/NAME (e.g. QEMU 10.0's binary next to
-# the base image's QEMU 7.2).
+# the base image's QEMU 7.2). vm.sh run adds tests/rdma/lib.sh.
 #
 #   tests/rdma/payload.sh FERRY_BIN TEST_DIR OUT_DIR [BIN|NAME=BIN...]
 set -euo pipefail

@@ -6,6 +6,9 @@
 #   tests/rdma/vm.sh base                 # builds (once) $CACHE/base.cpio.gz and vmlinuz
 #   tests/rdma/vm.sh run DIR [TIMEOUT]    # boots with DIR's files at /payload, runs /payload/run.sh
 #
+# tests/rdma/lib.sh goes to /payload/lib.sh as well: the helpers every run.sh
+# sources (ok/bad/summary lines, hmp, waits, the verbs resource baseline).
+#
 # run.sh runs as root in the VM after soft-RoCE is up (device rxe0 on
 # dummy0, 192.0.2.1; client and server both use that address). The VM's
 # console is copied to stdout; the exit status is 0 only when the console
@@ -116,6 +119,7 @@ run_vm() {
   trap 'rm -rf "$work"' RETURN
   mkdir -p "$work/tree/payload"
   cp -a "$dir"/. "$work/tree/payload/"
+  cp "$(dirname "$0")/lib.sh" "$work/tree/payload/lib.sh"
   (cd "$work/tree" && find . | cpio -o -H newc --quiet | gzip -1 > "$work/payload.cpio.gz")
   cat "$CACHE/base.cpio.gz" "$work/payload.cpio.gz" > "$work/initrd.gz"
   local smp=${FERRY_RDMA_VM_SMP:-2} mem=${FERRY_RDMA_VM_MEM:-2048}

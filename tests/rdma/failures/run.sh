@@ -11,19 +11,8 @@
 #    every memory key with a wrong one (dynamic and pin-all);
 #  - IPv6: ferry -> ferry over rdma:[fd00:1::1]:PORT (an address on dummy0).
 export LD_LIBRARY_PATH=/payload/lib
-pass=0; fail=0
-ok() { echo "ferry-vm: ok $1"; pass=$((pass+1)); }
-bad() { echo "ferry-vm: FAIL $1"; fail=$((fail+1)); }
-baseline=$(rdma resource show 2>/dev/null)
-echo "ferry-vm: resources before: $baseline"
-resources_released() {
-  i=0
-  # The kernel tears a QP down asynchronously after the peer's DISCONNECT:
-  # give it a moment (a leak stays a leak).
-  while [ "$(rdma resource show 2>/dev/null)" != "$baseline" ] && [ $i -lt 10 ]; do sleep 0.5; i=$((i+1)); done
-  now=$(rdma resource show 2>/dev/null)
-  if [ "$now" = "$baseline" ]; then ok "$1-resources-released"; else bad "$1-resources-released"; echo "ferry-vm:   now: $now"; fi
-}
+. /payload/lib.sh
+resources_baseline
 # wait_exit PID: waits up to 120 s for PID (SIGKILL after that); sets rc and
 # secs (whole seconds from the call to the exit).
 wait_exit() {
@@ -131,4 +120,4 @@ show "recv: " /tmp/recv-v6.log
 if [ "$src" = 0 ] && [ "$rc" = 0 ] && grep -q 'verified: yes' /tmp/recv-v6.log && grep -q 'connected to \[fd00:1::1\]' /tmp/recv-v6.log; then
   ok ipv6; else bad ipv6; fi
 resources_released ipv6
-echo "ferry-vm: $pass passed, $fail failed"
+summary

@@ -9,16 +9,9 @@
 #    while it migrates, verified by digest.
 # After every case `rdma resource show` is back to its baseline.
 export LD_LIBRARY_PATH=/payload/lib
-pass=0; fail=0
-ok() { echo "ferry-vm: ok $1"; pass=$((pass+1)); }
-bad() { echo "ferry-vm: FAIL $1"; fail=$((fail+1)); }
-hmp() { echo "$2" | socat - unix-connect:/tmp/$1.sock; }
+. /payload/lib.sh
 size=67108864
-baseline=$(rdma resource show 2>/dev/null)
-resources_released() {
-  now=$(rdma resource show 2>/dev/null)
-  if [ "$now" = "$baseline" ]; then ok "$1-resources-released"; else bad "$1-resources-released"; echo "ferry-vm:   now: $now"; fi
-}
+resources_baseline
 dd if=/dev/zero of=/tmp/src.mem bs=1048576 count=64 2>/dev/null
 dd if=/dev/urandom of=/tmp/src.mem bs=1048576 seek=3 count=8 conv=notrunc 2>/dev/null
 dd if=/dev/urandom of=/tmp/src.mem bs=4096 seek=9000 count=3 conv=notrunc 2>/dev/null
@@ -29,9 +22,7 @@ to_qemu() {
   qemu-system-x86_64 -M none -m 64M -nodefaults -display none -accel tcg -incoming rdma:192.0.2.1:$port \
     -monitor unix:/tmp/dst-$name.sock,server=on,wait=off &
   qpid=$!
-  i=0
-  while [ ! -S /tmp/dst-$name.sock ] && [ $i -lt 60 ]; do sleep 0.5; i=$((i+1)); done
-  sleep 1
+  wait_socket /tmp/dst-$name.sock
   /payload/ferry send rdma:192.0.2.1:$port --memory-file /tmp/src.mem --qemu-compat none,version=7.2 \
     -c rdma-pin-all=$pin --dirty-tracker all-once --connect-timeout 30 >/tmp/ferry-$name.log 2>&1
   frc=$?
@@ -59,8 +50,7 @@ to_ferry() {
   /payload/ferry recv rdma:192.0.2.1:$port --memory-file /tmp/recv-$name.mem --ready-file /tmp/ready-$name \
     --timeout 120 >/tmp/recv-$name.log 2>&1 &
   rpid=$!
-  i=0
-  while [ ! -s /tmp/ready-$name ] && [ $i -lt 60 ]; do sleep 0.5; i=$((i+1)); done
+  wait_ready /tmp/ready-$name
   /payload/ferry send rdma:192.0.2.1:$port "$@" --connect-timeout 30 >/tmp/send-$name.log 2>&1
   src=$?
   wait $rpid; rrc=$?
@@ -96,9 +86,7 @@ resources_released refused
 qemu-system-x86_64 -M none -m 512M -nodefaults -display none -accel tcg -incoming rdma:192.0.2.1:4454 \
   -monitor unix:/tmp/dst-killed.sock,server=on,wait=off &
 qpid=$!
-i=0
-while [ ! -S /tmp/dst-killed.sock ] && [ $i -lt 60 ]; do sleep 0.5; i=$((i+1)); done
-sleep 1
+wait_socket /tmp/dst-killed.sock
 /payload/ferry send rdma:192.0.2.1:4454 --ram 512M --fill random=100 --qemu-compat none,version=7.2 \
   --dirty-tracker all-once --connect-timeout 30 >/tmp/killed.log 2>&1 &
 spid=$!
@@ -113,4 +101,4 @@ sed 's/^/ferry-vm:   /' /tmp/killed.log
 if [ "$frc" = 1 ] && [ "$(grep -c '^ferry: error:' /tmp/killed.log)" = 1 ] && [ $t -lt 120 ]; then
   ok killed-destination; else bad killed-destination; fi
 resources_released killed-destination
-echo "ferry-vm: $pass passed, $fail failed"
+summary

@@ -14,19 +14,8 @@
 #    with SIGINT (the interrupted side exits 3, cancelled).
 # After every case `rdma resource show` is back to its baseline.
 export LD_LIBRARY_PATH=/payload/lib
-pass=0; fail=0
-ok() { echo "ferry-vm: ok $1"; pass=$((pass+1)); }
-bad() { echo "ferry-vm: FAIL $1"; fail=$((fail+1)); }
-baseline=$(rdma resource show 2>/dev/null)
-resources_released() {
-  i=0
-  while [ $i -lt 10 ]; do
-    now=$(rdma resource show 2>/dev/null)
-    [ "$now" = "$baseline" ] && break
-    sleep 0.5; i=$((i+1))
-  done
-  if [ "$now" = "$baseline" ]; then ok "$1-resources-released"; else bad "$1-resources-released"; echo "ferry-vm:   now: $now"; fi
-}
+. /payload/lib.sh
+resources_baseline
 
 # live NAME PORT "RECV_ARGS" SEND_ARGS... : ferry send rdma: -> ferry recv rdma: (verify on)
 live() {
@@ -36,8 +25,7 @@ live() {
   /payload/ferry recv rdma:192.0.2.1:$port --memory-file /tmp/recv-$name.mem --ready-file /tmp/ready-$name \
     --timeout 120 $rargs >/tmp/recv-$name.log 2>&1 &
   rpid=$!
-  i=0
-  while [ ! -s /tmp/ready-$name ] && [ $i -lt 60 ]; do sleep 0.5; i=$((i+1)); done
+  wait_ready /tmp/ready-$name
   /payload/ferry send rdma:192.0.2.1:$port "$@" --connect-timeout 30 >/tmp/send-$name.log 2>&1
   src=$?
   wait $rpid; rrc=$?
@@ -72,8 +60,7 @@ killed() {
   /payload/ferry recv rdma:192.0.2.1:$port --ready-file /tmp/ready-killed --timeout 400 $mfd \
     >/tmp/recv-killed.log 2>&1 &
   rpid=$!
-  i=0
-  while [ ! -s /tmp/ready-killed ] && [ $i -lt 60 ]; do sleep 0.5; i=$((i+1)); done
+  wait_ready /tmp/ready-killed
   # shellcheck disable=SC2086
   /payload/ferry send rdma:192.0.2.1:$port --ram 256M --fill random=100 --dirty-tracker all-once $mfd \
     --connect-timeout 30 >/tmp/send-killed.log 2>&1 &
@@ -162,4 +149,4 @@ killed send KILL 4464
 killed recv KILL 4465
 killed send INT 4466
 killed recv INT 4467
-echo "ferry-vm: $pass passed, $fail failed"
+summary

@@ -5,22 +5,12 @@
 # rdma:...` with dynamic registration and with rdma-pin-all; ferry's received
 # memory is compared byte for byte with the source's (pmemsave).
 export LD_LIBRARY_PATH=/payload/lib
-pass=0; fail=0
-ok() { echo "ferry-vm: ok $1"; pass=$((pass+1)); }
-bad() { echo "ferry-vm: FAIL $1"; fail=$((fail+1)); }
-hmp() { echo "$2" | socat - unix-connect:/tmp/$1.sock; }
+. /payload/lib.sh
 size=67108864
 dd if=/dev/urandom of=/tmp/pat1 bs=1048576 count=8 2>/dev/null
 dd if=/dev/urandom of=/tmp/pat2 bs=4096 count=3 2>/dev/null
 /payload/ferry --version 2>&1 | head -1
-# The kernel's own verbs objects (MAD QPs and the like): after every case the
-# count must be back to this, i.e. ferry released everything it made.
-baseline=$(rdma resource show 2>/dev/null)
-echo "ferry-vm: resources before: $baseline"
-resources_released() {
-  now=$(rdma resource show 2>/dev/null)
-  if [ "$now" = "$baseline" ]; then ok "$1-resources-released"; else bad "$1-resources-released"; echo "ferry-vm:   now: $now"; fi
-}
+resources_baseline
 
 # run_case NAME PORT PIN_ALL(on|off)
 run_case() {
@@ -30,15 +20,12 @@ run_case() {
     --memory-file /tmp/ferry-$name.mem --ready-file /tmp/ready-$name --timeout 120 \
     >/tmp/ferry-$name.log 2>&1 &
   fpid=$!
-  i=0
-  while [ ! -s /tmp/ready-$name ] && [ $i -lt 60 ]; do sleep 0.5; i=$((i+1)); done
+  wait_ready /tmp/ready-$name
   qemu-system-x86_64 -M none -m 64M -nodefaults -display none -accel tcg \
     -device loader,file=/tmp/pat1,addr=0x1f0000 -device loader,file=/tmp/pat2,addr=0x2345000 \
     -monitor unix:/tmp/src-$name.sock,server=on,wait=off -S &
   qpid=$!
-  i=0
-  while [ ! -S /tmp/src-$name.sock ] && [ $i -lt 60 ]; do sleep 0.5; i=$((i+1)); done
-  sleep 1
+  wait_socket /tmp/src-$name.sock
   hmp src-$name "migrate_set_capability rdma-pin-all $pin" >/dev/null
   hmp src-$name "migrate -d rdma:192.0.2.1:$port"
   i=0; s=""
@@ -73,14 +60,11 @@ run_killed() {
   /payload/ferry recv rdma:192.0.2.1:$port --qemu-compat none,version=7.2 -c verify=off \
     --ready-file /tmp/ready-killed --timeout 120 >/tmp/ferry-killed.log 2>&1 &
   fpid=$!
-  i=0
-  while [ ! -s /tmp/ready-killed ] && [ $i -lt 60 ]; do sleep 0.5; i=$((i+1)); done
+  wait_ready /tmp/ready-killed
   qemu-system-x86_64 -M none -m 512M -nodefaults -display none -accel tcg \
     -device loader,file=/tmp/pat1,addr=0x1f0000 -monitor unix:/tmp/src-killed.sock,server=on,wait=off -S &
   qpid=$!
-  i=0
-  while [ ! -S /tmp/src-killed.sock ] && [ $i -lt 60 ]; do sleep 0.5; i=$((i+1)); done
-  sleep 1
+  wait_socket /tmp/src-killed.sock
   hmp src-killed "migrate -d rdma:192.0.2.1:$port" >/dev/null
   i=0; s=""
   while [ $i -lt 100 ]; do
@@ -112,8 +96,7 @@ run_killed
 # A source announcing RDMA protocol version 2 is rejected with one line.
 /payload/ferry recv rdma:192.0.2.1:4449 --ready-file /tmp/ready-version --timeout 60 >/tmp/version.log 2>&1 &
 vpid=$!
-i=0
-while [ ! -s /tmp/ready-version ] && [ $i -lt 60 ]; do sleep 0.5; i=$((i+1)); done
+wait_ready /tmp/ready-version
 /payload/rdma_version_client 192.0.2.1 4449 >/tmp/version-client.log 2>&1; vcrc=$?
 wait $vpid; vrc=$?
 sed 's/^/ferry-vm:   /' /tmp/version.log /tmp/version-client.log
@@ -124,8 +107,7 @@ resources_released version
 # SIGINT while ferry waits for the source: exit 3 at once, nothing left behind.
 /payload/ferry recv rdma:192.0.2.1:4448 --ready-file /tmp/ready-cancel --timeout 120 >/tmp/cancel.log 2>&1 &
 cpid=$!
-i=0
-while [ ! -s /tmp/ready-cancel ] && [ $i -lt 60 ]; do sleep 0.5; i=$((i+1)); done
+wait_ready /tmp/ready-cancel
 kill -INT $cpid
 t=0
 while kill -0 $cpid 2>/dev/null && [ $t -lt 60 ]; do sleep 0.5; t=$((t+1)); done
@@ -134,4 +116,4 @@ wait $cpid; crc=$?
 sed 's/^/ferry-vm:   /' /tmp/cancel.log
 if [ "$crc" = 3 ] && grep -q 'cancelled while waiting for the source' /tmp/cancel.log; then ok sigint-while-listening; else bad sigint-while-listening; fi
 resources_released cancel
-echo "ferry-vm: $pass passed, $fail failed"
+summary

@@ -11,33 +11,23 @@
 #    the destination's pmemsave.
 # After every case `rdma resource show` is back to its baseline.
 export LD_LIBRARY_PATH=/payload/lib
+. /payload/lib.sh
 # Debian's QEMU 7.2 modules live in the default module directory; QEMU 10.0
 # must not pick them up.
 export QEMU_MODULE_DIR=/payload/no-modules
 mkdir -p $QEMU_MODULE_DIR
 Q10=/payload/qemu10-system-x86_64
-pass=0; fail=0
-ok() { echo "ferry-vm: ok $1"; pass=$((pass+1)); }
-bad() { echo "ferry-vm: FAIL $1"; fail=$((fail+1)); }
-hmp() { echo "$2" | socat - unix-connect:/tmp/$1.sock; }
 size=67108864
 echo "ferry-vm: $($Q10 --version | head -1)"
 # The initramfs lives in RAM: what it leaves of the VM's -m 2048.
 echo "ferry-vm: memory: $(grep -E 'MemTotal|MemAvailable' /proc/meminfo | tr -s ' ' | tr '\n' ' ')"
 /payload/ferry --version 2>&1 | head -1
-baseline=$(rdma resource show 2>/dev/null)
-echo "ferry-vm: resources before: $baseline"
-resources_released() {
-  now=$(rdma resource show 2>/dev/null)
-  if [ "$now" = "$baseline" ]; then ok "$1-resources-released"; else bad "$1-resources-released"; echo "ferry-vm:   now: $now"; fi
-}
+resources_baseline
 dd if=/dev/urandom of=/tmp/pat1 bs=1048576 count=8 2>/dev/null
 dd if=/dev/urandom of=/tmp/pat2 bs=4096 count=3 2>/dev/null
 dd if=/dev/zero of=/tmp/src.mem bs=1048576 count=64 2>/dev/null
 dd if=/dev/urandom of=/tmp/src.mem bs=1048576 seek=3 count=8 conv=notrunc 2>/dev/null
 dd if=/dev/urandom of=/tmp/src.mem bs=4096 seek=9000 count=3 conv=notrunc 2>/dev/null
-
-wait_socket() { i=0; while [ ! -S "$1" ] && [ $i -lt 60 ]; do sleep 0.5; i=$((i+1)); done; sleep 1; }
 
 # from_qemu NAME PORT PIN_ALL(on|off): QEMU 10.0 -> ferry recv
 from_qemu() {
@@ -46,8 +36,7 @@ from_qemu() {
   /payload/ferry recv rdma:192.0.2.1:$port --qemu-compat none,version=10.0 -c verify=off \
     --memory-file /tmp/ferry-$name.mem --ready-file /tmp/ready-$name --timeout 120 >/tmp/ferry-$name.log 2>&1 &
   fpid=$!
-  i=0
-  while [ ! -s /tmp/ready-$name ] && [ $i -lt 60 ]; do sleep 0.5; i=$((i+1)); done
+  wait_ready /tmp/ready-$name
   $Q10 -M none -m 64M -nodefaults -display none -accel tcg \
     -device loader,file=/tmp/pat1,addr=0x1f0000 -device loader,file=/tmp/pat2,addr=0x2345000 \
     -monitor unix:/tmp/src-$name.sock,server=on,wait=off -S &
@@ -110,4 +99,4 @@ from_qemu dynamic 4460 off
 from_qemu pinall 4461 on
 to_qemu dynamic 4462 off
 to_qemu pinall 4463 on
-echo "ferry-vm: $pass passed, $fail failed"
+summary
