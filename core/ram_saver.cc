@@ -5,8 +5,13 @@
 
 namespace ferry {
 
-void PutPageRecord(StreamWriter& w, const RamBlock*& last_block, RamBlock& block, uint64_t page_index, bool zero) {
-  const uint64_t hdr = (page_index << kPageShift) | (zero ? wire::kRamZero : wire::kRamPage);
+namespace {
+
+// A RAM record's header: offset and flags, then the block's name unless it
+// is the previous record's block (CONTINUE).
+void PutRecordHeader(StreamWriter& w, const RamBlock*& last_block, RamBlock& block, uint64_t page_index,
+                     uint64_t flags) {
+  const uint64_t hdr = (page_index << kPageShift) | flags;
   if (&block == last_block) {
     w.PutBe64(hdr | wire::kRamContinue);
   } else {
@@ -14,6 +19,12 @@ void PutPageRecord(StreamWriter& w, const RamBlock*& last_block, RamBlock& block
     w.PutName(block.name);
     last_block = &block;
   }
+}
+
+}  // namespace
+
+void PutPageRecord(StreamWriter& w, const RamBlock*& last_block, RamBlock& block, uint64_t page_index, bool zero) {
+  PutRecordHeader(w, last_block, block, page_index, zero ? wire::kRamZero : wire::kRamPage);
   if (zero) {
     w.Put8(0);
   } else {
@@ -26,14 +37,7 @@ void StreamSink::Page(RamBlock& block, uint64_t page_index, bool zero) {
 }
 
 bool StreamSink::ZeroRun(RamBlock& block, uint64_t first, uint64_t count) {
-  const uint64_t hdr = (first << kPageShift) | wire::kRamZeroRun;
-  if (&block == last_block_) {
-    w_.PutBe64(hdr | wire::kRamContinue);
-  } else {
-    w_.PutBe64(hdr);
-    w_.PutName(block.name);
-    last_block_ = &block;
-  }
+  PutRecordHeader(w_, last_block_, block, first, wire::kRamZeroRun);
   w_.PutBe64(count);
   return true;
 }
