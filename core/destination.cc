@@ -141,7 +141,9 @@ Status MigrationDestination::Run(Channel& channel) {
     if (s.ok()) s = fin;
     std::lock_guard<std::mutex> lock(mu_);
     // A receiver's failure is the cause; the main stream only stopped for it.
-    if (!receiver_error_.ok() && !cancel_.load(std::memory_order_acquire)) {
+    // A receiver thread cancelled by the Abort above reports no cause.
+    if (!receiver_error_.ok() && receiver_error_.code() != Code::kCancelled &&
+        !cancel_.load(std::memory_order_acquire)) {
       s = ExplainMappedFileFault(blocks_, receiver_error_);
     }
   }

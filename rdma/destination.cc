@@ -126,8 +126,12 @@ void RdmaPageReceiver::ChannelLoop(size_t i) {
       end = s;
       // A wrong message is this side's verdict at once; a peer gone (the
       // source's end, or its failure, which the main stream reports too)
-      // matters only to a hook still waiting for this channel.
-      if (on_error_) on_error_(s.WithContext("rdma multifd channel " + std::to_string(i)));
+      // matters only to a hook still waiting for this channel, and a wait
+      // cut short by Abort (this side already failed or was cancelled, for
+      // its own reason) is no verdict at all.
+      if (on_error_ && s.code() != Code::kCancelled) {
+        on_error_(s.WithContext("rdma multifd channel " + std::to_string(i)));
+      }
       break;
     }
   }
