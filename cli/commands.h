@@ -20,11 +20,6 @@ struct SendOpts : CommonOpts {
   std::string hot_set = "64M";
   std::string hot_set_offset = "0";
   std::string layout = "pages";
-  // Measured (issue 13, this project's VM): a 2 MiB THP fault costs 3-10 ms,
-  // 2.5-7x more per byte than 4 KiB faults (2.5-3 us); the source's migration
-  // faults are the same either way (uffd-wp splits a THP at its first write),
-  // and with --layout pages THP populates the untouched pages too. Off.
-  std::string thp = "off";
   double connect_timeout = 30;
   std::string tracker = "best";
   bool force = false;  // --force: a synthetic guest larger than the available memory

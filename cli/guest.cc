@@ -426,7 +426,7 @@ Result<uint8_t*> DestinationMemory::Allocate(const std::string& name, uint64_t l
     FERRY_ASSIGN_OR_RETURN(Mapping m, Mapping::ReserveFile(fd.get(), file_, length));
     maps_.push_back(std::move(m));
   } else {
-    FERRY_ASSIGN_OR_RETURN(Mapping m, Mapping::Anonymous(length, /*huge=*/true));
+    FERRY_ASSIGN_OR_RETURN(Mapping m, Mapping::Anonymous(length, huge_));
     maps_.push_back(std::move(m));
   }
   allocated_ += length;

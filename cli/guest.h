@@ -144,12 +144,16 @@ class DestinationMemory final : public RamBlockAllocator {
   ~DestinationMemory() override;
   Result<uint8_t*> Allocate(const std::string& name, uint64_t length) override;
   std::vector<Mapping>& mappings() { return maps_; }
+  // Anonymous memory in transparent huge pages (MADV_HUGEPAGE, 2 MiB aligned;
+  // the default), or in 4 KiB pages. Before the first Allocate.
+  void set_huge_pages(bool on) { huge_ = on; }
   // The migration succeeded: keep the memory file as it is.
   void Keep() { keep_ = true; }
 
  private:
   std::string file_;
   bool prealloc_;
+  bool huge_ = true;
   uint64_t max_bytes_;
   std::string max_source_;
   uint64_t allocated_ = 0;

@@ -93,6 +93,11 @@ void AddRecvOptions(CLI::App* r, RecvOpts& recv) {
   r->add_option("--uuid", recv.uuid,
                 "This destination's uuid (QEMU's -uuid): multifd channels announcing another one are refused, and so "
                 "is a stream whose configuration carries another one (default all zeros, like QEMU without -uuid)");
+  r->add_option("--thp", recv.thp,
+                "on: transparent huge pages on the destination's RAM (MADV_HUGEPAGE, as QEMU does: one fault per "
+                "2 MiB); off (default: 4 KiB faults cost less per byte on the VMs measured, see "
+                "docs/design-notes.md); no effect with --memory-file")
+      ->capture_default_str();
   r->add_flag("--prealloc", recv.prealloc,
               "Fault in the destination memory before the migration starts (with --ram: before listening)");
   r->add_option("--ready-file", recv.ready_file, "Once listening, write the bound URI (with the real port) here");

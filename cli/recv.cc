@@ -37,7 +37,11 @@ int RunRecv(const RecvOpts& o) {
   if (!cap.ok()) return Fail(cap.status(), kExitUsage);
   opts.max_ram = cap->bytes;
   opts.max_ram_source = cap->source;
+  if (o.thp != "on" && o.thp != "off") {
+    return Fail(Status::InvalidArgument("--thp must be on or off, got '" + o.thp + "'"), kExitUsage);
+  }
   DestinationMemory memory(o.memory_file, o.prealloc, cap->bytes, cap->source);
+  memory.set_huge_pages(o.thp == "on");
   RamBlockList blocks;
   if (!o.ram.empty()) {
     Result<uint64_t> ram = ParseSize(o.ram);

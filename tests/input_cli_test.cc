@@ -262,6 +262,15 @@ TEST_F(InputCliTest, FillPercentagesMustBePercentages) {
   }
 }
 
+TEST_F(InputCliTest, ThpMustBeOnOrOff) {
+  Process s = Run("send", {"send", "unix:" + P("nobody"), "--ram", "4M", "--thp", "yes"});
+  EXPECT_EQ(Code(s), 2) << s.Report();
+  EXPECT_NE(s.Stderr().find("--thp must be on or off, got 'yes'"), std::string::npos) << s.Report();
+  Process r = Run("recv", {"recv", "unix:" + P("sock"), "--ram", "4M", "--thp", "always"});
+  EXPECT_EQ(Code(r), 2) << r.Report();
+  EXPECT_NE(r.Stderr().find("--thp must be on or off, got 'always'"), std::string::npos) << r.Report();
+}
+
 TEST_F(InputCliTest, SyntheticGuestLargerThanTheMachineNeedsForce) {
   const uint64_t avail = MemAvailable();
   ASSERT_GT(avail, 0u);

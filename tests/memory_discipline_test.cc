@@ -211,11 +211,13 @@ TEST_P(LiveTest, FirstWritesToUntouchedPagesArrive) {
   const auto& [tracker, multifd] = GetParam();
   std::vector<std::string> extra = {"--dirty-rate", "64M", "--hot-set", "512M", "--hot-set-offset", "0",
                                     "--dirty-tracker", tracker, "-p", "downtime-limit=2000"};
+  // The destination's RAM in both page sizes: 4 KiB (recv's default) with one
+  // channel, transparent huge pages with multifd.
   std::vector<std::string> rextra;
   if (multifd) {
     const std::vector<std::string> mf = {"-c", "multifd=on", "-p", "multifd-channels=2"};
     extra = Cat(extra, mf);
-    rextra = mf;
+    rextra = Cat(mf, {"--thp", "on"});
   }
   json s, r;
   ASSERT_NO_FATAL_FAILURE(Migrate(extra, rextra, &s, &r));
