@@ -39,8 +39,18 @@ class PageSink {
   // `count` >= 1 pages from `first` on, all known to be zero (never
   // populated), in one go. Returns false when this sink has no such record
   // (then the saver gives it the pages one by one). Only called when the
-  // peer is ferry (RamSaver::SetZeroRuns).
+  // peer is ferry (RamSaver::SetRunRecords).
   virtual bool ZeroRun(RamBlock& block, uint64_t first, uint64_t count) {
+    (void)block;
+    (void)first;
+    (void)count;
+    return false;
+  }
+  // `count` >= 2 dirty data pages from `first` on, none zero (as far as the
+  // saver tests), in one go. Returns false when this sink has no such record
+  // (then the saver gives it the pages one by one). Only called when the
+  // peer is ferry (RamSaver::SetRunRecords).
+  virtual bool PageRun(RamBlock& block, uint64_t first, uint64_t count) {
     (void)block;
     (void)first;
     (void)count;
@@ -91,6 +101,8 @@ class StreamSink final : public PageSink {
   void Page(RamBlock& block, uint64_t page_index, bool zero) override;
   // One ZERO_RUN record (ferry's extension, wire::kRamZeroRun).
   bool ZeroRun(RamBlock& block, uint64_t first, uint64_t count) override;
+  // One PAGE_RUN record (ferry's extension, wire::kRamPageRun).
+  bool PageRun(RamBlock& block, uint64_t first, uint64_t count) override;
 
  private:
   StreamWriter& w_;

@@ -5,6 +5,8 @@
 #include <cstdio>
 #include <cstring>
 
+#include <sys/mman.h>
+
 #include "core/verify.h"
 #include "core/wire.h"
 #include "core/zero_page.h"
@@ -128,6 +130,31 @@ void RamLoader::ZeroRun(RamBlock& b, uint64_t first, uint64_t count) {
   }
 }
 
+Status RamLoader::PageRun(StreamReader& r, RamBlock& b, uint64_t first, uint64_t count) {
+  uint8_t* host = b.page(first);
+  const uint64_t len = count * kPageSize;
+  if (b.known_zero.size() != 0) {
+    // Memory no record wrote yet (fresh, so unpopulated): populate the run
+    // with one call rather than one fault per page as the read fills it.
+    // A hint: where the kernel says no, the read faults as before.
+    const bool fresh = receiver_ ? b.known_zero.TestAtomic(first) : b.known_zero.Test(first);
+    if (fresh) (void)madvise(host, len, MADV_POPULATE_WRITE);
+    if (receiver_) {
+      for (uint64_t i = first; i < first + count; ++i) b.known_zero.ClearAtomic(i);
+    } else {
+      b.known_zero.ClearRange(first, count);
+    }
+  }
+  // Large runs go from the socket straight into guest memory (GetBytes
+  // bypasses the buffer for them).
+  r.GetBytes(host, len);
+  FERRY_RETURN_IF_ERROR(r.status());
+  if (b.page_hashes.enabled()) {
+    for (uint64_t i = 0; i < count; ++i) b.page_hashes.Set(first + i, PageHash(host + i * kPageSize));
+  }
+  return Status::Ok();
+}
+
 size_t RamLoader::IndexOf(const RamBlock* b) const {
   for (size_t i = 0; i < blocks_.size(); ++i) {
     if (&blocks_[i] == b) return i;
@@ -158,7 +185,8 @@ Status RamLoader::Load(StreamReader& r, uint32_t version) {
     return Status::Protocol("RAM section version " + std::to_string(version) + " is not supported (only 4)");
   }
   constexpr uint64_t kKnown = wire::kRamZero | wire::kRamMemSize | wire::kRamPage | wire::kRamEos |
-                              wire::kRamContinue | wire::kRamMultifdFlush | wire::kRamHook | wire::kRamZeroRun;
+                              wire::kRamContinue | wire::kRamMultifdFlush | wire::kRamHook | wire::kRamZeroRun |
+                              wire::kRamPageRun;
   while (true) {
     const uint64_t at = r.offset();
     const uint64_t rec = r.GetBe64();
@@ -237,6 +265,22 @@ Status RamLoader::Load(StreamReader& r, uint32_t version) {
         }
         ZeroRun(*b, first, count);
         counters_.zero_pages += count;
+        break;
+      }
+      case wire::kRamPageRun: {
+        if (!setup_seen_) return Status::Protocol("page-run record before the RAM block list" + At(at));
+        RamBlock* b = BlockFor(r, flags, at);
+        FERRY_RETURN_IF_ERROR(r.status());
+        const uint64_t count = r.GetBe64();
+        FERRY_RETURN_IF_ERROR(r.status());
+        const uint64_t first = addr >> kPageShift;
+        if (addr >= b->used_length || count == 0 || count > b->pages() - first) {
+          return Status::Protocol("page-run record of " + std::to_string(count) + " pages at offset " + Hex(addr) +
+                                  " does not fit RAM block '" + b->name + "' (" + Hex(b->used_length) + " bytes)" +
+                                  At(at));
+        }
+        FERRY_RETURN_IF_ERROR(PageRun(r, *b, first, count));
+        counters_.normal_pages += count;
         break;
       }
       case wire::kRamEos:

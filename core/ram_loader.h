@@ -131,6 +131,8 @@ class RamLoader final : public SectionLoader {
   size_t IndexOf(const RamBlock* b) const;
   // A ZERO_RUN record's pages [first, first + count) of `b`.
   void ZeroRun(RamBlock& b, uint64_t first, uint64_t count);
+  // A PAGE_RUN record's pages [first, first + count) of `b`, read from `r`.
+  Status PageRun(StreamReader& r, RamBlock& b, uint64_t first, uint64_t count);
 
   RamBlockList& blocks_;
   RamBlockAllocator* allocator_;

@@ -1,5 +1,7 @@
 #include "core/ram_saver.h"
 
+#include <algorithm>
+
 #include "core/wire.h"
 #include "core/zero_page.h"
 
@@ -56,6 +58,22 @@ Status RamSaver::WriteSetup() {
   return w_.status();
 }
 
+bool StreamSink::PageRun(RamBlock& block, uint64_t first, uint64_t count) {
+  PutRecordHeader(w_, last_block_, block, first, wire::kRamPageRun);
+  w_.PutBe64(count);
+  w_.PutRef(block.page(first), count * kPageSize);
+  return true;
+}
+
+uint64_t RamSaver::DataRunEnd(RamBlock& b, uint64_t first) const {
+  // Dirty pages after `first`, up to the run limit, that hold data: not known
+  // to be zero and, where the saver looks for zeros, not zero.
+  const uint64_t limit = b.dirty.FindNextClear(first + 1, std::min(b.pages(), first + kMaxPageRun));
+  uint64_t end = first + 1;
+  while (end < limit && !b.KnownZero(end) && !(detect_zero_ && IsZeroPage(b.page(end)))) ++end;
+  return end;
+}
+
 bool RamSaver::SendSome(uint64_t budget) {
   const uint64_t start = bytes();
   while (block_ < blocks_.size()) {
@@ -92,6 +110,20 @@ bool RamSaver::SendSome(uint64_t budget) {
         }
       }
       bool zero = known_zero || (detect_zero_ && IsZeroPage(b.page(i)));
+      if (!zero && page_runs_) {
+        // This data page and the dirty data pages right after it in one
+        // record (bit i was cleared above).
+        const uint64_t end = DataRunEnd(b, i);
+        if (end - i > 1 && !sink_.PageRun(b, i, end - i)) page_runs_ = false;
+        if (end - i > 1 && page_runs_) {
+          b.dirty.ClearRange(i + 1, end - i - 1);
+          page_ = end;
+          counters_.normal_pages += end - i;
+          if (!w_.status().ok()) return false;
+          if (bytes() - start >= budget) return false;
+          continue;
+        }
+      }
       if (zero && detect_zero_) {
         ++counters_.zero_pages;
       } else {

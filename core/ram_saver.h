@@ -36,8 +36,11 @@ class RamSaver {
       : blocks_(blocks), w_(w), sink_(sink), detect_zero_(detect_zero) {}
 
   // The peer is ferry: runs of known-zero pages may go as one ZERO_RUN
-  // record (if the sink has it) instead of one ZERO record per page.
-  void SetZeroRuns(bool on) { zero_runs_ = on; }
+  // record and runs of data pages as one PAGE_RUN record (if the sink has
+  // them) instead of one record per page.
+  void SetRunRecords(bool on) { zero_runs_ = page_runs_ = on; }
+  // Pages in one PAGE_RUN record at most (2 MiB).
+  static constexpr uint64_t kMaxPageRun = 512;
   // Marks every page dirty (the first round sends all of RAM).
   void MarkAllDirty();
   // Writes the setup data of the START section (then call EndSetupSection).
@@ -63,11 +66,16 @@ class RamSaver {
   const RamSaverCounters& counters() const { return counters_; }
 
  private:
+  // The end of the run of dirty data pages that starts at `first` (a dirty
+  // data page whose bit is already cleared).
+  uint64_t DataRunEnd(RamBlock& b, uint64_t first) const;
+
   RamBlockList& blocks_;
   StreamWriter& w_;
   PageSink& sink_;
   bool detect_zero_;
   bool zero_runs_ = false;
+  bool page_runs_ = false;
   size_t block_ = 0;
   uint64_t page_ = 0;
   RamSaverCounters counters_;

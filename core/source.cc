@@ -230,7 +230,7 @@ Status MigrationSource::RunInner(Channel& channel, bool await_confirmation) {
     }
   } sink_reset{this};
   RamSaver saver(blocks_, w, *sink, saver_zero);
-  saver.SetZeroRuns(!params_.qemu_compat);
+  saver.SetRunRecords(!params_.qemu_compat);
   const bool verify = params_.verify && !params_.qemu_compat;
 
   // Never-populated memory is found before tracking starts (the uffd-wp

@@ -72,6 +72,10 @@ inline constexpr uint64_t kRamMultifdFlush = 0x200;// multifd barrier (QEMU >= 8
 // 0x200): + be64 page count n >= 1; the n pages from the offset on are zero.
 // One record for a run of never-populated pages instead of n ZERO records.
 inline constexpr uint64_t kRamZeroRun = 0x800;
+// ferry to ferry only, likewise: + be64 page count n >= 1, then the n pages
+// from the offset on, 4096 bytes each. One record for a run of data pages,
+// so the destination reads it straight into guest memory in one go.
+inline constexpr uint64_t kRamPageRun = 0x400;
 inline constexpr uint64_t kRamFlagMask = 0xfff;
 
 // ferry's own verification section (capability "verify"; never sent to QEMU).

@@ -743,9 +743,10 @@ class Walker {
         continue;
       }
       if (kind == wire::kRamMultifdFlush) continue;
-      if (kind != wire::kRamPage && kind != wire::kRamZero && kind != wire::kRamZeroRun) {
+      if (kind != wire::kRamPage && kind != wire::kRamZero && kind != wire::kRamZeroRun &&
+          kind != wire::kRamPageRun) {
         e = "RAM record with flags " + Hex(flags) + where +
-            " (not PAGE, ZERO, ferry's ZERO_RUN, MEM_SIZE, EOS or MULTIFD_FLUSH)";
+            " (not PAGE, ZERO, ferry's ZERO_RUN or PAGE_RUN, MEM_SIZE, EOS or MULTIFD_FLUSH)";
         return false;
       }
       if (!r_.ram_setup) {
@@ -778,6 +779,16 @@ class Walker {
       if (kind == wire::kRamPage) {
         if (!c_.Skip(kPage, "a page's data", &e)) return false;
         ++s.page_records;
+      } else if (kind == wire::kRamPageRun) {
+        uint64_t count = 0;
+        if (!c_.Be64(&count, "a page-run record", &e)) return false;
+        if (count == 0 || count > (block.size - addr) / kPage) {
+          e = "page-run record of " + std::to_string(count) + " pages at " + Hex(addr) + " outside block '" +
+              block.name + "'" + where;
+          return false;
+        }
+        if (!c_.Skip(count * kPage, "a page run's data", &e)) return false;
+        s.page_records += count;
       } else if (kind == wire::kRamZeroRun) {
         uint64_t count = 0;
         if (!c_.Be64(&count, "a zero-run record", &e)) return false;
