@@ -117,7 +117,8 @@ class MappedRamReceiver final : public PageReceiver {
   }
 
   uint64_t forbidden_flags() const override {
-    return wire::kRamZero | wire::kRamPage | wire::kRamMultifdFlush | wire::kRamXbzrle;
+    return wire::kRamZero | wire::kRamPage | wire::kRamMultifdFlush | wire::kRamXbzrle | wire::kRamZeroRun |
+           wire::kRamPageRun;
   }
   void BlocksReady(RamBlockList& blocks) override { (void)blocks; }
   Status Sync() override { return Status::Ok(); }
