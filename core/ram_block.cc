@@ -30,6 +30,12 @@ bool PageHashes::Enable(uint64_t pages) {
   return true;
 }
 
+void RamBlock::PopulateForWrite(uint64_t first, uint64_t count, bool atomic) const {
+  if (count == 0 || known_zero.size() == 0) return;
+  if (!(atomic ? known_zero.TestAtomic(first) : known_zero.Test(first))) return;
+  (void)::madvise(host + first * kPageSize, count * kPageSize, MADV_POPULATE_WRITE);
+}
+
 void PageHashes::Reset() {
   if (data_) ::munmap(data_, bytes_);
   data_ = nullptr;

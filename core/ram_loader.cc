@@ -5,8 +5,6 @@
 #include <cstdio>
 #include <cstring>
 
-#include <sys/mman.h>
-
 #include "core/verify.h"
 #include "core/wire.h"
 #include "core/zero_page.h"
@@ -134,11 +132,7 @@ Status RamLoader::PageRun(StreamReader& r, RamBlock& b, uint64_t first, uint64_t
   uint8_t* host = b.page(first);
   const uint64_t len = count * kPageSize;
   if (b.known_zero.size() != 0) {
-    // Memory no record wrote yet (fresh, so unpopulated): populate the run
-    // with one call rather than one fault per page as the read fills it.
-    // A hint: where the kernel says no, the read faults as before.
-    const bool fresh = receiver_ ? b.known_zero.TestAtomic(first) : b.known_zero.Test(first);
-    if (fresh) (void)madvise(host, len, MADV_POPULATE_WRITE);
+    b.PopulateForWrite(first, count, receiver_ != nullptr);
     if (receiver_) {
       for (uint64_t i = first; i < first + count; ++i) b.known_zero.ClearAtomic(i);
     } else {

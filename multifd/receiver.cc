@@ -442,6 +442,13 @@ Status MultifdReceiver::ReceiveLoop(Receiver& r) {
     // known to be zero is left alone, without a read or a fault.
     const bool tracked = block != nullptr && block->known_zero.size() != 0;
     if (tracked) {
+      // Runs of consecutive pages populated in one call each.
+      for (uint32_t k = 0; k < h.normal_pages;) {
+        uint32_t e = k + 1;
+        while (e < h.normal_pages && offsets[e] == offsets[e - 1] + kPageSize) ++e;
+        if (e - k > 1) block->PopulateForWrite(offsets[k] >> kPageShift, e - k, /*atomic=*/true);
+        k = e;
+      }
       for (uint32_t k = 0; k < h.normal_pages; ++k) block->known_zero.ClearAtomic(offsets[k] >> kPageShift);
     }
     FERRY_RETURN_IF_ERROR(ReadPages(r, h, block, offsets));
