@@ -33,6 +33,10 @@ bool PageHashes::Enable(uint64_t pages) {
 void RamBlock::PopulateForWrite(uint64_t first, uint64_t count, bool atomic) const {
   if (count == 0 || known_zero.size() == 0) return;
   if (!(atomic ? known_zero.TestAtomic(first) : known_zero.Test(first))) return;
+  // Known zero but already resident (a preallocated destination): walking
+  // the populated range again would only cost time.
+  unsigned char resident = 0;
+  if (::mincore(host + first * kPageSize, kPageSize, &resident) == 0 && (resident & 1)) return;
   (void)::madvise(host + first * kPageSize, count * kPageSize, MADV_POPULATE_WRITE);
 }
 

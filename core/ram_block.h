@@ -127,9 +127,10 @@ struct RamBlock {
   uint8_t* page(uint64_t index) const { return host + (index << kPageShift); }
   bool KnownZero(uint64_t index) const { return known_zero.size() != 0 && known_zero.Test(index); }
   // About to write `count` pages from `first` on: if the first one is still
-  // known to be zero (on a fresh destination: never written, so not
-  // populated), populates them in one call (MADV_POPULATE_WRITE) rather than
-  // one fault per page as the write reaches them. A hint: where the kernel
+  // known to be zero (on a fresh destination: never written) and not
+  // resident (not preallocated), populates them in one call
+  // (MADV_POPULATE_WRITE) rather than one fault per page as the write
+  // reaches them. A hint: where the kernel
   // says no, the write faults as before. `atomic`: other threads update
   // known_zero meanwhile (multifd receivers).
   void PopulateForWrite(uint64_t first, uint64_t count, bool atomic) const;
