@@ -130,9 +130,9 @@ struct RamBlock {
   // known to be zero (on a fresh destination: never written) and not
   // resident (not preallocated), populates them in one call
   // (MADV_POPULATE_WRITE) rather than one fault per page as the write
-  // reaches them. A hint: where the kernel
-  // says no, the write faults as before. `atomic`: other threads update
-  // known_zero meanwhile (multifd receivers).
+  // reaches them. A hint: where the kernel says no, the write faults as
+  // before. `atomic`: other threads update known_zero meanwhile (multifd
+  // receivers).
   void PopulateForWrite(uint64_t first, uint64_t count, bool atomic) const;
 };
 

@@ -65,10 +65,11 @@ bool StreamSink::PageRun(RamBlock& block, uint64_t first, uint64_t count) {
   return true;
 }
 
-uint64_t RamSaver::DataRunEnd(RamBlock& b, uint64_t first) const {
+uint64_t RamSaver::DataRunEnd(RamBlock& b, uint64_t first, uint64_t max_pages) const {
   // Dirty pages after `first`, up to the run limit, that hold data: not known
   // to be zero and, where the saver looks for zeros, not zero.
-  const uint64_t limit = b.dirty.FindNextClear(first + 1, std::min(b.pages(), first + kMaxPageRun));
+  const uint64_t most = std::clamp<uint64_t>(max_pages, 1, kMaxPageRun);
+  const uint64_t limit = b.dirty.FindNextClear(first + 1, std::min(b.pages(), first + most));
   uint64_t end = first + 1;
   while (end < limit && !b.KnownZero(end) && !(detect_zero_ && IsZeroPage(b.page(end)))) ++end;
   return end;
@@ -112,8 +113,10 @@ bool RamSaver::SendSome(uint64_t budget) {
       bool zero = known_zero || (detect_zero_ && IsZeroPage(b.page(i)));
       if (!zero && page_runs_) {
         // This data page and the dirty data pages right after it in one
-        // record (bit i was cleared above).
-        const uint64_t end = DataRunEnd(b, i);
+        // record (bit i was cleared above), no more than the budget has
+        // room for (max-bandwidth's windows are small).
+        const uint64_t sent = bytes() - start;
+        const uint64_t end = DataRunEnd(b, i, sent < budget ? (budget - sent) / kPageSize : 1);
         if (end - i > 1 && !sink_.PageRun(b, i, end - i)) page_runs_ = false;
         if (end - i > 1 && page_runs_) {
           b.dirty.ClearRange(i + 1, end - i - 1);

@@ -67,8 +67,8 @@ class RamSaver {
 
  private:
   // The end of the run of dirty data pages that starts at `first` (a dirty
-  // data page whose bit is already cleared).
-  uint64_t DataRunEnd(RamBlock& b, uint64_t first) const;
+  // data page whose bit is already cleared), at most `max_pages` long.
+  uint64_t DataRunEnd(RamBlock& b, uint64_t first, uint64_t max_pages) const;
 
   RamBlockList& blocks_;
   StreamWriter& w_;

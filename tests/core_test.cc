@@ -351,6 +351,37 @@ TEST(PageRun, DataRunsGoAsOneRecordEach) {
   EXPECT_EQ(std::memcmp(src.mem, dst2.mem, src.size), 0);
 }
 
+// A run is no longer than the send budget has room for: max-bandwidth's
+// 100 ms windows can be smaller than a 2 MiB run.
+TEST(PageRun, StaysWithinTheBudget) {
+  TestRam src(16 * 4096);
+  std::memset(src.mem, 0x11, src.size);
+  RamBlockList blocks;
+  ASSERT_TRUE(blocks.Add("ram", src.mem, src.size).ok());
+  MemoryChannel ch;
+  StreamWriter w(&ch);
+  StreamSink sink(w);
+  RamSaver saver(blocks, w, sink, /*detect_zero=*/true);
+  saver.SetRunRecords(true);
+  saver.MarkAllDirty();
+  saver.BeginSection();
+  // As with one record per page, the budget is overshot by one page at most:
+  // a run of 3 pages, then page 3 on its own.
+  EXPECT_FALSE(saver.SendSome(3 * 4096 + 100));
+  EXPECT_LE(saver.bytes(), 4 * 4096 + 100u);
+  EXPECT_EQ(saver.counters().normal_pages, 4u);
+  EXPECT_TRUE(saver.SendSome(1ull << 30));  // the rest in one record
+  EXPECT_EQ(saver.counters().normal_pages, 16u);
+  ASSERT_TRUE(w.Flush().ok());
+  const std::vector<uint8_t> out = ch.out();
+  Builder first;
+  first.be64(wire::kRamPageRun).name("ram").be64(3);
+  EXPECT_NE(std::search(out.begin(), out.end(), first.b.begin(), first.b.end()), out.end());
+  Builder rest;
+  rest.be64((4 * 4096) | wire::kRamPageRun | wire::kRamContinue).be64(12);
+  EXPECT_NE(std::search(out.begin(), out.end(), rest.b.begin(), rest.b.end()), out.end());
+}
+
 // A QEMU peer never gets one: every data page has its own PAGE record.
 TEST(PageRun, NeverSentToQemu) {
   TestRam src(64 * 4096);
