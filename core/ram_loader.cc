@@ -250,36 +250,27 @@ Status RamLoader::Load(StreamReader& r, uint32_t version) {
         }
         break;
       }
-      case wire::kRamZeroRun: {
-        if (!setup_seen_) return Status::Protocol("zero-run record before the RAM block list" + At(at));
-        RamBlock* b = BlockFor(r, flags, at);
-        FERRY_RETURN_IF_ERROR(r.status());
-        const uint64_t count = r.GetBe64();
-        FERRY_RETURN_IF_ERROR(r.status());
-        const uint64_t first = addr >> kPageShift;
-        if (addr >= b->used_length || count == 0 || count > b->pages() - first) {
-          return Status::Protocol("zero-run record of " + std::to_string(count) + " pages at offset " + Hex(addr) +
-                                  " does not fit RAM block '" + b->name + "' (" + Hex(b->used_length) + " bytes)" +
-                                  At(at));
-        }
-        ZeroRun(*b, first, count);
-        counters_.zero_pages += count;
-        break;
-      }
+      case wire::kRamZeroRun:
       case wire::kRamPageRun: {
-        if (!setup_seen_) return Status::Protocol("page-run record before the RAM block list" + At(at));
+        const char* what = kind == wire::kRamZeroRun ? "zero-run" : "page-run";
+        if (!setup_seen_) return Status::Protocol(std::string(what) + " record before the RAM block list" + At(at));
         RamBlock* b = BlockFor(r, flags, at);
         FERRY_RETURN_IF_ERROR(r.status());
         const uint64_t count = r.GetBe64();
         FERRY_RETURN_IF_ERROR(r.status());
         const uint64_t first = addr >> kPageShift;
         if (addr >= b->used_length || count == 0 || count > b->pages() - first) {
-          return Status::Protocol("page-run record of " + std::to_string(count) + " pages at offset " + Hex(addr) +
-                                  " does not fit RAM block '" + b->name + "' (" + Hex(b->used_length) + " bytes)" +
-                                  At(at));
+          return Status::Protocol(std::string(what) + " record of " + std::to_string(count) + " pages at offset " +
+                                  Hex(addr) + " does not fit RAM block '" + b->name + "' (" + Hex(b->used_length) +
+                                  " bytes)" + At(at));
         }
-        FERRY_RETURN_IF_ERROR(PageRun(r, *b, first, count));
-        counters_.normal_pages += count;
+        if (kind == wire::kRamZeroRun) {
+          ZeroRun(*b, first, count);
+          counters_.zero_pages += count;
+        } else {
+          FERRY_RETURN_IF_ERROR(PageRun(r, *b, first, count));
+          counters_.normal_pages += count;
+        }
         break;
       }
       case wire::kRamEos:

@@ -779,25 +779,21 @@ class Walker {
       if (kind == wire::kRamPage) {
         if (!c_.Skip(kPage, "a page's data", &e)) return false;
         ++s.page_records;
-      } else if (kind == wire::kRamPageRun) {
+      } else if (kind == wire::kRamPageRun || kind == wire::kRamZeroRun) {
+        const std::string what = kind == wire::kRamPageRun ? "page-run" : "zero-run";
         uint64_t count = 0;
-        if (!c_.Be64(&count, "a page-run record", &e)) return false;
+        if (!c_.Be64(&count, "a " + what + " record", &e)) return false;
         if (count == 0 || count > (block.size - addr) / kPage) {
-          e = "page-run record of " + std::to_string(count) + " pages at " + Hex(addr) + " outside block '" +
+          e = what + " record of " + std::to_string(count) + " pages at " + Hex(addr) + " outside block '" +
               block.name + "'" + where;
           return false;
         }
-        if (!c_.Skip(count * kPage, "a page run's data", &e)) return false;
-        s.page_records += count;
-      } else if (kind == wire::kRamZeroRun) {
-        uint64_t count = 0;
-        if (!c_.Be64(&count, "a zero-run record", &e)) return false;
-        if (count == 0 || count > (block.size - addr) / kPage) {
-          e = "zero-run record of " + std::to_string(count) + " pages at " + Hex(addr) + " outside block '" +
-              block.name + "'" + where;
-          return false;
+        if (kind == wire::kRamZeroRun) {
+          s.zero_records += count;
+        } else {
+          if (!c_.Skip(count * kPage, "a page run's data", &e)) return false;
+          s.page_records += count;
         }
-        s.zero_records += count;
       } else {
         uint8_t fill = 0;
         if (!c_.U8(&fill, "a zero record", &e)) return false;

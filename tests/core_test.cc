@@ -45,8 +45,10 @@ void Pattern(uint8_t* mem, uint64_t size, uint32_t seed) {
   }
 }
 
-// Produces a complete ferry stream of `ram` with MigrationSource.
-std::vector<uint8_t> SaveStream(TestRam& ram, bool verify = true, std::string machine = "ferry") {
+// Produces a complete ferry stream of `ram` with MigrationSource (with
+// `qemu_compat`, as a ferry source sends it to QEMU machine "none").
+std::vector<uint8_t> SaveStream(TestRam& ram, bool verify = true, std::string machine = "ferry",
+                                bool qemu_compat = false) {
   RamBlockList blocks;
   EXPECT_TRUE(blocks.Add("ram", ram.mem, ram.size).ok());
   auto tracker = MakeDirtyTracker(DirtyTrackerKind::kAllOnce);
@@ -54,6 +56,7 @@ std::vector<uint8_t> SaveStream(TestRam& ram, bool verify = true, std::string ma
   MigrationParams p;
   p.verify = verify;
   p.machine = std::move(machine);
+  p.qemu_compat = qemu_compat;
   MigrationSource src(p, blocks, **tracker, nullptr);
   MemoryChannel ch;
   Status s = src.Run(ch, /*await_verdict=*/false);
@@ -291,19 +294,8 @@ TEST(ZeroRun, UnpopulatedRunsGoAsOneRecordAndLoadAsZeros) {
 TEST(ZeroRun, NeverSentToQemu) {
   TestRam src(64 * 4096);
   std::memset(src.mem + 10 * 4096, 0x11, 4096);
-  RamBlockList blocks;
-  ASSERT_TRUE(blocks.Add("ram", src.mem, src.size).ok());
-  auto tracker = MakeDirtyTracker(DirtyTrackerKind::kAllOnce);
-  ASSERT_TRUE(tracker.ok());
-  MigrationParams p;
-  p.machine = "none";
-  p.qemu_compat = true;
-  MigrationSource source(p, blocks, **tracker, nullptr);
-  MemoryChannel ch;
-  Status st = source.Run(ch, /*await_verdict=*/false);
-  ASSERT_TRUE(st.ok()) << st.ToString();
+  const std::vector<uint8_t> out = SaveStream(src, /*verify=*/true, "none", /*qemu_compat=*/true);
   TestRam dst(64 * 4096);
-  const std::vector<uint8_t> out = ch.out();
   DestinationOptions o = NoVerify();
   o.machine = "none";
   LoadResult res = LoadStream(out, dst, o);
@@ -386,18 +378,7 @@ TEST(PageRun, StaysWithinTheBudget) {
 TEST(PageRun, NeverSentToQemu) {
   TestRam src(64 * 4096);
   std::memset(src.mem, 0x11, src.size);
-  RamBlockList blocks;
-  ASSERT_TRUE(blocks.Add("ram", src.mem, src.size).ok());
-  auto tracker = MakeDirtyTracker(DirtyTrackerKind::kAllOnce);
-  ASSERT_TRUE(tracker.ok());
-  MigrationParams p;
-  p.machine = "none";
-  p.qemu_compat = true;
-  MigrationSource source(p, blocks, **tracker, nullptr);
-  MemoryChannel ch;
-  Status st = source.Run(ch, /*await_verdict=*/false);
-  ASSERT_TRUE(st.ok()) << st.ToString();
-  const std::vector<uint8_t> out = ch.out();
+  const std::vector<uint8_t> out = SaveStream(src, /*verify=*/true, "none", /*qemu_compat=*/true);
   Builder page1;
   page1.be64((1 * 4096) | wire::kRamPage | wire::kRamContinue);
   EXPECT_NE(std::search(out.begin(), out.end(), page1.b.begin(), page1.b.end()), out.end());
