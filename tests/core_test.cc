@@ -483,27 +483,20 @@ TEST(BadInput, BlockLengthExceedsTotal) {
   ExpectFailure(b.b, "exceeds the announced total");
 }
 
-TEST(BadInput, ZeroRunOutsideTheBlock) {
-  Builder b;
-  b.header().start(0, "ram", 4).ram_setup(8192).footer(0);
-  b.u8(wire::kSectionPart).be32(0).be64(4096 | wire::kRamZeroRun).name("ram").be64(2);
-  ExpectFailure(b.b, "zero-run record of 2 pages at offset 0x1000 does not fit RAM block 'ram'");
-  Builder c;
-  c.header().start(0, "ram", 4).ram_setup(8192).footer(0);
-  c.u8(wire::kSectionPart).be32(0).be64(wire::kRamZeroRun).name("ram").be64(0);
-  ExpectFailure(c.b, "zero-run record of 0 pages");
-}
-
-TEST(BadInput, PageRunOutsideTheBlock) {
-  Builder b;
-  b.header().start(0, "ram", 4).ram_setup(8192).footer(0);
-  b.u8(wire::kSectionPart).be32(0).be64(4096 | wire::kRamPageRun).name("ram").be64(2);
-  ExpectFailure(b.b, "page-run record of 2 pages at offset 0x1000 does not fit RAM block 'ram'");
-  Builder c;
-  c.header().start(0, "ram", 4).ram_setup(8192).footer(0);
-  c.u8(wire::kSectionPart).be32(0).be64(wire::kRamPageRun).name("ram").be64(0);
-  ExpectFailure(c.b, "page-run record of 0 pages");
-  Builder d;  // the stream ends inside the run's data
+TEST(BadInput, RunRecordsOutsideTheBlock) {
+  for (const auto& [flag, what] : {std::pair<uint64_t, std::string>{wire::kRamZeroRun, "zero-run"},
+                                   std::pair<uint64_t, std::string>{wire::kRamPageRun, "page-run"}}) {
+    SCOPED_TRACE(what);
+    Builder b;
+    b.header().start(0, "ram", 4).ram_setup(8192).footer(0);
+    b.u8(wire::kSectionPart).be32(0).be64(4096 | flag).name("ram").be64(2);
+    ExpectFailure(b.b, what + " record of 2 pages at offset 0x1000 does not fit RAM block 'ram'");
+    Builder c;
+    c.header().start(0, "ram", 4).ram_setup(8192).footer(0);
+    c.u8(wire::kSectionPart).be32(0).be64(flag).name("ram").be64(0);
+    ExpectFailure(c.b, what + " record of 0 pages");
+  }
+  Builder d;  // the stream ends inside a page run's data
   d.header().start(0, "ram", 4).ram_setup(8192).footer(0);
   d.u8(wire::kSectionPart).be32(0).be64(wire::kRamPageRun).name("ram").be64(2);
   d.b.insert(d.b.end(), 5000, 0x33);
