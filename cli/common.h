@@ -80,7 +80,7 @@ struct CommonOpts {
   // --thp: MADV_HUGEPAGE on the synthetic guest's (send) or the destination's
   // (recv) anonymous RAM. Measured on this project's VMs (issue 13,
   // docs/design-notes.md): a 2 MiB THP fault on memory the host had taken
-  // back costs 2.4-10 ms, 3-7x more per byte than 4 KiB faults (0.8-3 us);
+  // back costs 2-5 ms, 4-8x more per byte than 4 KiB faults (about 1 us);
   // the source's migration faults are the same either way (uffd-wp splits a
   // THP at its first write), and with --layout pages THP populates the
   // untouched pages too. Off.
