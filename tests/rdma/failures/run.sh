@@ -13,15 +13,6 @@
 export LD_LIBRARY_PATH=/payload/lib
 . /payload/lib.sh
 resources_baseline
-# wait_exit PID: waits up to 120 s for PID (SIGKILL after that); sets rc and
-# secs (whole seconds from the call to the exit).
-wait_exit() {
-  t0=$(date +%s); t=0
-  while kill -0 $1 2>/dev/null && [ $t -lt 240 ]; do sleep 0.5; t=$((t+1)); done
-  if kill -0 $1 2>/dev/null; then echo "ferry-vm:   still running after 120 s: SIGKILL"; kill -9 $1; fi
-  wait $1; rc=$?
-  secs=$(( $(date +%s) - t0 ))
-}
 # wait_for FILE PATTERN: up to 60 s until FILE contains PATTERN
 wait_for() { i=0; while ! grep -q "$2" "$1" 2>/dev/null && [ $i -lt 120 ]; do sleep 0.5; i=$((i+1)); done; }
 show() { sed "s/^/ferry-vm:   $1/" "$2"; }

@@ -43,32 +43,17 @@ to_qemu() {
   resources_released "$name"
 }
 
-# to_ferry NAME PORT SEND_ARGS... : ferry send rdma: -> ferry recv rdma: (verify on)
-to_ferry() {
-  name=$1 port=$2; shift 2
-  rm -f /tmp/ready-$name
-  /payload/ferry recv rdma:192.0.2.1:$port --memory-file /tmp/recv-$name.mem --ready-file /tmp/ready-$name \
-    --timeout 120 >/tmp/recv-$name.log 2>&1 &
-  rpid=$!
-  wait_ready /tmp/ready-$name
-  /payload/ferry send rdma:192.0.2.1:$port "$@" --connect-timeout 30 >/tmp/send-$name.log 2>&1
-  src=$?
-  wait $rpid; rrc=$?
-  echo "ferry-vm: $name: send exit $src, recv exit $rrc"
-  sed 's/^/ferry-vm:   send: /' /tmp/send-$name.log
-  sed 's/^/ferry-vm:   recv: /' /tmp/recv-$name.log
-}
 
 to_qemu dynamic 4450 off
 to_qemu pinall 4451 on
 
-to_ferry file 4452 --memory-file /tmp/src.mem --dirty-tracker all-once
+ferry_pair file 4452 "" --memory-file /tmp/src.mem --dirty-tracker all-once
 if [ "$src" = 0 ] && [ "$rrc" = 0 ] && grep -q 'verified: yes' /tmp/recv-file.log && cmp /tmp/src.mem /tmp/recv-file.mem; then
   ok ferry-to-ferry-dynamic; else bad ferry-to-ferry-dynamic; fi
 rm -f /tmp/recv-file.mem
 resources_released ferry-file
 
-to_ferry live 4453 --ram 128M --dirty-rate 2M --hot-set 16M -c rdma-pin-all=on
+ferry_pair live 4453 "" --ram 128M --dirty-rate 2M --hot-set 16M -c rdma-pin-all=on
 if [ "$src" = 0 ] && [ "$rrc" = 0 ] && grep -q 'verified: yes' /tmp/recv-live.log; then
   ok ferry-to-ferry-pinall-live; else bad ferry-to-ferry-pinall-live; fi
 rm -f /tmp/recv-live.mem
@@ -92,10 +77,7 @@ wait_socket /tmp/dst-killed.sock
 spid=$!
 sleep 4
 kill -9 $qpid; wait $qpid 2>/dev/null
-t=0
-while kill -0 $spid 2>/dev/null && [ $t -lt 120 ]; do sleep 0.5; t=$((t+1)); done
-if kill -0 $spid 2>/dev/null; then kill -9 $spid; fi
-wait $spid; frc=$?
+wait_exit $spid 120; frc=$rc
 echo "ferry-vm: killed destination: ferry send exit $frc about $((t/2)) s after the kill"
 sed 's/^/ferry-vm:   /' /tmp/killed.log
 if [ "$frc" = 1 ] && [ "$(grep -c '^ferry: error:' /tmp/killed.log)" = 1 ] && [ $t -lt 120 ]; then

@@ -19,20 +19,8 @@ resources_baseline
 
 # live NAME PORT "RECV_ARGS" SEND_ARGS... : ferry send rdma: -> ferry recv rdma: (verify on)
 live() {
-  name=$1 port=$2 rargs=$3; shift 3
-  rm -f /tmp/ready-$name
-  # shellcheck disable=SC2086
-  /payload/ferry recv rdma:192.0.2.1:$port --memory-file /tmp/recv-$name.mem --ready-file /tmp/ready-$name \
-    --timeout 120 $rargs >/tmp/recv-$name.log 2>&1 &
-  rpid=$!
-  wait_ready /tmp/ready-$name
-  /payload/ferry send rdma:192.0.2.1:$port "$@" --connect-timeout 30 >/tmp/send-$name.log 2>&1
-  src=$?
-  wait $rpid; rrc=$?
-  echo "ferry-vm: $name: send exit $src, recv exit $rrc"
-  sed 's/^/ferry-vm:   send: /' /tmp/send-$name.log
-  sed 's/^/ferry-vm:   recv: /' /tmp/recv-$name.log
-  rm -f /tmp/recv-$name.mem
+  ferry_pair "$@"
+  rm -f /tmp/recv-$1.mem
 }
 guest="--ram 128M --dirty-rate 2M --hot-set 16M"
 
@@ -72,14 +60,8 @@ killed() {
   sleep 2
   if [ "$who" = send ]; then victim=$spid other=$rpid log=/tmp/recv-killed.log; else victim=$rpid other=$spid log=/tmp/send-killed.log; fi
   kill -$sig $victim
-  v=0
-  while kill -0 $victim 2>/dev/null && [ $v -lt 60 ]; do sleep 0.5; v=$((v+1)); done
-  if kill -0 $victim 2>/dev/null; then kill -9 $victim; fi
-  wait $victim; vrc=$?
-  t=0
-  while kill -0 $other 2>/dev/null && [ $t -lt 120 ]; do sleep 0.5; t=$((t+1)); done
-  if kill -0 $other 2>/dev/null; then kill -9 $other; fi
-  wait $other; orc=$?
+  wait_exit $victim 60; vrc=$rc
+  wait_exit $other 120; orc=$rc
   echo "ferry-vm: $who: SIG$sig $((i/2)) s after starting the source + 2 s: exit $vrc; the other side exit $orc about $((t/2)) s later"
   sed 's/^/ferry-vm:   send: /' /tmp/send-killed.log
   sed 's/^/ferry-vm:   recv: /' /tmp/recv-killed.log

@@ -77,10 +77,7 @@ run_killed() {
   kill -9 $qpid; wait $qpid 2>/dev/null
   echo "ferry-vm: killed: source was '$s' when killed"
   # A hang detector, not a speed check: ferry gets 60 s to notice.
-  t=0
-  while kill -0 $fpid 2>/dev/null && [ $t -lt 120 ]; do sleep 0.5; t=$((t+1)); done
-  if kill -0 $fpid 2>/dev/null; then kill -9 $fpid; fi
-  wait $fpid; frc=$?
+  wait_exit $fpid 120; frc=$rc
   echo "ferry-vm: killed: ferry exit $frc about $((t/2)) s after the kill"
   sed 's/^/ferry-vm:   /' /tmp/ferry-killed.log
   errors=$(grep -c '^ferry: error:' /tmp/ferry-killed.log)
@@ -109,10 +106,7 @@ resources_released version
 cpid=$!
 wait_ready /tmp/ready-cancel
 kill -INT $cpid
-t=0
-while kill -0 $cpid 2>/dev/null && [ $t -lt 60 ]; do sleep 0.5; t=$((t+1)); done
-if kill -0 $cpid 2>/dev/null; then kill -9 $cpid; fi
-wait $cpid; crc=$?
+wait_exit $cpid 60; crc=$rc
 sed 's/^/ferry-vm:   /' /tmp/cancel.log
 if [ "$crc" = 3 ] && grep -q 'cancelled while waiting for the source' /tmp/cancel.log; then ok sigint-while-listening; else bad sigint-while-listening; fi
 resources_released cancel
