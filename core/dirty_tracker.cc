@@ -49,6 +49,9 @@ constexpr unsigned long kPagemapScanIoctl = pagemap::kScanIoctl;
 using pagemap::kScanCheckWpAsync;
 using pagemap::kScanWpMatching;
 constexpr uint64_t kPageWritten = pagemap::kPageIsWritten;
+constexpr uint64_t kPagePresent = pagemap::kPageIsPresent;
+constexpr uint64_t kPageSwapped = pagemap::kPageIsSwapped;
+constexpr uint64_t kPageZeroPfn = pagemap::kPageIsPfnZero;
 
 // At most this many regions per PAGEMAP_SCAN call; a full vector means the
 // walk stopped early and has to be resumed.
@@ -138,6 +141,14 @@ int UffdProtect(int uffd, uint64_t start, uint64_t len) {
 // One PAGEMAP_SCAN call asking for written pages in [start, end) and
 // write-protecting them again in the same pass. Returns the number of regions
 // stored in `vec`, or -1 with errno set.
+//
+// "Written" is a present or swapped page without the protection bit. The
+// kernel also counts an empty page-table slot (and a stretch without page
+// tables) as written, so the query asks for "any of present, swapped" too:
+// an empty slot of an unprotected stretch (see Start) holds nothing yet.
+// Pages mapped to the shared zero page are left out (inverted mask): a read
+// of memory the guest never wrote maps it, and that is no write; a later
+// write replaces it with a page of its own, which is reported.
 int ScanWritten(int pagemap, uint64_t start, uint64_t end, ScanRegion* vec, size_t vec_len,
                 uint64_t* walk_end) {
   ScanArgs a{};
@@ -148,8 +159,31 @@ int ScanWritten(int pagemap, uint64_t start, uint64_t end, ScanRegion* vec, size
   a.vec = reinterpret_cast<uint64_t>(vec);
   a.vec_len = vec_len;
   a.max_pages = 0;  // unlimited
-  a.category_mask = kPageWritten;
+  a.category_inverted = kPageZeroPfn;
+  a.category_mask = kPageWritten | kPageZeroPfn;
+  a.category_anyof_mask = kPagePresent | kPageSwapped;
   a.return_mask = kPageWritten;
+  const int n = RetryIoctl(pagemap, kPagemapScanIoctl, &a);
+  if (n >= 0) *walk_end = a.walk_end;
+  return n;
+}
+
+// One PAGEMAP_SCAN call that write-protects the populated pages (present or
+// swapped) in [start, end) and returns them; empty slots and page-table holes
+// are left alone. A vector is always passed: without one the kernel protects
+// every slot, empty ones included.
+int ProtectPopulated(int pagemap, uint64_t start, uint64_t end, ScanRegion* vec, size_t vec_len,
+                     uint64_t* walk_end) {
+  ScanArgs a{};
+  a.size = sizeof(a);
+  a.flags = kScanWpMatching | kScanCheckWpAsync;
+  a.start = start;
+  a.end = end;
+  a.vec = reinterpret_cast<uint64_t>(vec);
+  a.vec_len = vec_len;
+  a.max_pages = 0;
+  a.category_anyof_mask = kPagePresent | kPageSwapped;
+  a.return_mask = kPagePresent | kPageSwapped | kPageZeroPfn;
   const int n = RetryIoctl(pagemap, kPagemapScanIoctl, &a);
   if (n >= 0) *walk_end = a.walk_end;
   return n;
@@ -162,14 +196,27 @@ bool IsNotSupportedErrno(int err) { return err == ENOTTY || err == EINVAL || err
 //
 // Start registers every block with a userfaultfd in async write-protect mode
 // and write-protects it. From then on the kernel handles a write fault by
-// just dropping the page's protection, no message, no waiting thread;
-// populated and never-touched pages alike (WP_UNPOPULATED leaves a marker in
-// empty page-table slots). Sync asks PAGEMAP_SCAN for the pages whose
-// protection is gone and has it protect them again atomically under the page
-// table lock, so a write either lands before the scan (and is reported now)
-// or faults afterwards (and is reported by the next Sync). The kernel also
-// resolves writes done by the kernel itself (read() into guest memory, ...)
-// the same way: UFFD_USER_MODE_ONLY does not matter in async mode.
+// just dropping the page's protection, no message, no waiting thread. Sync
+// asks PAGEMAP_SCAN for the pages whose protection is gone and has it protect
+// them again atomically under the page table lock, so a write either lands
+// before the scan (and is reported now) or faults afterwards (and is reported
+// by the next Sync). The kernel also resolves writes done by the kernel
+// itself (read() into guest memory, ...) the same way: UFFD_USER_MODE_ONLY
+// does not matter in async mode.
+//
+// What "protects" means depends on the memory:
+//  - anonymous (RamBlock::backing_fd < 0): only populated pages are
+//    protected. An empty slot needs nothing: the first write fills it with a
+//    page that has no protection bit, which Sync reports as written. Leaving
+//    them alone is what keeps a sparse guest cheap: protecting an empty slot
+//    means a marker in it, so page tables for every never-touched 2 MiB (32
+//    MiB of them for 16 GiB) and walks over them at each Sync; and a read of
+//    a marker allocates a page where an empty slot maps the shared zero page.
+//  - a mapped file (shmem, memfd, a file on disk): every slot, empty ones
+//    get a marker (WP_UNPOPULATED). There an empty slot is not unwritten
+//    memory: the page may sit in the file and the first read maps it, and
+//    without the marker that mapping would carry no protection bit and count
+//    as a write.
 //
 // Not seen: writes through another mapping of the same memory (a second
 // mmap of a shared file, write() to that file), as tracking lives in this
@@ -197,14 +244,26 @@ class UffdWpTracker final : public DirtyTracker {
     }
     // Protect only once everything is registered so a failure above leaves no
     // protected memory behind (Stop unregisters what was registered).
-    for (const Range& r : ranges_) {
-      if (UffdProtect(uffd_.get(), r.start, r.len) < 0) {
-        return Fail(ErrnoStatus("userfaultfd write-protect of RAM block '" + r.name + "'"));
+    vec_.resize(kScanVectorLen);
+    for (RamBlock& b : blocks) {
+      const uint64_t start = reinterpret_cast<uint64_t>(b.host);
+      if (b.backing_fd >= 0) {
+        if (UffdProtect(uffd_.get(), start, b.used_length) < 0) {
+          return Fail(ErrnoStatus("userfaultfd write-protect of RAM block '" + b.name + "'"));
+        }
+        continue;
       }
+      // Anonymous: protect what is populated; the protection pass sees each
+      // page atomically, so a page populated behind it is unprotected and
+      // shows up as written. What it found populated is not known zero.
+      Status st = Walk(b, ProtectPopulated, [&](const ScanRegion& r, uint64_t rs, uint64_t re) {
+        const bool zero_pfn = (r.categories & kPageZeroPfn) && !(r.categories & kPageSwapped);
+        if (!zero_pfn) ClearKnownZero(b, (rs - start) >> kPageShift, (re - rs) >> kPageShift);
+      });
+      if (!st.ok()) return Fail(st.WithContext("userfaultfd write-protect of RAM block '" + b.name + "'"));
     }
     std::sort(ranges_.begin(), ranges_.end(),
               [](const Range& a, const Range& b) { return a.start < b.start; });
-    vec_.resize(kScanVectorLen);
     return Status::Ok();
   }
 
@@ -213,41 +272,17 @@ class UffdWpTracker final : public DirtyTracker {
     uint64_t reported = 0;
     for (RamBlock& b : blocks) {
       const uint64_t base = reinterpret_cast<uint64_t>(b.host);
-      const uint64_t end = base + b.used_length;
       if (!Tracked(base, b.used_length)) {
         return Status::InvalidArgument("RAM block '" + b.name +
                                        "' was not registered when dirty tracking started");
       }
-      uint64_t cur = base;
-      while (cur < end) {
-        uint64_t walk_end = 0;
-        const int n = ScanWritten(pagemap_.get(), cur, end, vec_.data(), vec_.size(), &walk_end);
-        if (n < 0) return ErrnoStatus("PAGEMAP_SCAN of RAM block '" + b.name + "'");
-        uint64_t last_end = cur;
-        for (int i = 0; i < n; ++i) {
-          const uint64_t rs = std::max(vec_[i].start, cur);
-          const uint64_t re = std::min(vec_[i].end, end);
-          if (re <= rs) continue;
-          const uint64_t pages = (re - rs) >> kPageShift;
-          b.dirty.SetRange((rs - base) >> kPageShift, pages);
-          ClearKnownZero(b, (rs - base) >> kPageShift, pages);  // written: no longer known zero
-          reported += pages;
-          last_end = std::max(last_end, re);
-        }
-        // Fewer regions than the vector holds: the walk reached `end`. The
-        // kernel's walk_end is not reliable in that case, so ignore it.
-        if (static_cast<size_t>(n) < vec_.size()) break;
-        // Vector full: the walk stopped at walk_end, just before the first
-        // region that did not fit. Should walk_end ever be out of range, the
-        // end of the last reported region is a safe restart point (at worst
-        // a clean stretch is walked twice); it always makes progress.
-        const uint64_t next =
-            (walk_end >= last_end && walk_end <= end && walk_end > cur) ? walk_end : last_end;
-        if (next <= cur) {
-          return Status::Internal("PAGEMAP_SCAN of RAM block '" + b.name + "' made no progress");
-        }
-        cur = next;
-      }
+      Status st = Walk(b, ScanWritten, [&](const ScanRegion&, uint64_t rs, uint64_t re) {
+        const uint64_t pages = (re - rs) >> kPageShift;
+        b.dirty.SetRange((rs - base) >> kPageShift, pages);
+        ClearKnownZero(b, (rs - base) >> kPageShift, pages);  // written: no longer known zero
+        reported += pages;
+      });
+      if (!st.ok()) return st;
     }
     return reported;
   }
@@ -278,6 +313,44 @@ class UffdWpTracker final : public DirtyTracker {
   Status Fail(Status st) {
     Stop();
     return st;
+  }
+
+  using ScanFn = int (*)(int, uint64_t, uint64_t, ScanRegion*, size_t, uint64_t*);
+
+  // Runs `scan` over block `b` (resuming while the result vector comes back
+  // full) and hands each region, clipped to the block, to `each`.
+  template <typename Each>
+  Status Walk(const RamBlock& b, ScanFn scan, Each&& each) {
+    const uint64_t base = reinterpret_cast<uint64_t>(b.host);
+    const uint64_t end = base + b.used_length;
+    uint64_t cur = base;
+    while (cur < end) {
+      uint64_t walk_end = 0;
+      const int n = scan(pagemap_.get(), cur, end, vec_.data(), vec_.size(), &walk_end);
+      if (n < 0) return ErrnoStatus("PAGEMAP_SCAN of RAM block '" + b.name + "'");
+      uint64_t last_end = cur;
+      for (int i = 0; i < n; ++i) {
+        const uint64_t rs = std::max(vec_[i].start, cur);
+        const uint64_t re = std::min(vec_[i].end, end);
+        if (re <= rs) continue;
+        each(vec_[i], rs, re);
+        last_end = std::max(last_end, re);
+      }
+      // Fewer regions than the vector holds: the walk reached `end`. The
+      // kernel's walk_end is not reliable in that case, so ignore it.
+      if (static_cast<size_t>(n) < vec_.size()) break;
+      // Vector full: the walk stopped at walk_end, just before the first
+      // region that did not fit. Should walk_end ever be out of range, the
+      // end of the last reported region is a safe restart point (at worst a
+      // stretch is walked twice); it always makes progress.
+      const uint64_t next =
+          (walk_end >= last_end && walk_end <= end && walk_end > cur) ? walk_end : last_end;
+      if (next <= cur) {
+        return Status::Internal("PAGEMAP_SCAN of RAM block '" + b.name + "' made no progress");
+      }
+      cur = next;
+    }
+    return Status::Ok();
   }
 
   bool Tracked(uint64_t start, uint64_t len) const {

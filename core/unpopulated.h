@@ -1,9 +1,9 @@
 // Finding guest memory that was never populated, without touching it.
 //
 // A page the guest never wrote reads as zero, and reading it is what would
-// populate it: an anonymous page gets a fresh zeroed page (always, once the
-// uffd-wp tracker has left its marker in the empty slot), a shmem page a page
-// in the page cache. So the source asks the kernel which pages hold nothing:
+// populate it: an anonymous read maps the zero page (a fault per page; a
+// fresh zeroed page where a uffd-wp marker sits in the slot), a shmem read a
+// page in the page cache. So the source asks the kernel which pages hold nothing:
 //  - anonymous memory: the PAGEMAP_SCAN ioctl on /proc/self/pagemap (Linux
 //    6.7+), one call per block (resumed when its result vector fills):
 //    pages neither present nor swapped, or mapped to the shared zero page;

@@ -5,6 +5,7 @@
 // that are known to have Linux >= 6.7).
 
 #include "core/dirty_tracker.h"
+#include "core/unique_fd.h"
 
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -760,6 +761,57 @@ TEST(UffdWpTrackerTest, KernelWritesAreTracked) {
   SyncOutcome s = SyncFresh(**t, blocks);
   EXPECT_EQ(s.pages[0], (std::vector<uint64_t>{3, 9}));
   EXPECT_EQ(std::memcmp(m.page(9) + 8, msg, sizeof(msg)), 0);
+}
+
+// Pages in [first, first + count) of `m` the kernel shows as swap entries:
+// on memory nobody swapped out, the tracker's markers.
+uint64_t SwapEntries(const Mapping& m, uint64_t first, uint64_t count) {
+  UniqueFd pm(::open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC));
+  EXPECT_TRUE(pm.valid());
+  uint64_t n = 0;
+  for (uint64_t i = first; i < first + count; ++i) {
+    uint64_t e = 0;
+    const off_t at = static_cast<off_t>((reinterpret_cast<uint64_t>(m.page(i)) >> kPageShift) * 8);
+    EXPECT_EQ(::pread(pm.get(), &e, 8, at), 8);
+    n += (e >> 62) & 1;
+  }
+  return n;
+}
+
+// Anonymous memory: the tracker protects only what is populated. Untouched
+// pages get no marker (no page tables built for them), a read of one is no
+// write, and the first real write to one is reported.
+TEST(UffdWpTrackerTest, AnonymousUntouchedMemoryIsLeftAlone) {
+  SKIP_UNLESS_UFFD_WP();
+  auto t = MakeDirtyTracker(DirtyTrackerKind::kUffdWp);
+  ASSERT_TRUE(t.ok());
+  constexpr uint64_t kPages = 2048;  // 8 MiB: four page tables' worth
+  Mapping m = MapAnon(kPages * kPageSize);
+  ASSERT_TRUE(m.get());
+  ASSERT_EQ(::madvise(m.get(), m.size(), MADV_NOHUGEPAGE), 0);
+  *m.page(1) = 1;  // one page table with one page in it; the rest untouched
+  *m.page(600) = 1;
+  RamBlockList blocks;
+  ASSERT_TRUE(blocks.Add("ram", m.get(), m.size()).ok());
+  ASSERT_TRUE((*t)->Start(blocks).ok());
+  EXPECT_EQ(SwapEntries(m, 0, kPages), 0u) << "markers in never-populated slots";
+  volatile uint8_t sink = *m.page(5) + *m.page(1500);  // reads map the zero page
+  (void)sink;
+  SyncOutcome s = SyncFresh(**t, blocks);
+  EXPECT_EQ(s.reported, 0u);
+  EXPECT_TRUE(s.pages[0].empty());
+  *m.page(5) = 2;      // was read (zero page): a write replaces it
+  *m.page(1000) = 3;   // never touched, no page table before
+  *m.page(600) = 4;    // protected at start
+  *m.page(2) = 5;      // empty slot in a table that has a page
+  s = SyncFresh(**t, blocks);
+  EXPECT_EQ(s.pages[0], (std::vector<uint64_t>{2, 5, 600, 1000}));
+  s = SyncFresh(**t, blocks);
+  EXPECT_TRUE(s.pages[0].empty()) << "reported pages are protected again";
+  *m.page(1000) = 6;
+  s = SyncFresh(**t, blocks);
+  EXPECT_EQ(s.pages[0], (std::vector<uint64_t>{1000}));
+  EXPECT_EQ(SwapEntries(m, 0, kPages), 0u);
 }
 
 TEST(UffdWpTrackerTest, StopUnregistersSoMemoryCanBeTrackedAgain) {
