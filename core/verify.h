@@ -1,16 +1,20 @@
-// ferry's verification section ("ferry-verify", version 1; capability
+// ferry's verification section ("ferry-verify", version 2; capability
 // "verify", never sent to QEMU). After the RAM, the source describes its
 // final memory; the destination compares while reading.
 //
 //   be32 block count
 //   per block: u8 len, name, be64 used_length,
-//              one be64 XXH3-64 per page, in page order,
-//              be64 high, be64 low of XXH3-128 over those page hashes
+//              runs covering the block's pages in order, each
+//                be32 zeros    pages whose hash is that of a zero page
+//                be32 listed   pages whose hashes follow
+//                listed x be64 XXH3-64 of each of those pages
+//              be64 high, be64 low of XXH3-128 over the runs (as sent)
 //
 // Per-page hashes let the destination name the first differing page and
 // need no memory of their own (it hashes its page as each value arrives);
-// the 128-bit digest over them guards the list. Wire cost: 8 bytes per
-// 4 KiB page (0.2%).
+// the 128-bit digest over them guards the list. Runs keep a sparse guest's
+// list small: zero pages cost nothing, the others 8 bytes per 4 KiB page
+// (0.2%). Version 1 (still loaded: files saved earlier) listed every hash.
 #pragma once
 
 #include <string>

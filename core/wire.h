@@ -80,7 +80,7 @@ inline constexpr uint64_t kRamFlagMask = 0xfff;
 
 // ferry's own verification section (capability "verify"; never sent to QEMU).
 inline constexpr const char* kVerifyIdstr = "ferry-verify";
-inline constexpr uint32_t kVerifyVersion = 1;
+inline constexpr uint32_t kVerifyVersion = 2;  // 1: every hash listed, still loaded
 
 // Verdict the ferry destination sends back on the same connection after the
 // stream when verification is on: be32 magic, be32 code (0 = verified), be32

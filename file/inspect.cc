@@ -489,7 +489,7 @@ class Walker {
       ok = Ram(sec);
       if (ok && type == wire::kSectionEnd) r_.ram_end = true;
     } else if (sec.idstr == wire::kVerifyIdstr) {
-      ok = Verify();
+      ok = Verify(sec.version);
       if (ok) r_.verify_present = true;
     } else if (sec.idstr == "timer") {
       ok = c_.Skip(24, "section 'timer'", &e);
@@ -909,23 +909,46 @@ class Walker {
     return true;
   }
 
-  bool Verify() {
+  // Version 1: every page's hash; version 2: runs (core/verify.h). Each
+  // block's list ends with its 16-byte digest.
+  bool Verify(uint32_t version) {
     std::string& e = r_.problem;
+    if (version != 1 && version != 2) {
+      e = "verification section version " + std::to_string(version) + " is not one this ferry knows";
+      return false;
+    }
     uint32_t count = 0;
     if (!c_.Be32(&count, "the verification section", &e)) return false;
     if (count > 4096) {
       e = "verification section lists " + std::to_string(count) + " blocks";
       return false;
     }
+    const std::string hashes = "the verification section's page hashes";
     for (uint32_t i = 0; i < count; ++i) {
       std::string name;
       uint64_t size = 0;
       if (!c_.Name(&name, "the verification section", &e) || !c_.Be64(&size, "the verification section", &e)) {
         return false;
       }
-      if (!c_.Skip(size / kPage * 8, "the verification section's page hashes", &e)) return false;
+      if (version == 1) {
+        if (!c_.Skip(size / kPage * 8, hashes, &e)) return false;
+      } else {
+        for (uint64_t left = size / kPage; left > 0;) {
+          uint32_t zeros = 0, listed = 0;
+          if (!c_.Be32(&zeros, hashes, &e) || !c_.Be32(&listed, hashes, &e)) return false;
+          const uint64_t covered = uint64_t{zeros} + listed;
+          if (covered == 0 || covered > left) {
+            e = "the verification section's block '" + Printable(name, 64) + "' has a run of " +
+                std::to_string(covered) + " page hashes with " + std::to_string(left) + " pages left";
+            return false;
+          }
+          if (!c_.Skip(uint64_t{listed} * 8, hashes, &e)) return false;
+          left -= covered;
+        }
+      }
+      if (!c_.Skip(16, "the verification section's digest", &e)) return false;
     }
-    return c_.Skip(16, "the verification section's digest", &e);
+    return true;
   }
 
   Cursor& c_;

@@ -2,17 +2,20 @@
 // every class of bad input the destination must reject with a clear error.
 #include <gtest/gtest.h>
 #include <sys/mman.h>
+#include <xxhash.h>
 
 #include <cstring>
 #include <random>
 
 #include "core/dirty_tracker.h"
+#include "core/endian.h"
 #include "core/migration.h"
 #include "core/params.h"
 #include "core/ram_saver.h"
 #include "core/stream.h"
 #include "core/uri.h"
 #include "core/verify.h"
+#include "core/page_hash_simd.h"
 #include "core/wire.h"
 #include "tests/memory_channel.h"
 #include "tests/support/stream_bytes.h"
@@ -93,6 +96,33 @@ DestinationOptions NoVerify() {
 }
 
 // ---------------------------------------------------------------- stream
+
+// Every page-hash variant this CPU runs gives libxxhash's XXH3-64: the
+// source's and the destination's hashes must agree whichever each picked.
+TEST(PageHash, EveryVariantMatchesLibxxhash) {
+  std::vector<std::pair<const char*, detail::PageHashFn>> variants;
+  __builtin_cpu_init();
+  if (detail::kPageHashAvx2 && __builtin_cpu_supports("avx2")) variants.emplace_back("avx2", detail::kPageHashAvx2);
+  if (detail::kPageHashAvx512 && __builtin_cpu_supports("avx512f")) {
+    variants.emplace_back("avx512", detail::kPageHashAvx512);
+  }
+  std::printf("page-hash variants on this CPU besides libxxhash's: %zu\n", variants.size());
+  std::mt19937_64 rng(7);
+  std::vector<uint8_t> buf(3 * kPageSize + 1);
+  for (int round = 0; round < 64; ++round) {
+    for (size_t i = 0; i < buf.size(); i += 8) {
+      const uint64_t v = rng();
+      std::memcpy(&buf[i], &v, std::min<size_t>(8, buf.size() - i));
+    }
+    if (round == 0) std::fill(buf.begin(), buf.end(), 0);
+    for (const uint8_t* page : {buf.data(), buf.data() + 1, buf.data() + kPageSize + 13}) {
+      const uint64_t want = XXH3_64bits(page, kPageSize);
+      EXPECT_EQ(PageHash(page), want);
+      for (const auto& [name, fn] : variants) EXPECT_EQ(fn(page), want) << name;
+    }
+  }
+  EXPECT_EQ(ZeroPageHash(), XXH3_64bits(std::vector<uint8_t>(kPageSize).data(), kPageSize));
+}
 
 TEST(Stream, RoundTripsIntegersBytesAndReferences) {
   MemoryChannel out;
@@ -766,6 +796,106 @@ TEST(Verify, LargeBlockNamesTheFirstDifferingPage) {
   EXPECT_FALSE(v.verified());
   EXPECT_NE(st.message().find("in 3 page(s)"), std::string::npos) << st.message();
   EXPECT_NE(st.message().find("block 'pc.ram' page 3 "), std::string::npos) << st.message();
+}
+
+// Loads `payload` (a ferry-verify section body of `version`) against `db`.
+Status LoadVerify(const RamBlockList& db, const std::vector<uint8_t>& payload, uint32_t version) {
+  MemoryChannel ch(payload);
+  StreamReader r(&ch);
+  VerifyLoader v(db);
+  Status st = v.Load(r, version);
+  EXPECT_EQ(st.ok(), v.verified());
+  return st;
+}
+
+// Version 2 lists only the hashes of pages that are not zero; a 16 GiB
+// sparse guest's list is what it sent before for 1 GiB.
+TEST(Verify, ZeroPagesCostNoListedHash) {
+  const uint64_t pages = 4096;
+  TestRam src(pages * kPageSize), dst(pages * kPageSize);
+  for (uint64_t p : {uint64_t{7}, uint64_t{8}, uint64_t{9}, uint64_t{3000}}) {
+    std::memset(src.mem + p * kPageSize, 0x5a, kPageSize);
+    std::memset(dst.mem + p * kPageSize, 0x5a, kPageSize);
+  }
+  RamBlockList sb, db;
+  ASSERT_TRUE(sb.Add("ram", src.mem, src.size).ok());
+  ASSERT_TRUE(db.Add("ram", dst.mem, dst.size).ok());
+  MemoryChannel out;
+  {
+    StreamWriter w(&out);
+    WriteVerifyPayload(w, sb);
+    ASSERT_TRUE(w.Flush().ok());
+  }
+  // be32 count, name, be64 length; runs (0..6 zero, 7..9 listed), (10..2999
+  // zero, 3000 listed), (3001.. zero, none listed); 16 bytes of digest.
+  const size_t header = 4 + 1 + 3 + 8;
+  EXPECT_EQ(out.out().size(), header + (8 + 3 * 8) + (8 + 8) + 8 + 16);
+  EXPECT_TRUE(LoadVerify(db, out.out(), wire::kVerifyVersion).ok());
+  dst.mem[100 * kPageSize + 5] = 1;  // inside a zero run
+  Status st = LoadVerify(db, out.out(), wire::kVerifyVersion);
+  ASSERT_EQ(st.code(), Code::kMismatch) << st.ToString();
+  EXPECT_NE(st.message().find("in 1 page(s); first at block 'ram' page 100 "), std::string::npos) << st.message();
+}
+
+// A section written by an earlier ferry (version 1: every hash listed, as
+// files saved then carry it) still verifies, and still catches a difference.
+TEST(Verify, VersionOneStillLoads) {
+  const uint64_t pages = 300;
+  TestRam src(pages * kPageSize);
+  Pattern(src.mem, src.size, 4);
+  RamBlockList db;
+  ASSERT_TRUE(db.Add("ram", src.mem, src.size).ok());
+  std::vector<uint8_t> list;
+  for (uint64_t p = 0; p < pages; ++p) {
+    uint8_t be[8];
+    StoreBe64(be, PageHash(src.mem + p * kPageSize));
+    list.insert(list.end(), be, be + 8);
+  }
+  const XXH128_hash_t d = XXH3_128bits(list.data(), list.size());
+  MemoryChannel out;
+  {
+    StreamWriter w(&out);
+    w.PutBe32(1);
+    w.PutName("ram");
+    w.PutBe64(src.size);
+    w.PutBytes(list.data(), list.size());
+    w.PutBe64(d.high64);
+    w.PutBe64(d.low64);
+    ASSERT_TRUE(w.Flush().ok());
+  }
+  EXPECT_TRUE(LoadVerify(db, out.out(), 1).ok());
+  src.mem[299 * kPageSize] ^= 1;
+  Status st = LoadVerify(db, out.out(), 1);
+  ASSERT_EQ(st.code(), Code::kMismatch) << st.ToString();
+  EXPECT_NE(st.message().find("page 299 "), std::string::npos) << st.message();
+  EXPECT_EQ(LoadVerify(db, out.out(), 3).code(), Code::kProtocol);
+}
+
+// Runs that cover no page, or more pages than the block has left, are
+// refused before anything is compared (no endless loop, no overrun).
+TEST(Verify, BadRunsAreProtocolErrors) {
+  const uint64_t pages = 10;
+  TestRam dst(pages * kPageSize);
+  RamBlockList db;
+  ASSERT_TRUE(db.Add("ram", dst.mem, dst.size).ok());
+  for (auto [zeros, listed] : {std::pair<uint32_t, uint32_t>{0, 0}, {11, 0}, {9, 2}, {0xffffffffu, 1}}) {
+    MemoryChannel out;
+    {
+      StreamWriter w(&out);
+      w.PutBe32(1);
+      w.PutName("ram");
+      w.PutBe64(dst.size);
+      w.PutBe32(zeros);
+      w.PutBe32(listed);
+      for (uint32_t i = 0; i < std::min<uint32_t>(listed, 2); ++i) w.PutBe64(ZeroPageHash());
+      w.PutBe64(0);
+      w.PutBe64(0);
+      ASSERT_TRUE(w.Flush().ok());
+    }
+    Status st = LoadVerify(db, out.out(), wire::kVerifyVersion);
+    EXPECT_EQ(st.code(), Code::kProtocol) << zeros << "+" << listed << ": " << st.ToString();
+    EXPECT_NE(st.message().find("pages left"), std::string::npos) << st.message();
+  }
 }
 
 TEST(BadInput, TruncatedAnywhereNeverLoads) {
