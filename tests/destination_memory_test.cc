@@ -302,7 +302,9 @@ void CheckDestination(Mode mode, bool small_pages) {
   ASSERT_EQ(r.blocks.size(), 1u);
   const RamBlock& b = r.blocks[0];
   ASSERT_EQ(b.used_length, kGuest);
-  if (!small_pages) EXPECT_EQ(reinterpret_cast<uintptr_t>(b.host) % kHuge, 0u) << "guest RAM not 2 MiB-aligned";
+  if (!small_pages) {
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(b.host) % kHuge, 0u) << "guest RAM not 2 MiB-aligned";
+  }
 
   // Measured before anything below reads the memory.
   const uint64_t huge = HugeBytesAt(b.host);
