@@ -5,8 +5,8 @@
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #pragma GCC target("avx2")
-// GCC 12's AVX-512 intrinsics headers trip -Wuninitialized on their own
-// "undefined" vectors (a known false positive).
+// With the target on, GCC 12's AVX-512 intrinsics (part of immintrin.h)
+// trip -Wuninitialized on their own "undefined" vectors: a false positive.
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>  // xxhash.h includes it only under -mavx2 and the like
