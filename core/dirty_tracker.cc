@@ -138,19 +138,20 @@ int UffdProtect(int uffd, uint64_t start, uint64_t len) {
   return RetryIoctl(uffd, UFFDIO_WRITEPROTECT, &wp);
 }
 
-// One PAGEMAP_SCAN call asking for written pages in [start, end) and
-// write-protecting them again in the same pass. Returns the number of regions
-// stored in `vec`, or -1 with errno set.
-//
-// "Written" is a present or swapped page without the protection bit. The
-// kernel also counts an empty page-table slot (and a stretch without page
-// tables) as written, so the query asks for "any of present, swapped" too:
-// an empty slot of an unprotected stretch (see Start) holds nothing yet.
-// Pages mapped to the shared zero page are left out (inverted mask): a read
-// of memory the guest never wrote maps it, and that is no write; a later
-// write replaces it with a page of its own, which is reported.
-int ScanWritten(int pagemap, uint64_t start, uint64_t end, ScanRegion* vec, size_t vec_len,
-                uint64_t* walk_end) {
+// Which pages a PAGEMAP_SCAN call matches, and what it returns of them.
+struct Query {
+  uint64_t inverted = 0;
+  uint64_t all_of = 0;
+  uint64_t any_of = 0;
+  uint64_t returned = 0;
+};
+
+// One PAGEMAP_SCAN call over [start, end) that write-protects the pages
+// matching `q` in the same pass and stores them in `vec`. Returns the number
+// of regions stored, or -1 with errno set. A vector is always passed: without
+// one the kernel protects every slot, empty ones included.
+int ScanAndProtect(int pagemap, uint64_t start, uint64_t end, ScanRegion* vec, size_t vec_len,
+                   uint64_t* walk_end, const Query& q) {
   ScanArgs a{};
   a.size = sizeof(a);
   a.flags = kScanWpMatching | kScanCheckWpAsync;
@@ -159,34 +160,39 @@ int ScanWritten(int pagemap, uint64_t start, uint64_t end, ScanRegion* vec, size
   a.vec = reinterpret_cast<uint64_t>(vec);
   a.vec_len = vec_len;
   a.max_pages = 0;  // unlimited
-  a.category_inverted = kPageZeroPfn;
-  a.category_mask = kPageWritten | kPageZeroPfn;
-  a.category_anyof_mask = kPagePresent | kPageSwapped;
-  a.return_mask = kPageWritten;
+  a.category_inverted = q.inverted;
+  a.category_mask = q.all_of;
+  a.category_anyof_mask = q.any_of;
+  a.return_mask = q.returned;
   const int n = RetryIoctl(pagemap, kPagemapScanIoctl, &a);
   if (n >= 0) *walk_end = a.walk_end;
   return n;
 }
 
-// One PAGEMAP_SCAN call that write-protects the populated pages (present or
-// swapped) in [start, end) and returns them; empty slots and page-table holes
-// are left alone. A vector is always passed: without one the kernel protects
-// every slot, empty ones included.
+// Written pages, protected again. "Written" is a present or swapped page
+// without the protection bit. The kernel also counts an empty page-table slot
+// (and a stretch without page tables) as written, so the query asks for "any
+// of present, swapped" too: an empty slot of an unprotected stretch (see
+// Start) holds nothing yet. Pages mapped to the shared zero page are left out
+// (inverted mask): a read of memory the guest never wrote maps it, and that
+// is no write; a later write replaces it with a page of its own, which is
+// reported.
+int ScanWritten(int pagemap, uint64_t start, uint64_t end, ScanRegion* vec, size_t vec_len,
+                uint64_t* walk_end) {
+  return ScanAndProtect(pagemap, start, end, vec, vec_len, walk_end,
+                        Query{.inverted = kPageZeroPfn,
+                              .all_of = kPageWritten | kPageZeroPfn,
+                              .any_of = kPagePresent | kPageSwapped,
+                              .returned = kPageWritten});
+}
+
+// The populated pages (present or swapped), protected; empty slots and
+// page-table holes are left alone.
 int ProtectPopulated(int pagemap, uint64_t start, uint64_t end, ScanRegion* vec, size_t vec_len,
                      uint64_t* walk_end) {
-  ScanArgs a{};
-  a.size = sizeof(a);
-  a.flags = kScanWpMatching | kScanCheckWpAsync;
-  a.start = start;
-  a.end = end;
-  a.vec = reinterpret_cast<uint64_t>(vec);
-  a.vec_len = vec_len;
-  a.max_pages = 0;
-  a.category_anyof_mask = kPagePresent | kPageSwapped;
-  a.return_mask = kPagePresent | kPageSwapped | kPageZeroPfn;
-  const int n = RetryIoctl(pagemap, kPagemapScanIoctl, &a);
-  if (n >= 0) *walk_end = a.walk_end;
-  return n;
+  return ScanAndProtect(pagemap, start, end, vec, vec_len, walk_end,
+                        Query{.any_of = kPagePresent | kPageSwapped,
+                              .returned = kPagePresent | kPageSwapped | kPageZeroPfn});
 }
 
 bool IsNotSupportedErrno(int err) { return err == ENOTTY || err == EINVAL || err == EOPNOTSUPP; }
