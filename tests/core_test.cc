@@ -761,41 +761,13 @@ TEST(Verdict, DestinationCompletesOnlyAfterTheSourcesCommit) {
   }
 }
 
-TEST(Verify, LargeBlockNamesTheFirstDifferingPage) {
-  const uint64_t pages = 70000;  // untouched pages stay unallocated
-  TestRam src(pages * kPageSize), dst(pages * kPageSize);
-  for (uint64_t p : std::initializer_list<uint64_t>{1, 5000, 40000, 66000, pages - 1}) {
-    std::memset(src.mem + p * kPageSize, static_cast<int>(p % 251 + 1), kPageSize);
-    std::memset(dst.mem + p * kPageSize, static_cast<int>(p % 251 + 1), kPageSize);
-  }
-  RamBlockList sb, db;
-  ASSERT_TRUE(sb.Add("pc.ram", src.mem, src.size).ok());
-  ASSERT_TRUE(db.Add("pc.ram", dst.mem, dst.size).ok());
+// The verification section body WriteVerifyPayload writes for `blocks`.
+std::vector<uint8_t> VerifyPayloadOf(const RamBlockList& blocks) {
   MemoryChannel out;
-  {
-    StreamWriter w(&out);
-    WriteVerifyPayload(w, sb);
-    ASSERT_TRUE(w.Flush().ok());
-  }
-  MemoryChannel ch(out.out());
-  {
-    StreamReader r(&ch);
-    VerifyLoader v(db);
-    Status st = v.Load(r, wire::kVerifyVersion);
-    ASSERT_TRUE(st.ok()) << st.ToString();
-    EXPECT_TRUE(v.verified());
-  }
-  dst.mem[66000 * kPageSize + 17] ^= 1;  // second step
-  dst.mem[3 * kPageSize] = 9;             // a zero page no longer zero
-  dst.mem[40000 * kPageSize] ^= 0x80;     // another thread's share
-  ch.Rewind();
-  StreamReader r(&ch);
-  VerifyLoader v(db);
-  Status st = v.Load(r, wire::kVerifyVersion);
-  ASSERT_EQ(st.code(), Code::kMismatch) << st.ToString();
-  EXPECT_FALSE(v.verified());
-  EXPECT_NE(st.message().find("in 3 page(s)"), std::string::npos) << st.message();
-  EXPECT_NE(st.message().find("block 'pc.ram' page 3 "), std::string::npos) << st.message();
+  StreamWriter w(&out);
+  WriteVerifyPayload(w, blocks);
+  EXPECT_TRUE(w.Flush().ok());
+  return out.out();
 }
 
 // Loads `payload` (a ferry-verify section body of `version`) against `db`.
@@ -806,6 +778,28 @@ Status LoadVerify(const RamBlockList& db, const std::vector<uint8_t>& payload, u
   Status st = v.Load(r, version);
   EXPECT_EQ(st.ok(), v.verified());
   return st;
+}
+
+TEST(Verify, LargeBlockNamesTheFirstDifferingPage) {
+  const uint64_t pages = 70000;  // untouched pages stay unallocated
+  TestRam src(pages * kPageSize), dst(pages * kPageSize);
+  for (uint64_t p : std::initializer_list<uint64_t>{1, 5000, 40000, 66000, pages - 1}) {
+    std::memset(src.mem + p * kPageSize, static_cast<int>(p % 251 + 1), kPageSize);
+    std::memset(dst.mem + p * kPageSize, static_cast<int>(p % 251 + 1), kPageSize);
+  }
+  RamBlockList sb, db;
+  ASSERT_TRUE(sb.Add("pc.ram", src.mem, src.size).ok());
+  ASSERT_TRUE(db.Add("pc.ram", dst.mem, dst.size).ok());
+  const std::vector<uint8_t> payload = VerifyPayloadOf(sb);
+  Status ok = LoadVerify(db, payload, wire::kVerifyVersion);
+  ASSERT_TRUE(ok.ok()) << ok.ToString();
+  dst.mem[66000 * kPageSize + 17] ^= 1;  // second step
+  dst.mem[3 * kPageSize] = 9;             // a zero page no longer zero
+  dst.mem[40000 * kPageSize] ^= 0x80;     // another thread's share
+  Status st = LoadVerify(db, payload, wire::kVerifyVersion);  // also: verified() false
+  ASSERT_EQ(st.code(), Code::kMismatch) << st.ToString();
+  EXPECT_NE(st.message().find("in 3 page(s)"), std::string::npos) << st.message();
+  EXPECT_NE(st.message().find("block 'pc.ram' page 3 "), std::string::npos) << st.message();
 }
 
 // Version 2 lists only the hashes of pages that are not zero; a 16 GiB
@@ -820,19 +814,14 @@ TEST(Verify, ZeroPagesCostNoListedHash) {
   RamBlockList sb, db;
   ASSERT_TRUE(sb.Add("ram", src.mem, src.size).ok());
   ASSERT_TRUE(db.Add("ram", dst.mem, dst.size).ok());
-  MemoryChannel out;
-  {
-    StreamWriter w(&out);
-    WriteVerifyPayload(w, sb);
-    ASSERT_TRUE(w.Flush().ok());
-  }
+  const std::vector<uint8_t> payload = VerifyPayloadOf(sb);
   // be32 count, name, be64 length; runs (0..6 zero, 7..9 listed), (10..2999
   // zero, 3000 listed), (3001.. zero, none listed); 16 bytes of digest.
   const size_t header = 4 + 1 + 3 + 8;
-  EXPECT_EQ(out.out().size(), header + (8 + 3 * 8) + (8 + 8) + 8 + 16);
-  EXPECT_TRUE(LoadVerify(db, out.out(), wire::kVerifyVersion).ok());
+  EXPECT_EQ(payload.size(), header + (8 + 3 * 8) + (8 + 8) + 8 + 16);
+  EXPECT_TRUE(LoadVerify(db, payload, wire::kVerifyVersion).ok());
   dst.mem[100 * kPageSize + 5] = 1;  // inside a zero run
-  Status st = LoadVerify(db, out.out(), wire::kVerifyVersion);
+  Status st = LoadVerify(db, payload, wire::kVerifyVersion);
   ASSERT_EQ(st.code(), Code::kMismatch) << st.ToString();
   EXPECT_NE(st.message().find("in 1 page(s); first at block 'ram' page 100 "), std::string::npos) << st.message();
 }
